@@ -1,0 +1,56 @@
+"""Pinhole cameras in the OpenCV convention, the one currency between loaders and renderers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Undistortion:
+    """How to turn a distorted source image into the pinhole image a `Camera` describes.
+
+    `K_src` and `dist` are the source camera (pixel centres at +0.5, COLMAP's convention) with OpenCV
+    coefficients (k1, k2, p1, p2); the pinhole side is the owning camera's `K` at the source resolution.
+    """
+
+    K_src: np.ndarray
+    dist: np.ndarray
+
+
+@dataclass(frozen=True)
+class Camera:
+    """One undistorted pinhole view.
+
+    Axes are OpenCV's (x right, y down, z forward). `K` maps camera coordinates to pixel coordinates where
+    the centre of pixel (i, j) is (j + 0.5, i + 0.5), as in COLMAP and gsplat. `world_to_cam` is 4x4.
+    """
+
+    name: str
+    width: int
+    height: int
+    K: np.ndarray
+    world_to_cam: np.ndarray
+    image_path: Path | None = None
+    undistortion: Undistortion | None = field(default=None, compare=False)
+
+    @property
+    def cam_to_world(self) -> np.ndarray:
+        return np.linalg.inv(self.world_to_cam)
+
+    @property
+    def center(self) -> np.ndarray:
+        """Camera position in world coordinates."""
+        R, t = self.world_to_cam[:3, :3], self.world_to_cam[:3, 3]
+        return -R.T @ t
+
+    def scaled(self, factor: float) -> "Camera":
+        """The same view with the image downsampled by `factor` (sizes rounded as images are resized)."""
+        width, height = max(1, round(self.width / factor)), max(1, round(self.height / factor))
+        sx, sy = width / self.width, height / self.height
+        K = self.K.copy()
+        K[0] *= sx
+        K[1] *= sy
+        return replace(self, width=width, height=height, K=K)

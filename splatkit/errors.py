@@ -1,0 +1,18 @@
+"""User-facing errors.
+
+A `SplatkitError` describes a problem the user can fix (a missing image, a broken model file). The CLI prints
+its message as one line and exits non-zero, without a traceback; everything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class SplatkitError(Exception):
+    """An error caused by the user's input, reported as one line."""
+
+
+def file_error(path: str | Path, problem: str) -> SplatkitError:
+    """The one-line form every input error takes: `<file>: <problem>`."""
+    return SplatkitError(f"{path}: {problem}")
