@@ -1,0 +1,137 @@
+"""Raw Gaussian parameters with their activations declared in one place (as INRIA's GaussianModel does).
+
+Raw tensors are what the optimiser sees: log-scales, unnormalised wxyz quaternions, opacity logits, and SH
+coefficients split into the DC term `sh0` (N, 1, 3) and the rest `shN` (N, K-1, 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from scipy.spatial import cKDTree
+
+from splatkit.model.sh import num_sh_bases, rgb_to_sh, sh_degree_from_bases
+
+PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
+
+
+@dataclass
+class Gaussians:
+    means: torch.Tensor  # (N, 3) world positions
+    scales: torch.Tensor  # (N, 3) log of the standard deviations
+    quats: torch.Tensor  # (N, 4) wxyz, not necessarily unit length
+    opacities: torch.Tensor  # (N,) logits
+    sh0: torch.Tensor  # (N, 1, 3)
+    shN: torch.Tensor  # (N, K-1, 3), K = (degree+1)^2
+
+    # Activations and their inverses, declared once.
+    @staticmethod
+    def scale_activation(raw: torch.Tensor) -> torch.Tensor:
+        return torch.exp(raw)
+
+    @staticmethod
+    def opacity_activation(raw: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(raw)
+
+    @staticmethod
+    def quat_activation(raw: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(raw, dim=-1)
+
+    def __len__(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def sh_degree(self) -> int:
+        return sh_degree_from_bases(1 + self.shN.shape[1])
+
+    @property
+    def activated_scales(self) -> torch.Tensor:
+        return self.scale_activation(self.scales)
+
+    @property
+    def activated_opacities(self) -> torch.Tensor:
+        return self.opacity_activation(self.opacities)
+
+    @property
+    def activated_quats(self) -> torch.Tensor:
+        return self.quat_activation(self.quats)
+
+    @property
+    def sh(self) -> torch.Tensor:
+        """All SH coefficients, (N, K, 3)."""
+        return torch.cat([self.sh0, self.shN], dim=1)
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, torch.Tensor]) -> "Gaussians":
+        return cls(**{name: d[name] for name in PARAM_NAMES})
+
+    def detach(self) -> "Gaussians":
+        return Gaussians.from_dict({k: v.detach() for k, v in self.as_dict().items()})
+
+    def to(self, device: torch.device | str) -> "Gaussians":
+        return Gaussians.from_dict({k: v.to(device) for k, v in self.as_dict().items()})
+
+    def subset(self, mask_or_index: torch.Tensor) -> "Gaussians":
+        return Gaussians.from_dict({k: v[mask_or_index] for k, v in self.as_dict().items()})
+
+    def with_sh_degree(self, degree: int) -> "Gaussians":
+        """Drop or zero-pad SH bands to `degree`."""
+        rest = num_sh_bases(degree) - 1
+        shN = self.shN[:, :rest]
+        if shN.shape[1] < rest:
+            pad = shN.new_zeros(len(self), rest - shN.shape[1], 3)
+            shN = torch.cat([shN, pad], dim=1)
+        return Gaussians(self.means, self.scales, self.quats, self.opacities, self.sh0, shN)
+
+    def similarity_transformed(self, scale: float, center: np.ndarray | torch.Tensor) -> "Gaussians":
+        """Apply x -> scale * (x - center) (rotation-free, so quaternions and SH are unchanged)."""
+        center_t = torch.as_tensor(np.asarray(center, np.float64), dtype=self.means.dtype, device=self.means.device)
+        return Gaussians(
+            scale * (self.means - center_t),
+            self.scales + float(np.log(scale)),
+            self.quats,
+            self.opacities,
+            self.sh0,
+            self.shN,
+        )
+
+    def is_finite(self) -> bool:
+        return all(bool(torch.isfinite(v).all()) for v in self.as_dict().values())
+
+
+def knn_mean_distance(points: np.ndarray, k: int = 3) -> np.ndarray:
+    """Mean distance of each point to its `k` nearest other points (the 3DGS initial scale)."""
+    n = len(points)
+    if n < 2:
+        return np.full(n, 0.01, np.float32)
+    k = min(k, n - 1)
+    dist, _ = cKDTree(points).query(points, k=k + 1)
+    return dist[:, 1:].mean(axis=1).astype(np.float32)
+
+
+def init_from_points(
+    points: np.ndarray,
+    colors: np.ndarray,
+    *,
+    sh_degree: int = 3,
+    init_opacity: float = 0.1,
+    init_scale: float = 1.0,
+    seed: int = 0,
+) -> Gaussians:
+    """Gaussians at `points` (N,3) with `colors` (N,3) in [0,1]: isotropic, sized by their 3-NN distance."""
+    points = np.asarray(points, np.float32)
+    n = len(points)
+    dist = np.clip(knn_mean_distance(points), 1e-7, None)
+    generator = torch.Generator().manual_seed(seed)
+    means = torch.from_numpy(points)
+    scales = torch.log(torch.from_numpy(dist) * init_scale)[:, None].repeat(1, 3)
+    quats = torch.rand(n, 4, generator=generator)
+    opacities = torch.logit(torch.full((n,), init_opacity))
+    sh0 = rgb_to_sh(torch.from_numpy(np.asarray(colors, np.float32)))[:, None, :]
+    shN = torch.zeros(n, num_sh_bases(sh_degree) - 1, 3)
+    return Gaussians(means, scales, quats, opacities, sh0, shN)
