@@ -1,0 +1,131 @@
+"""`splatkit` command line: one tyro config dataclass per subcommand, each with a small handler."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import torch
+import tyro
+
+from splatkit.data import ImageStore, Scene, load_scene
+from splatkit.errors import SplatkitError, file_error
+from splatkit.io.ply import load_ply
+from splatkit.model.gaussians import Gaussians
+from splatkit.render import rasterize
+from splatkit.train.config import TrainConfig
+from splatkit.train.evaluate import evaluate, save_png, to_uint8
+from splatkit.train.trainer import console, image_cache_dir, resolve_scene_path, train
+
+
+@dataclass
+class EvalConfig:
+    """PSNR and SSIM of a trained run on its held-out views (per view and mean), with side-by-side PNGs."""
+
+    run: tyro.conf.Positional[Path]
+    """Run folder written by `splatkit train`."""
+    backend: str = "auto"
+
+
+@dataclass
+class RenderConfig:
+    """Render one PNG per camera of a scene from a trained run or a .ply model."""
+
+    model: tyro.conf.Positional[Path]
+    """Run folder or INRIA .ply file."""
+    scene: Optional[str] = None
+    """Scene whose cameras to render (default: the run's scene). Models are in the scene's original frame."""
+    split: Literal["test", "train", "all"] = "test"
+    out: Path = Path("renders")
+    data_factor: Optional[int] = None
+    """Image downsampling (default: the run's, else 1)."""
+    backend: str = "auto"
+
+
+def _read_run(run_dir: Path) -> dict:
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise file_error(run_dir, "not a splatkit run folder (no config.json)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise file_error(path, f"corrupt run config ({exc})") from None
+
+
+def _model_in_scene_frame(model: Gaussians, scene: Scene) -> Gaussians:
+    t = scene.to_normalized
+    return model.similarity_transformed(t.scale, t.center)
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    record = _read_run(cfg.run)
+    settings = record["config"]
+    scene = load_scene(Path(record["scene_path"]), data_factor=settings["data_factor"],
+                       test_every=settings["test_every"])
+    if not scene.test_ids:
+        raise SplatkitError(f"{cfg.run}: the run has no held-out views (test_every=0)")
+    images = ImageStore(scene.cameras, cache_dir=image_cache_dir(cfg.run, Path(record["scene_path"])),
+                        background=scene.background)
+    model = _model_in_scene_frame(load_ply(cfg.run / "point_cloud.ply"), scene)
+    result = evaluate(model, scene, images, scene.test_ids, backend=cfg.backend,
+                      side_by_side_dir=cfg.run / "eval")
+    for view in result["views"]:
+        console.print(f"{view['name']:>24}  PSNR {view['psnr']:6.2f}  SSIM {view['ssim']:.4f}")
+    console.print(f"{'mean':>24}  PSNR {result['mean']['psnr']:6.2f}  SSIM {result['mean']['ssim']:.4f}")
+    (cfg.run / "eval").mkdir(exist_ok=True)
+    (cfg.run / "eval" / "metrics.json").write_text(json.dumps(result, indent=2))
+    console.print(f"wrote {cfg.run / 'eval'}")
+    return result
+
+
+@torch.no_grad()
+def run_render(cfg: RenderConfig) -> list[Path]:
+    if cfg.model.is_dir():
+        record = _read_run(cfg.model)
+        scene_name = cfg.scene or record["scene_path"]
+        factor = cfg.data_factor or record["config"]["data_factor"]
+        ply = cfg.model / "point_cloud.ply"
+    else:
+        if cfg.scene is None:
+            raise SplatkitError(f"{cfg.model}: rendering a .ply needs --scene to give the cameras")
+        scene_name, factor, ply = cfg.scene, cfg.data_factor or 1, cfg.model
+    scene = load_scene(resolve_scene_path(scene_name), data_factor=factor)
+    model = _model_in_scene_frame(load_ply(ply), scene)
+    ids = {"test": scene.test_ids, "train": scene.train_ids, "all": list(range(len(scene.cameras)))}[cfg.split]
+    written = []
+    for i in ids:
+        camera = scene.cameras[i]
+        image = rasterize(model, camera, background=scene.background or (0.0, 0.0, 0.0), backend=cfg.backend).rgb
+        path = cfg.out / f"{Path(camera.name).stem}.png"
+        save_png(path, to_uint8(image))
+        written.append(path)
+    console.print(f"wrote {len(written)} renders to {cfg.out}")
+    return written
+
+
+COMMANDS = {
+    "train": (TrainConfig, lambda cfg: train(cfg)),
+    "eval": (EvalConfig, run_eval),
+    "render": (RenderConfig, run_render),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = tyro.extras.subcommand_cli_from_dict({name: cls for name, (cls, _) in COMMANDS.items()}, args=argv)
+    handler = next(run for cls, run in COMMANDS.values() if isinstance(cfg, cls))
+    try:
+        handler(cfg)
+    except SplatkitError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted; continue with --resume (the last checkpoint is kept)")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

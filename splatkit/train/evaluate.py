@@ -1,0 +1,50 @@
+"""Held-out evaluation: render each test view, compare with its photo, optionally save side-by-sides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+
+from splatkit.atomic import atomic_path
+from splatkit.data.images import ImageStore
+from splatkit.data.scene import Scene
+from splatkit.model.gaussians import Gaussians
+from splatkit.render import rasterize
+from splatkit.train.metrics import psnr, ssim
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    return (image.detach().clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+
+
+def save_png(path: Path, image: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, image, extension=".png")
+
+
+@torch.no_grad()
+def evaluate(
+    gaussians: Gaussians,
+    scene: Scene,
+    images: ImageStore,
+    ids: list[int],
+    *,
+    backend: str = "auto",
+    side_by_side_dir: Path | None = None,
+) -> dict:
+    """Per-view and mean PSNR/SSIM over cameras `ids` of `scene`."""
+    background = scene.background or (0.0, 0.0, 0.0)
+    views = []
+    for i in ids:
+        camera = scene.cameras[i]
+        render = rasterize(gaussians, camera, background=background, backend=backend).rgb.clamp(0, 1)
+        target = torch.from_numpy(images[i]).to(render.device)
+        views.append({"name": camera.name, "psnr": psnr(render, target), "ssim": float(ssim(render, target))})
+        if side_by_side_dir is not None:
+            pair = torch.cat([target, render], dim=1)
+            save_png(side_by_side_dir / f"{Path(camera.name).stem}.png", to_uint8(pair))
+    mean = {key: float(np.mean([v[key] for v in views])) if views else float("nan") for key in ("psnr", "ssim")}
+    return {"mean": mean, "views": views}

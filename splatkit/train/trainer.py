@@ -1,0 +1,255 @@
+"""The 3DGS training loop. It reads top to bottom as the algorithm: pick a view, render, L1 + D-SSIM loss,
+backward, Adam step, and let the strategy grow/prune/reset. Strategies plug in through one interface."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from splatkit.atomic import write_text_atomic
+from splatkit.data import ImageStore, Scene, load_scene
+from splatkit.data.demo_scene import demo_scene_path
+from splatkit.data.scene import Similarity
+from splatkit.errors import SplatkitError
+from splatkit.io.ply import save_ply
+from splatkit.model.gaussians import PARAM_NAMES, Gaussians, init_from_points
+from splatkit.render import rasterize, resolve_backend
+from splatkit.train import checkpoint
+from splatkit.train.config import TrainConfig
+from splatkit.train.evaluate import evaluate
+from splatkit.train.metrics import psnr, ssim
+
+console = Console(stderr=True)
+
+
+def resolve_scene_path(scene: str) -> Path:
+    """`demo` names the built-in demo scene (generated on first use); anything else is a path."""
+    if scene == "demo":
+        return demo_scene_path()
+    path = Path(scene).expanduser()
+    if not path.exists():
+        raise SplatkitError(f"{path}: scene folder not found")
+    return path.resolve()
+
+
+def image_cache_dir(run_dir: Path, scene_path: Path) -> Path:
+    """Processed (undistorted/downsampled) images are shared by all runs in the same runs folder."""
+    return run_dir.resolve().parent / ".cache" / f"{scene_path.name}-{abs(hash(str(scene_path))) % 10**8:08d}"
+
+
+def config_to_json(cfg: TrainConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def config_from_json(d: dict) -> TrainConfig:
+    from splatkit.train.config import LearningRates
+    from splatkit.train.strategies import ADCStrategy
+
+    d = dict(d)
+    d["lr"] = LearningRates(**d["lr"])
+    d["strategy"] = ADCStrategy(**d["strategy"])
+    d["out"] = Path(d["out"]) if d.get("out") else None
+    d["eval_steps"] = tuple(d["eval_steps"])
+    return TrainConfig(**d)
+
+
+class Trainer:
+    """Owns the parameters, their optimisers, the strategy state and the random generator of one run."""
+
+    def __init__(self, cfg: TrainConfig, scene: Scene, images: ImageStore, run_dir: Path,
+                 device: str = "cpu") -> None:
+        self.cfg, self.scene, self.images, self.run_dir = cfg, scene, images, run_dir
+        self.device = torch.device(device)
+        self.backend = resolve_backend(cfg.backend, self.device)
+        self.extent = scene.extent * 1.1
+        self.strategy = cfg.strategy
+        self.step = 0
+        latest = checkpoint.list_checkpoints(self.checkpoint_dir)
+        if cfg.resume and latest:
+            self._restore(checkpoint.load_checkpoint(latest[-1]))
+        else:
+            gaussians = init_from_points(scene.points, scene.colors, sh_degree=cfg.sh_degree,
+                                         init_opacity=cfg.init_opacity, init_scale=cfg.init_scale, seed=cfg.seed)
+            self.params = {k: torch.nn.Parameter(v.to(self.device)) for k, v in gaussians.as_dict().items()}
+            self.optimizers = self._make_optimizers()
+            self.strategy_state = self.strategy.initialize_state()
+            self.generator = torch.Generator().manual_seed(cfg.seed)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def gaussians(self) -> Gaussians:
+        return Gaussians.from_dict(self.params)
+
+    def _make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        lrs = dataclasses.asdict(self.cfg.lr)
+        lrs["means"] *= self.extent
+        return {name: torch.optim.Adam([self.params[name]], lr=lrs[name], eps=1e-15) for name in PARAM_NAMES}
+
+    def _means_lr(self, step: int) -> float:
+        """Exponential decay from the initial rate to 1% of it at the last step."""
+        return self.cfg.lr.means * self.extent * 0.01 ** (step / max(1, self.cfg.steps))
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.step = state["step"]
+        self.params = {k: torch.nn.Parameter(v.to(self.device)) for k, v in state["params"].items()}
+        self.optimizers = self._make_optimizers()
+        for name, opt_state in state["optimizers"].items():
+            self.optimizers[name].load_state_dict(opt_state)
+        self.strategy_state = state["strategy"]
+        self.generator = state["generator"]
+        torch.set_rng_state(state["torch_rng"])
+
+    def save_checkpoint(self) -> Path:
+        self._check_finite()
+        payload = {
+            "params": {k: v.detach().cpu() for k, v in self.params.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "strategy": self.strategy_state,
+            "generator": self.generator,
+            "torch_rng": torch.get_rng_state(),
+        }
+        return checkpoint.save_checkpoint(self.checkpoint_dir, self.step, payload)
+
+    def _check_finite(self, loss: torch.Tensor | None = None) -> None:
+        bad = [k for k, v in self.params.items() if not torch.isfinite(v).all()]
+        if loss is not None and not torch.isfinite(loss):
+            bad.insert(0, "loss")
+        if bad:
+            kept = checkpoint.list_checkpoints(self.checkpoint_dir)
+            where = f"the last good checkpoint is {kept[-1]}" if kept else "no checkpoint was written yet"
+            raise SplatkitError(f"training diverged at step {self.step}: non-finite {', '.join(bad)}; {where}")
+
+    def train_step(self) -> dict[str, float]:
+        cfg, step = self.cfg, self.step
+        sh_degree = min(step // cfg.sh_degree_interval, cfg.sh_degree)
+        for group in self.optimizers["means"].param_groups:
+            group["lr"] = self._means_lr(step)
+        train_ids = self.scene.train_ids
+        index = train_ids[int(torch.randint(len(train_ids), (1,), generator=self.generator))]
+        camera = self.scene.cameras[index]
+        target = torch.from_numpy(self.images[index]).to(self.device)
+        if cfg.random_background:
+            background = tuple(torch.rand(3, generator=self.generator).tolist())
+        else:
+            background = self.scene.background or (0.0, 0.0, 0.0)
+
+        render = rasterize(self.gaussians, camera, sh_degree=sh_degree, background=background,
+                           backend=self.backend)
+        info = {"render": render, "width": camera.width, "height": camera.height,
+                "scene_extent": self.extent, "steps": cfg.steps}
+        self.strategy.pre_backward(self.params, self.optimizers, self.strategy_state, step, info)
+        l1 = torch.abs(render.rgb - target).mean()
+        loss = (1 - cfg.ssim_lambda) * l1 + cfg.ssim_lambda * (1 - ssim(render.rgb, target))
+        self._check_finite(loss)
+        loss.backward()
+        self.strategy.post_backward(self.params, self.optimizers, self.strategy_state, step, info)
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        self.strategy.after_step(self.params, self.optimizers, self.strategy_state, step, info)
+        self.step += 1
+        return {"loss": loss.item(), "psnr": psnr(render.rgb.detach(), target)}
+
+    def evaluate(self, side_by_side_dir: Path | None = None) -> dict:
+        return evaluate(self.gaussians.detach(), self.scene, self.images, self.scene.test_ids,
+                        backend=self.backend, side_by_side_dir=side_by_side_dir)
+
+    def export_ply(self) -> Path:
+        """The model in the scene's original (e.g. COLMAP) frame."""
+        back = self.scene.to_normalized.inverse()
+        path = self.run_dir / "point_cloud.ply"
+        save_ply(self.gaussians.detach().cpu().similarity_transformed(back.scale, back.center), path)
+        return path
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+        TimeRemainingColumn(), TextColumn("{task.fields[stats]}"), console=console,
+    )
+
+
+def prepare(cfg: TrainConfig) -> tuple[TrainConfig, Scene, ImageStore, Path]:
+    """Resolve the run folder (reloading its config on --resume), load the scene and its image store."""
+    run_dir = cfg.run_dir()
+    config_path = run_dir / "config.json"
+    if cfg.resume:
+        if not config_path.is_file():
+            raise SplatkitError(f"{run_dir}: nothing to resume (no config.json); start it without --resume")
+        cfg = dataclasses.replace(config_from_json(json.loads(config_path.read_text())["config"]), resume=True)
+    elif checkpoint.list_checkpoints(run_dir / "checkpoints"):
+        raise SplatkitError(f"{run_dir}: a run already lives here; add --resume to continue it or pick another --out")
+    scene_path = resolve_scene_path(cfg.scene)
+    scene = load_scene(scene_path, data_factor=cfg.data_factor, test_every=cfg.test_every)
+    images = ImageStore(scene.cameras, cache_dir=image_cache_dir(run_dir, scene_path),
+                        background=scene.background, max_cached=cfg.max_cached_images)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record = {"config": config_to_json(cfg), "scene_path": str(scene_path),
+              "to_normalized": scene.to_normalized.to_json()}
+    write_text_atomic(config_path, json.dumps(record, indent=2))
+    return cfg, scene, images, run_dir
+
+
+def train(cfg: TrainConfig, *, device: str = "cpu", show_progress: bool = True) -> dict:
+    """Run (or resume) training; returns the final held-out metrics, also written to <run>/metrics.json."""
+    cfg, scene, images, run_dir = prepare(cfg)
+    trainer = Trainer(cfg, scene, images, run_dir, device=device)
+    console.print(f"splatkit: {len(scene.train_ids)} training / {len(scene.test_ids)} held-out views, "
+                  f"{len(trainer.params['means']):,} initial Gaussians, backend {trainer.backend}, "
+                  f"run folder {run_dir}" + (f", resuming at step {trainer.step}" if trainer.step else ""))
+    log_path = run_dir / "metrics.jsonl"
+    smoothed: dict[str, float] = {}
+    started, start_step = time.perf_counter(), trainer.step
+    with _progress() if show_progress else _NullProgress() as progress:
+        task = progress.add_task("train", total=cfg.steps, completed=trainer.step, stats="")
+        with open(log_path, "a") as log:
+            while trainer.step < cfg.steps:
+                stats = trainer.train_step()
+                smoothed = {k: 0.9 * smoothed.get(k, v) + 0.1 * v for k, v in stats.items()}
+                step = trainer.step
+                n = len(trainer.params["means"])
+                rate = (step - start_step) / (time.perf_counter() - started)
+                progress.update(task, completed=step, stats=f"loss {smoothed['loss']:.4f}  PSNR "
+                                f"{smoothed['psnr']:.2f}  #G {n:,}  {rate:.1f} it/s")
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    log.write(json.dumps({"step": step, **stats, "num_gaussians": n, "steps_per_s": rate}) + "\n")
+                    log.flush()
+                if step in cfg.eval_steps and step != cfg.steps and scene.test_ids:
+                    result = trainer.evaluate()
+                    log.write(json.dumps({"step": step, "eval": result["mean"]}) + "\n")
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                    trainer.save_checkpoint()
+    ply_path = trainer.export_ply()
+    result = trainer.evaluate(run_dir / "eval") if scene.test_ids else {"mean": {}, "views": []}
+    metrics = {"step": trainer.step, "num_gaussians": len(trainer.params["means"]), **result["mean"],
+               "views": result["views"]}
+    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    summary = f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f} on {len(scene.test_ids)} held-out views" \
+        if scene.test_ids else "no held-out views"
+    console.print(f"splatkit: done. {metrics['num_gaussians']:,} Gaussians -> {ply_path}; {summary}")
+    return metrics
+
+
+class _NullProgress:
+    def __enter__(self) -> "_NullProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, *args: object, **kwargs: object) -> int:
+        return 0
+
+    def update(self, *args: object, **kwargs: object) -> None:
+        return None
