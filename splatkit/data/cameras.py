@@ -13,11 +13,16 @@ class Undistortion:
     """How to turn a distorted source image into the pinhole image a `Camera` describes.
 
     `K_src` and `dist` are the source camera (pixel centres at +0.5, COLMAP's convention) with OpenCV
-    coefficients (k1, k2, p1, p2); the pinhole side is the owning camera's `K` at the source resolution.
+    coefficients (k1, k2, p1, p2); the pinhole side is `K_pinhole` (same convention) at the source resolution
+    `size` = (width, height). These two are kept here because `Camera.scaled` rescales the camera's own `K`,
+    while undistortion always runs at the source resolution before any downsampling. When they are None the
+    owning camera's `K` and size are taken to be at the source resolution.
     """
 
     K_src: np.ndarray
     dist: np.ndarray
+    K_pinhole: np.ndarray | None = None
+    size: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

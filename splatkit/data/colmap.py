@@ -1,0 +1,206 @@
+"""COLMAP scene folders (`images/` + `sparse/0/` or `sparse/`) -> a `Scene` in COLMAP's world frame.
+
+pycolmap does the parsing; this module adds what users need on top: undistortion for the radial/OpenCV models,
+the `images_N` shortcut for downsampled training, and one-line errors that name the broken file (pycolmap's own
+exceptions say e.g. "std::bad_alloc" without saying which file is truncated).
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+
+from splatkit.data.cameras import Camera
+from splatkit.data.images import image_size, make_undistortion
+from splatkit.data.scene import Scene, Similarity
+from splatkit.errors import file_error
+
+_MODEL_FILES = ("cameras", "images", "points3D")
+# Number of parameters per COLMAP camera model id, used only to check .bin files' structure.
+_NUM_PARAMS = {0: 3, 1: 4, 2: 4, 3: 5, 4: 8, 5: 8, 6: 12, 7: 5, 8: 4, 9: 5, 10: 12, 11: 16, 12: 4, 13: 5,
+               14: 3, 15: 4}
+SUPPORTED_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
+
+
+def find_model_dir(root: Path) -> Path:
+    """`sparse/0/` if it holds a model, else `sparse/` itself."""
+    for d in (root / "sparse" / "0", root / "sparse"):
+        if any((d / f"cameras{ext}").is_file() for ext in (".bin", ".txt")):
+            return d
+    raise file_error(root / "sparse", "no COLMAP model found (expected sparse/0/ or sparse/ with "
+                                      "cameras, images and points3D .bin or .txt files)")
+
+
+# ------------------------------------------------------------------------------------- .bin structure check
+
+
+def check_bin_file(path: Path) -> str | None:
+    """Walk a COLMAP .bin file's records without decoding them; return what is wrong, or None if it is sound."""
+    kind = path.stem
+    if path.stat().st_size == 0:
+        return "file is empty"
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        return _walk_records(data, kind)
+
+
+def _walk_records(data: mmap.mmap, kind: str) -> str | None:
+    pos, index, count = 0, -1, 0
+
+    def take(n: int) -> int:
+        nonlocal pos
+        if pos + n > len(data):
+            where = "in its header" if index < 0 else f"inside record {index + 1} of {count}"
+            raise EOFError(f"file ends at byte {len(data)} {where}")
+        pos += n
+        return pos - n
+
+    try:
+        (count,) = struct.unpack_from("<Q", data, take(8))
+        if count > len(data):
+            return f"header says {count} records, more than the file size allows"
+        for index in range(count):
+            if kind == "cameras":
+                _, model, _, _ = struct.unpack_from("<iiQQ", data, take(24))
+                if model not in _NUM_PARAMS:
+                    return f"unknown camera model id {model}"
+                take(8 * _NUM_PARAMS[model])
+            elif kind == "images":
+                take(4 + 8 * 7 + 4)
+                end = data.find(b"\0", pos)
+                if end < 0:
+                    raise EOFError(f"file ends inside the name of image record {index + 1} of {count}")
+                pos = end + 1
+                (n2d,) = struct.unpack_from("<Q", data, take(8))
+                take(24 * n2d)
+            elif kind == "points3D":
+                take(8 + 24 + 3 + 8)
+                (track,) = struct.unpack_from("<Q", data, take(8))
+                take(8 * track)
+            else:
+                return None  # rigs/frames: not checked here
+    except EOFError as e:
+        return str(e)
+    if pos != len(data):
+        return f"{len(data) - pos} unexpected bytes after the last of {count} records"
+    return None
+
+
+def _read_reconstruction(model_dir: Path) -> pycolmap.Reconstruction:
+    # Checked first, not only when pycolmap fails: pycolmap silently accepts files missing their last bytes.
+    for name in _MODEL_FILES:
+        f = model_dir / f"{name}.bin"
+        if f.is_file():
+            problem = check_bin_file(f)
+            if problem is not None:
+                raise file_error(f, f"truncated or corrupt COLMAP file ({problem})")
+    try:
+        return pycolmap.Reconstruction(str(model_dir))
+    except Exception as e:
+        reason = f"{type(e).__name__}: {e}".replace("\n", " ")
+        raise file_error(model_dir, f"could not read the COLMAP model ({reason})") from None
+
+
+# -------------------------------------------------------------------------------------------------- cameras
+
+
+def _intrinsics(cam: pycolmap.Camera, model_file: Path) -> tuple[np.ndarray, list[float]]:
+    """K (COLMAP pixel convention) and OpenCV distortion coefficients for one supported COLMAP camera."""
+    name = cam.model.name
+    p = [float(v) for v in cam.params]
+    if name == "SIMPLE_PINHOLE":
+        (f, cx, cy), fx, fy, dist = p, p[0], p[0], []
+    elif name == "PINHOLE":
+        fx, fy, cx, cy = p
+        dist = []
+    elif name == "SIMPLE_RADIAL":
+        f, cx, cy, k = p
+        fx = fy = f
+        dist = [k, 0.0, 0.0, 0.0]
+    elif name == "RADIAL":
+        f, cx, cy, k1, k2 = p
+        fx = fy = f
+        dist = [k1, k2, 0.0, 0.0]
+    elif name == "OPENCV":
+        fx, fy, cx, cy, k1, k2, p1, p2 = p
+        dist = [k1, k2, p1, p2]
+    else:
+        raise file_error(model_file, f"unsupported COLMAP camera model {name} (camera {cam.camera_id}); supported: "
+                                     f"{', '.join(SUPPORTED_MODELS)}. Undistort first with `colmap image_undistorter`")
+    K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], np.float64)
+    return K, dist
+
+
+def _world_to_cam(image: pycolmap.Image) -> np.ndarray:
+    rigid = image.cam_from_world
+    rigid = rigid() if callable(rigid) else rigid  # a method in pycolmap 4.x, a property before
+    m = np.eye(4)
+    m[:3, :4] = rigid.matrix()
+    return m
+
+
+def _use_downsampled_folder(root: Path, cameras: list[Camera], factor: int) -> list[Camera]:
+    """Point cameras at `images_N/` when every file there exists at exactly the camera's (scaled) size."""
+    folder = root / f"images_{factor}"
+    if factor == 1 or not folder.is_dir() or any(c.undistortion is not None for c in cameras):
+        return cameras
+    out = []
+    for cam in cameras:
+        rel = Path(cam.name)
+        for cand in (folder / rel, folder / rel.with_suffix(".png")):
+            if image_size(cand) == (cam.width, cam.height):
+                out.append(Camera(cam.name, cam.width, cam.height, cam.K, cam.world_to_cam, cand, None))
+                break
+        else:
+            return cameras  # all or nothing, so every image goes through the same resampling
+    return out
+
+
+def load_colmap(root: Path, data_factor: int = 1) -> Scene:
+    """Cameras (scaled by `data_factor`, undistorted), 3D points and colours, in COLMAP's world frame.
+
+    The returned Scene has an identity `to_normalized` and no split; `load_scene` does both.
+    """
+    root = Path(root)
+    model_dir = find_model_dir(root)
+    ext = ".bin" if (model_dir / "cameras.bin").is_file() else ".txt"
+    images_dir = root / "images"
+    if not images_dir.is_dir():
+        raise file_error(images_dir, "image folder is missing (COLMAP scenes keep their photos in images/)")
+    rec = _read_reconstruction(model_dir)
+
+    images = [im for im in rec.images.values() if im.has_pose]
+    if not images:
+        raise file_error(model_dir / f"images{ext}", "COLMAP model has no registered images")
+    if rec.num_points3D() == 0:
+        raise file_error(model_dir / f"points3D{ext}", "COLMAP model has no 3D points")
+
+    intrinsics: dict[int, tuple] = {}
+    cameras: list[Camera] = []
+    for im in sorted(images, key=lambda im: im.name):
+        cam = rec.cameras[im.camera_id]
+        if im.camera_id not in intrinsics:
+            K_src, dist = _intrinsics(cam, model_dir / f"cameras{ext}")
+            intrinsics[im.camera_id] = make_undistortion(K_src, dist, cam.width, cam.height)
+        K, und = intrinsics[im.camera_id]
+        path = images_dir / im.name
+        if not path.is_file():
+            raise file_error(path, f"image listed in the COLMAP model ({model_dir / ('images' + ext)}) "
+                                   "is missing on disk")
+        cameras.append(Camera(im.name, cam.width, cam.height, K.copy(), _world_to_cam(im), path, und))
+
+    if data_factor != 1:
+        cameras = [c.scaled(data_factor) for c in cameras]
+        cameras = _use_downsampled_folder(root, cameras, data_factor)
+
+    pts = rec.points3D
+    points = np.empty((len(pts), 3), np.float64)
+    colors = np.empty((len(pts), 3), np.float32)
+    for k, p in enumerate(pts.values()):
+        points[k] = p.xyz
+        colors[k] = p.color
+    return Scene(root=root, cameras=cameras, points=points, colors=colors / 255.0,
+                 to_normalized=Similarity(), train_ids=list(range(len(cameras))), test_ids=[])

@@ -1,0 +1,64 @@
+"""`load_scene`: one entry point for every supported capture format, returning a normalised, split `Scene`."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from splatkit.data.colmap import load_colmap
+from splatkit.data.scene import Scene, Similarity
+from splatkit.data.transforms_json import load_transforms
+from splatkit.errors import SplatkitError, file_error
+
+
+def load_scene(path: str | Path, *, data_factor: int = 1, test_every: int = 8) -> Scene:
+    """Load a COLMAP folder or a transforms*.json scene, downsampled by `data_factor`.
+
+    The result lives in a normalised frame (centre = mean camera position, farthest camera at distance 1) so that
+    learning rates and thresholds mean the same for every capture. Cameras are sorted by image name and every
+    `test_every`-th one (index % test_every == 0, the Mip-NeRF 360 convention) is held out; `test_every=0` keeps
+    all for training. Blender scenes keep their own transforms_train/test split.
+    """
+    path = Path(path)
+    if isinstance(data_factor, bool) or not isinstance(data_factor, int) or data_factor < 1:
+        raise SplatkitError(f"data_factor must be a positive integer, got {data_factor!r}")
+    if test_every < 0:
+        raise SplatkitError(f"test_every must be >= 0, got {test_every!r}")
+    if not path.exists():
+        raise file_error(path, "scene path does not exist")
+
+    predefined = False
+    if path.is_dir() and (path / "sparse").is_dir():
+        scene = load_colmap(path, data_factor)
+    elif (path.is_file() and path.suffix == ".json") or (path.is_dir() and any(path.glob("transforms*.json"))):
+        scene, predefined = load_transforms(path, data_factor)
+    else:
+        raise file_error(path, "not a scene: expected a COLMAP folder (images/ + sparse/) or transforms.json "
+                               "(or transforms_train.json)")
+    return _normalise_and_split(scene, test_every, predefined)
+
+
+def _normalise_and_split(scene: Scene, test_every: int, predefined: bool) -> Scene:
+    order = sorted(range(len(scene.cameras)), key=lambda i: scene.cameras[i].name)
+    new_index = {old: new for new, old in enumerate(order)}
+    cameras = [scene.cameras[i] for i in order]
+
+    centers = np.stack([c.center for c in cameras])
+    center = centers.mean(0)
+    radius = float(np.linalg.norm(centers - center, axis=1).max())
+    sim = Similarity(scale=1.0 / radius if radius > 0 else 1.0, center=center)
+    cameras = [replace(c, world_to_cam=sim.apply_camera(c.world_to_cam)) for c in cameras]
+
+    if predefined:
+        train_ids = sorted(new_index[i] for i in scene.train_ids)
+        test_ids = sorted(new_index[i] for i in scene.test_ids)
+    elif test_every > 0:
+        test_ids = [i for i in range(len(cameras)) if i % test_every == 0]
+        train_ids = [i for i in range(len(cameras)) if i % test_every != 0]
+    else:
+        train_ids, test_ids = list(range(len(cameras))), []
+    return Scene(root=scene.root, cameras=cameras, points=sim.apply_points(scene.points),
+                 colors=np.asarray(scene.colors, np.float32), to_normalized=sim, train_ids=train_ids,
+                 test_ids=test_ids, background=scene.background)

@@ -1,0 +1,201 @@
+"""nerfstudio / instant-ngp / Blender-synthetic `transforms*.json` -> a `Scene` in the file's world frame.
+
+These files store camera-to-world matrices with OpenGL camera axes (y up, looking down -z); splatkit's cameras
+use OpenCV axes, so the camera's y and z axes are flipped here, once, at the boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from splatkit.data.cameras import Camera
+from splatkit.data.images import image_size, make_undistortion
+from splatkit.data.scene import Scene, Similarity
+from splatkit.errors import file_error
+
+_OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0])
+_DIST_KEYS = ("k1", "k2", "p1", "p2", "k3")
+_SUPPORTED_MODELS = ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL")
+
+
+def find_transforms(path: Path) -> tuple[Path, list[tuple[Path, str]]]:
+    """(scene root, [(json file, split)]) with split 'all' for a single file, or 'train'/'test' (Blender)."""
+    if path.is_file():
+        return path.parent, [(path, "all")]
+    if (path / "transforms.json").is_file():
+        return path, [(path / "transforms.json", "all")]
+    train = path / "transforms_train.json"
+    if train.is_file():
+        test = path / "transforms_test.json"
+        if not test.is_file():
+            test = path / "transforms_val.json"
+        files = [(train, "train")] + ([(test, "test")] if test.is_file() else [])
+        return path, files
+    raise file_error(path, "no transforms.json or transforms_train.json found")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise file_error(path, f"not a readable JSON file ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list) or not meta["frames"]:
+        raise file_error(path, "has no 'frames' list")
+    return meta
+
+
+def _image_path(json_path: Path, file_path: str) -> Path:
+    """Resolve a frame's file_path; Blender files omit the extension, so try .png then .jpg."""
+    p = (json_path.parent / file_path).resolve()
+    if p.is_file():
+        return p
+    for ext in (".png", ".jpg", ".jpeg", ".JPG", ".PNG"):
+        cand = p.with_name(p.name + ext)
+        if cand.is_file():
+            return cand
+    raise file_error(p, f"image listed in {json_path.name} is missing")
+
+
+def _frame_camera(json_path: Path, meta: dict, frame: dict, index: int, root: Path) -> Camera:
+    get = lambda k: frame.get(k, meta.get(k))  # per-frame values override the shared ones
+    model = get("camera_model") or "OPENCV"
+    if model not in _SUPPORTED_MODELS:
+        raise file_error(json_path, f"unsupported camera_model {model}; supported: {', '.join(_SUPPORTED_MODELS)}")
+    if "file_path" not in frame or "transform_matrix" not in frame:
+        raise file_error(json_path, f"frame {index} needs 'file_path' and 'transform_matrix'")
+    path = _image_path(json_path, str(frame["file_path"]))
+    w, h = get("w"), get("h")
+    if w is None or h is None:
+        size = image_size(path)
+        if size is None:
+            raise file_error(path, "unreadable or corrupt image (needed to learn the image size)")
+        w, h = size
+    w, h = int(round(float(w))), int(round(float(h)))
+    fx, fy = get("fl_x"), get("fl_y")
+    if fx is None:
+        if get("camera_angle_x") is None:
+            raise file_error(json_path, "frames need fl_x or camera_angle_x")
+        fx = 0.5 * w / math.tan(0.5 * float(get("camera_angle_x")))
+    if fy is None:
+        fy = 0.5 * h / math.tan(0.5 * float(get("camera_angle_y"))) if get("camera_angle_y") is not None else fx
+    cx = float(get("cx")) if get("cx") is not None else w / 2.0
+    cy = float(get("cy")) if get("cy") is not None else h / 2.0
+    K_src = np.array([[float(fx), 0, cx], [0, float(fy), cy], [0, 0, 1]], np.float64)
+    dist = [float(get(k) or 0.0) for k in _DIST_KEYS]
+    K, und = make_undistortion(K_src, dist, w, h)
+
+    try:
+        c2w = np.asarray(frame["transform_matrix"], np.float64)
+    except (TypeError, ValueError):
+        c2w = np.zeros(0)
+    if c2w.shape == (3, 4):
+        c2w = np.vstack([c2w, [0.0, 0.0, 0.0, 1.0]])
+    if c2w.shape != (4, 4) or not np.all(np.isfinite(c2w)):
+        raise file_error(json_path, f"frame {index} has a malformed transform_matrix (need 4x4 numbers)")
+    world_to_cam = np.linalg.inv(c2w @ _OPENGL_TO_OPENCV)
+    name = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+    return Camera(name, w, h, K, world_to_cam, path, und)
+
+
+def _has_alpha(path: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
+    except Exception:
+        return False
+
+
+def load_transforms(path: Path, data_factor: int = 1) -> tuple[Scene, bool]:
+    """Cameras (scaled by `data_factor`), points and colours in the json's world frame.
+
+    Returns the scene and whether its train/test split is predefined (Blender's separate files).
+    """
+    root, files = find_transforms(Path(path))
+    cameras: list[Camera] = []
+    train_ids: list[int] = []
+    test_ids: list[int] = []
+    points = colors = None
+    for json_path, split in files:
+        meta = _read_json(json_path)
+        for k, frame in enumerate(meta["frames"]):
+            (test_ids if split == "test" else train_ids).append(len(cameras))
+            cameras.append(_frame_camera(json_path, meta, frame, k, root))
+        if points is None and meta.get("ply_file_path"):
+            points, colors = read_ply_points(json_path.parent / meta["ply_file_path"])
+    if points is None:
+        points, colors = random_points_in_view(cameras)
+    background = (1.0, 1.0, 1.0) if cameras[0].image_path and _has_alpha(cameras[0].image_path) else None
+    if data_factor != 1:
+        cameras = [c.scaled(data_factor) for c in cameras]
+    scene = Scene(root=root, cameras=cameras, points=points, colors=colors, to_normalized=Similarity(),
+                  train_ids=train_ids, test_ids=test_ids, background=background)
+    return scene, any(s != "all" for _, s in files)
+
+
+def read_ply_points(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """xyz (float64) and rgb in [0, 1] from a point-cloud .ply (grey when it has no colours)."""
+    from plyfile import PlyData
+
+    try:
+        v = PlyData.read(str(path))["vertex"]
+        xyz = np.stack([np.asarray(v[k], np.float64) for k in ("x", "y", "z")], axis=1)
+    except Exception as e:
+        raise file_error(path, f"unreadable point cloud ({type(e).__name__}: {e})".replace("\n", " ")) from None
+    names = v.data.dtype.names
+    if all(k in names for k in ("red", "green", "blue")):
+        rgb = np.stack([np.asarray(v[k], np.float32) for k in ("red", "green", "blue")], axis=1)
+        rgb = rgb / (65535.0 if rgb.max(initial=0) > 255 else 255.0)
+    else:
+        rgb = np.full_like(xyz, 0.5, dtype=np.float32)
+    return xyz, rgb.astype(np.float32)
+
+
+def look_at_center(cameras: list[Camera]) -> np.ndarray:
+    """Least-squares point nearest to all optical axes: where an object-centric rig is looking."""
+    A = np.zeros((3, 3))
+    b = np.zeros(3)
+    for cam in cameras:
+        c, d = cam.center, cam.world_to_cam[2, :3]  # R^T [0,0,1] is the third row of R
+        d = d / np.linalg.norm(d)
+        P = np.eye(3) - np.outer(d, d)
+        A += P
+        b += P @ c
+    return np.linalg.lstsq(A, b, rcond=1e-6)[0]
+
+
+def random_points_in_view(cameras: list[Camera], n: int = 50_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform random points in a box around the look-at centre, kept if at least 2 cameras see them.
+
+    Used when a scene ships no point cloud; deterministic so repeated runs start from the same cloud.
+    """
+    rng = np.random.default_rng(seed)
+    center = look_at_center(cameras)
+    half = 0.5 * float(np.median([np.linalg.norm(c.center - center) for c in cameras]))
+    kept: list[np.ndarray] = []
+    total = 0
+    for _ in range(20):
+        pts = center + rng.uniform(-half, half, size=(4 * n, 3))
+        seen = np.zeros(len(pts), np.int32)
+        for cam in cameras:
+            x = pts @ cam.world_to_cam[:3, :3].T + cam.world_to_cam[:3, 3]
+            z = x[:, 2]
+            uv = x @ cam.K.T
+            with np.errstate(divide="ignore", invalid="ignore"):
+                u, v = uv[:, 0] / z, uv[:, 1] / z
+            seen += (z > 1e-3 * half) & (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height)
+        good = pts[seen >= min(2, len(cameras))]
+        kept.append(good)
+        total += len(good)
+        if total >= n:
+            break
+    points = np.concatenate(kept)[:n]
+    if len(points) == 0:  # cameras see nothing in common: fall back to the box itself
+        points = center + rng.uniform(-half, half, size=(n, 3))
+    colors = rng.uniform(0.0, 1.0, size=(len(points), 3)).astype(np.float32)
+    return points, colors
