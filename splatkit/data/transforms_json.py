@@ -179,13 +179,13 @@ def random_points_in_view(cameras: list[Camera], n: int = 50_000, seed: int = 0)
     half = 0.5 * float(np.median([np.linalg.norm(c.center - center) for c in cameras]))
     kept: list[np.ndarray] = []
     total = 0
-    for _ in range(20):
-        pts = center + rng.uniform(-half, half, size=(4 * n, 3))
+    for _ in range(20):  # draw a little more than still needed: object-centric rigs keep most points
+        pts = (center + rng.uniform(-half, half, size=(int(1.25 * (n - total)) + 1000, 3))).astype(np.float32)
         seen = np.zeros(len(pts), np.int32)
         for cam in cameras:
-            x = pts @ cam.world_to_cam[:3, :3].T + cam.world_to_cam[:3, 3]
+            x = pts @ cam.world_to_cam[:3, :3].T.astype(np.float32) + cam.world_to_cam[:3, 3].astype(np.float32)
             z = x[:, 2]
-            uv = x @ cam.K.T
+            uv = x @ cam.K.T.astype(np.float32)
             with np.errstate(divide="ignore", invalid="ignore"):
                 u, v = uv[:, 0] / z, uv[:, 1] / z
             seen += (z > 1e-3 * half) & (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height)
