@@ -55,6 +55,8 @@ def load_ply(path: str | Path) -> Gaussians:
     if missing:
         raise file_error(path, f"not a 3DGS splat PLY: missing properties {', '.join(missing)}")
     rest_names = sorted((n for n in names if n.startswith("f_rest_")), key=lambda n: int(n.rsplit("_", 1)[1]))
+    if rest_names != [f"f_rest_{i}" for i in range(len(rest_names))]:
+        raise file_error(path, "f_rest_* properties are not numbered 0..N-1 without gaps")
     if len(rest_names) % 3:
         raise file_error(path, f"{len(rest_names)} f_rest_* properties is not a multiple of 3")
     coeffs = len(rest_names) // 3

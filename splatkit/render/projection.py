@@ -82,7 +82,8 @@ def project(
     valid = in_depth & (det > 0)
     det_safe = torch.where(valid, det, torch.ones_like(det))
     conics = torch.stack([c / det_safe, -b / det_safe, a / det_safe], dim=-1)
-    compensation = torch.sqrt(torch.clamp(det_orig / det_safe, min=0.0))
+    # Clamped away from 0 so sqrt's infinite slope there cannot turn a zero gradient into NaN.
+    compensation = torch.sqrt(torch.clamp(det_orig / det_safe, min=1e-12))
     means2d = torch.stack([fx * tx / tz + cx, fy * ty / tz + cy], dim=-1)
     with torch.no_grad():
         radii = torch.ceil(RADIUS_SIGMAS * torch.sqrt(torch.stack([a, c], dim=-1).clamp(min=0)))

@@ -1,0 +1,125 @@
+"""Training end to end on a tiny generated scene: outputs, resume, divergence handling, CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from splatkit.cli import main
+from splatkit.data.demo_scene import generate_demo_scene
+from splatkit.errors import SplatkitError
+from splatkit.io.ply import load_ply
+from splatkit.train import checkpoint
+from splatkit.train.config import TrainConfig
+from splatkit.train.strategies import ADCStrategy
+from splatkit.train.trainer import train
+
+pytestmark = pytest.mark.xdist_group("tiny_scene")
+
+
+@pytest.fixture(scope="module")
+def tiny_scene(tmp_path_factory) -> Path:
+    return generate_demo_scene(tmp_path_factory.mktemp("scene") / "tiny", n_cameras=10, width=48, height=36)
+
+
+def _config(scene: Path, out: Path, **overrides) -> TrainConfig:
+    # Refinement, opacity reset and an SH band switch all happen inside 40 steps.
+    strategy = ADCStrategy(refine_start=5, refine_every=10, reset_every=25, grow_grad2d=2e-5)
+    base = TrainConfig(scene=str(scene), out=out, steps=40, checkpoint_every=20, sh_degree_interval=15,
+                       eval_steps=(), backend="torch", strategy=strategy, log_every=10)
+    return dataclasses.replace(base, **overrides)
+
+
+def test_run_folder_contents_and_original_frame(tiny_scene, tmp_path):
+    metrics = train(_config(tiny_scene, tmp_path / "run"), show_progress=False)
+    run = tmp_path / "run"
+    for name in ("config.json", "metrics.jsonl", "metrics.json", "point_cloud.ply"):
+        assert (run / name).is_file(), name
+    assert [p.name for p in checkpoint.list_checkpoints(run / "checkpoints")] == ["step_0000020.pt",
+                                                                                  "step_0000040.pt"]
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["psnr"] == pytest.approx(metrics["psnr"]) and len(saved["views"]) == 2  # cameras 0 and 8
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [10, 20, 30, 40]
+    # The exported model is in the scene's original (COLMAP) frame: map the final checkpoint back by hand.
+    record = json.loads((run / "config.json").read_text())
+    scale, center = record["to_normalized"]["scale"], np.array(record["to_normalized"]["center"])
+    params = checkpoint.load_checkpoint(checkpoint.list_checkpoints(run / "checkpoints")[-1])["params"]
+    model = load_ply(run / "point_cloud.ply")
+    np.testing.assert_allclose(model.means.numpy(), params["means"].numpy() / scale + center, atol=1e-5)
+    np.testing.assert_allclose(model.scales.numpy(), params["scales"].numpy() - np.log(scale), atol=1e-5)
+
+
+def test_resume_matches_uninterrupted_run(tiny_scene, tmp_path):
+    train(_config(tiny_scene, tmp_path / "full"), show_progress=False)
+    # A run killed after its step-20 checkpoint: same folder, later checkpoint and outputs gone.
+    shutil.copytree(tmp_path / "full", tmp_path / "killed")
+    (tmp_path / "killed" / "checkpoints" / "step_0000040.pt").unlink()
+    (tmp_path / "killed" / "point_cloud.ply").unlink()
+    train(_config(tiny_scene, tmp_path / "killed", resume=True), show_progress=False)
+    full = checkpoint.load_checkpoint(tmp_path / "full" / "checkpoints" / "step_0000040.pt")
+    resumed = checkpoint.load_checkpoint(tmp_path / "killed" / "checkpoints" / "step_0000040.pt")
+    assert full["params"]["means"].shape[0] != 0
+    for name, value in full["params"].items():
+        assert torch.equal(value, resumed["params"][name]), name
+    for name, state in full["optimizers"].items():
+        assert torch.equal(state["state"][0]["exp_avg"], resumed["optimizers"][name]["state"][0]["exp_avg"])
+
+
+def test_existing_run_needs_resume_and_resume_needs_a_run(tiny_scene, tmp_path):
+    train(_config(tiny_scene, tmp_path / "run", steps=20), show_progress=False)
+    with pytest.raises(SplatkitError, match="--resume"):
+        train(_config(tiny_scene, tmp_path / "run", steps=20), show_progress=False)
+    with pytest.raises(SplatkitError, match="nothing to resume"):
+        train(_config(tiny_scene, tmp_path / "empty", resume=True), show_progress=False)
+
+
+def test_non_finite_loss_stops_with_message_and_keeps_last_checkpoint(tiny_scene, tmp_path, monkeypatch):
+    from splatkit.train import trainer as trainer_module
+
+    real_rasterize = trainer_module.rasterize
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        out = real_rasterize(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] > 25:  # after the step-20 checkpoint
+            out.rgb = out.rgb * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer_module, "rasterize", poisoned)
+    with pytest.raises(SplatkitError) as info:
+        train(_config(tiny_scene, tmp_path / "run"), show_progress=False)
+    message = str(info.value)
+    assert "step 25" in message and "non-finite loss" in message and "step_0000020.pt" in message
+    kept = checkpoint.load_checkpoint(tmp_path / "run" / "checkpoints" / "step_0000020.pt")
+    assert all(torch.isfinite(v).all() for v in kept["params"].values())
+
+
+def test_cli_train_eval_render(tiny_scene, tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["train", str(tiny_scene), "--out", str(run), "--steps", "10", "--backend", "torch",
+                 "--checkpoint-every", "5"])
+    assert code == 0
+    assert main(["eval", str(run), "--backend", "torch"]) == 0
+    result = json.loads((run / "eval" / "metrics.json").read_text())
+    assert [v["name"] for v in result["views"]] == ["000.png", "008.png"]
+    assert len(list((run / "eval").glob("*.png"))) == 2
+    assert main(["render", str(run), "--split", "all", "--out", str(tmp_path / "renders"),
+                 "--backend", "torch"]) == 0
+    assert len(list((tmp_path / "renders").glob("*.png"))) == 10
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "nope"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nope" in err and "not found" in err
+    assert main(["eval", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a splatkit run folder" in err and "Traceback" not in err
