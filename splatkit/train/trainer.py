@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -220,11 +219,13 @@ def train(cfg: TrainConfig, *, device: str = "cpu", show_progress: bool = True) 
                 step = trainer.step
                 n = len(trainer.params["means"])
                 rate = (step - start_step) / (time.perf_counter() - started)
-                progress.update(task, completed=step, stats=f"loss {smoothed['loss']:.4f}  PSNR "
-                                f"{smoothed['psnr']:.2f}  #G {n:,}  {rate:.1f} it/s")
+                line = f"loss {smoothed['loss']:.4f}  PSNR {smoothed['psnr']:.2f}  #G {n:,}  {rate:.1f} it/s"
+                progress.update(task, completed=step, stats=line)
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     log.write(json.dumps({"step": step, **stats, "num_gaussians": n, "steps_per_s": rate}) + "\n")
                     log.flush()
+                    if show_progress and not console.is_terminal:  # logs and CI get a plain line instead
+                        console.print(f"step {step}/{cfg.steps}  {line}", highlight=False)
                 if step in cfg.eval_steps and step != cfg.steps and scene.test_ids:
                     result = trainer.evaluate()
                     log.write(json.dumps({"step": step, "eval": result["mean"]}) + "\n")
