@@ -27,6 +27,7 @@ class RenderOutput:
     means2d: torch.Tensor  # (N, 2) projected centres; call .retain_grad() before backward for densification
     radii: torch.Tensor  # (N, 2) int per-axis screen radius; 0 = not visible
     weight_sums: torch.Tensor  # (N,) sum over pixels of alpha * T (each Gaussian's contribution), detached
+    absgrad: torch.Tensor | None = None  # (N, 2) sum of per-pixel |dL/dmeans2d|, filled by backward (native only)
 
 
 class Backend(Protocol):

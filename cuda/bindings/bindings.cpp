@@ -1,0 +1,185 @@
+// Torch binding of the splatkit rasterizer: checks inputs, allocates outputs, dispatches to the CPU or CUDA build.
+// The math lives in include/splatkit/*.h; this file only moves tensors around.
+#include <torch/extension.h>
+
+#include "splatkit/api.h"
+
+namespace {
+
+using torch::Tensor;
+
+void check(const Tensor& t, const char* name, c10::ScalarType type = torch::kFloat32) {
+    TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+    TORCH_CHECK(t.scalar_type() == type, name, " must be ", c10::toString(type), ", got ", t.scalar_type());
+}
+
+#ifdef SPLATKIT_WITH_CUDA
+constexpr bool kHaveCuda = true;
+#else
+constexpr bool kHaveCuda = false;
+#endif
+
+bool use_cuda(const Tensor& t) {
+    TORCH_CHECK(!t.is_cuda() || kHaveCuda, "splatkit's native extension was built without CUDA");
+    return t.is_cuda();
+}
+
+splatkit::PreprocessIn preprocess_in(const Tensor& means, const Tensor& quats, const Tensor& scales, const Tensor& sh,
+                                     const Tensor& viewmat, const Tensor& K, int64_t width, int64_t height,
+                                     int64_t degree, double eps2d, double near_plane, double far_plane) {
+    check(means, "means");
+    check(quats, "quats");
+    check(scales, "scales");
+    check(sh, "sh");
+    TORCH_CHECK(sh.dim() == 3 && sh.size(2) == 3 && (degree + 1) * (degree + 1) <= sh.size(1), "bad sh shape");
+    Tensor vm = viewmat.to(torch::kCPU, torch::kFloat32).contiguous(), k = K.to(torch::kCPU, torch::kFloat32).contiguous();
+    splatkit::PreprocessIn in;
+    in.n = (int)means.size(0);
+    in.means = means.data_ptr<float>();
+    in.quats = quats.data_ptr<float>();
+    in.scales = scales.data_ptr<float>();
+    in.sh = sh.data_ptr<float>();
+    in.bases = (int)sh.size(1);
+    in.degree = (int)degree;
+    in.cam = splatkit::make_camera(vm.data_ptr<float>(), k.data_ptr<float>(), (int)width, (int)height);
+    in.eps2d = (float)eps2d;
+    in.near_plane = (float)near_plane;
+    in.far_plane = (float)far_plane;
+    return in;
+}
+
+std::vector<Tensor> preprocess_forward(Tensor means, Tensor quats, Tensor scales, Tensor sh, Tensor viewmat, Tensor K,
+                                       int64_t width, int64_t height, int64_t degree, double eps2d, double near_plane,
+                                       double far_plane) {
+    auto in = preprocess_in(means, quats, scales, sh, viewmat, K, width, height, degree, eps2d, near_plane, far_plane);
+    auto f = means.options();
+    int64_t n = in.n;
+    Tensor means2d = torch::empty({n, 2}, f), conics = torch::empty({n, 3}, f), depths = torch::empty({n}, f);
+    Tensor radii = torch::empty({n, 2}, f.dtype(torch::kInt32)), comp = torch::empty({n}, f);
+    Tensor colors = torch::empty({n, 3}, f);
+    splatkit::PreprocessOut out{means2d.data_ptr<float>(), conics.data_ptr<float>(), depths.data_ptr<float>(),
+                                radii.data_ptr<int32_t>(), comp.data_ptr<float>(), colors.data_ptr<float>()};
+#ifdef SPLATKIT_WITH_CUDA
+    if (use_cuda(means)) splatkit::cuda::preprocess_forward(in, out); else
+#endif
+    { use_cuda(means); splatkit::cpu::preprocess_forward(in, out); }
+    return {means2d, conics, depths, radii, comp, colors};
+}
+
+std::vector<Tensor> preprocess_backward(Tensor means, Tensor quats, Tensor scales, Tensor sh, Tensor viewmat, Tensor K,
+                                        int64_t width, int64_t height, int64_t degree, double eps2d, Tensor radii,
+                                        Tensor v_means2d, Tensor v_conics, Tensor v_depths, Tensor v_comp,
+                                        Tensor v_colors) {
+    auto in = preprocess_in(means, quats, scales, sh, viewmat, K, width, height, degree, eps2d, 0.0, 0.0);
+    check(radii, "radii", torch::kInt32);
+    for (auto* t : {&v_means2d, &v_conics, &v_depths, &v_comp, &v_colors}) check(*t, "gradient");
+    Tensor v_means = torch::empty_like(means), v_quats = torch::empty_like(quats);
+    Tensor v_scales = torch::empty_like(scales), v_sh = torch::empty_like(sh);
+    splatkit::PreprocessGradIn gi{radii.data_ptr<int32_t>(), v_means2d.data_ptr<float>(), v_conics.data_ptr<float>(),
+                                  v_depths.data_ptr<float>(), v_comp.data_ptr<float>(), v_colors.data_ptr<float>()};
+    splatkit::PreprocessGradOut out{v_means.data_ptr<float>(), v_quats.data_ptr<float>(), v_scales.data_ptr<float>(),
+                                    v_sh.data_ptr<float>()};
+#ifdef SPLATKIT_WITH_CUDA
+    if (use_cuda(means)) splatkit::cuda::preprocess_backward(in, gi, out); else
+#endif
+    { use_cuda(means); splatkit::cpu::preprocess_backward(in, gi, out); }
+    return {v_means, v_quats, v_scales, v_sh};
+}
+
+#ifdef SPLATKIT_WITH_CUDA
+int32_t* allocate_ids(void* ctx, int64_t count) {
+    auto* holder = static_cast<Tensor*>(ctx);
+    *holder = torch::empty({count}, holder->options());
+    return holder->data_ptr<int32_t>();
+}
+#endif
+
+// Returns (image H x W x 4, alpha, final_T, last, weight_sums, tile_offsets, ids).
+std::vector<Tensor> blend_forward(Tensor means2d, Tensor conics, Tensor opacities, Tensor features, Tensor depths,
+                                  Tensor radii, int64_t width, int64_t height) {
+    check(means2d, "means2d");
+    check(conics, "conics");
+    check(opacities, "opacities");
+    check(features, "features");
+    check(depths, "depths");
+    check(radii, "radii", torch::kInt32);
+    TORCH_CHECK(features.dim() == 2 && features.size(1) == splatkit::kChannels, "features must be N x 4");
+    const int n = (int)means2d.size(0), w = (int)width, h = (int)height;
+    const int64_t tiles = (int64_t)((w + splatkit::kTileSize - 1) / splatkit::kTileSize) *
+                          ((h + splatkit::kTileSize - 1) / splatkit::kTileSize);
+    auto f = means2d.options();
+    auto i32 = f.dtype(torch::kInt32);
+    Tensor offsets, ids;
+    if (use_cuda(means2d)) {
+#ifdef SPLATKIT_WITH_CUDA
+        offsets = torch::empty({tiles + 1}, i32);
+        ids = torch::empty({0}, i32);
+        splatkit::cuda::bin_tiles(n, w, h, means2d.data_ptr<float>(), conics.data_ptr<float>(),
+                                  opacities.data_ptr<float>(), depths.data_ptr<float>(), radii.data_ptr<int32_t>(),
+                                  offsets.data_ptr<int32_t>(), {&ids, allocate_ids});
+#endif
+    } else {
+        std::vector<int32_t> off, id;
+        splatkit::cpu::bin_tiles(n, w, h, means2d.data_ptr<float>(), conics.data_ptr<float>(),
+                                 opacities.data_ptr<float>(), depths.data_ptr<float>(), radii.data_ptr<int32_t>(), off,
+                                 id);
+        offsets = torch::from_blob(off.data(), {(int64_t)off.size()}, i32).clone();
+        ids = torch::from_blob(id.data(), {(int64_t)id.size()}, i32).clone();
+    }
+    Tensor image = torch::empty({height, width, splatkit::kChannels}, f), alpha = torch::empty({height, width}, f);
+    Tensor final_T = torch::empty({height, width}, f), last = torch::empty({height, width}, i32);
+    Tensor weight_sums = torch::zeros({n}, f);
+    splatkit::BlendIn in{n, w, h, means2d.data_ptr<float>(), conics.data_ptr<float>(), opacities.data_ptr<float>(),
+                         features.data_ptr<float>(), offsets.data_ptr<int32_t>(), ids.data_ptr<int32_t>()};
+    splatkit::BlendOut out{image.data_ptr<float>(), alpha.data_ptr<float>(), final_T.data_ptr<float>(),
+                           last.data_ptr<int32_t>(), weight_sums.data_ptr<float>()};
+#ifdef SPLATKIT_WITH_CUDA
+    if (means2d.is_cuda()) splatkit::cuda::blend_forward(in, out); else
+#endif
+    splatkit::cpu::blend_forward(in, out);
+    return {image, alpha, final_T, last, weight_sums, offsets, ids};
+}
+
+// Returns (v_means2d, v_conics, v_opacities, v_features, absgrad).
+std::vector<Tensor> blend_backward(Tensor means2d, Tensor conics, Tensor opacities, Tensor features,
+                                   Tensor tile_offsets, Tensor ids, Tensor final_T, Tensor last, Tensor v_image,
+                                   Tensor v_alpha, int64_t width, int64_t height) {
+    check(v_image, "v_image");
+    check(v_alpha, "v_alpha");
+    const int n = (int)means2d.size(0);
+    splatkit::BlendIn in{n, (int)width, (int)height, means2d.data_ptr<float>(), conics.data_ptr<float>(),
+                         opacities.data_ptr<float>(), features.data_ptr<float>(), tile_offsets.data_ptr<int32_t>(),
+                         ids.data_ptr<int32_t>()};
+    splatkit::BlendGradIn gi{final_T.data_ptr<float>(), last.data_ptr<int32_t>(), v_image.data_ptr<float>(),
+                             v_alpha.data_ptr<float>()};
+    Tensor v_means2d = torch::zeros_like(means2d), v_conics = torch::zeros_like(conics);
+    Tensor v_opacities = torch::zeros_like(opacities), v_features = torch::zeros_like(features);
+    Tensor absgrad = torch::zeros_like(means2d);
+    splatkit::BlendGradOut out{v_means2d.data_ptr<float>(), v_conics.data_ptr<float>(), v_opacities.data_ptr<float>(),
+                               v_features.data_ptr<float>(), absgrad.data_ptr<float>()};
+#ifdef SPLATKIT_WITH_CUDA
+    if (means2d.is_cuda()) splatkit::cuda::blend_backward(in, gi, out); else
+#endif
+    splatkit::cpu::blend_backward(in, gi, out);
+    return {v_means2d, v_conics, v_opacities, v_features, absgrad};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+    m.doc() = "splatkit native rasterizer (CPU/OpenMP, optionally CUDA)";
+    m.def("preprocess_forward", &preprocess_forward);
+    m.def("preprocess_backward", &preprocess_backward);
+    m.def("blend_forward", &blend_forward);
+    m.def("blend_backward", &blend_backward);
+    m.def("has_cuda", []() { return kHaveCuda; });
+    m.def("constants", []() {
+        return std::map<std::string, double>{{"alpha_min", splatkit::kAlphaMin},
+                                             {"alpha_max", splatkit::kAlphaMax},
+                                             {"transmittance_min", splatkit::kTransmittanceMin},
+                                             {"eps2d", splatkit::kEps2d},
+                                             {"radius_sigmas", splatkit::kRadiusSigmas},
+                                             {"near_plane", splatkit::kNearPlane},
+                                             {"tile_size", splatkit::kTileSize}};
+    });
+}

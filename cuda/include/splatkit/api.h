@@ -1,0 +1,124 @@
+// Entry points of the rasterizer on raw pointers (no torch types), implemented once for the CPU
+// (cpu/rasterize_cpu.cpp) and once for CUDA (gpu/rasterize_cuda.cu). The torch binding dispatches by device.
+// All arrays are contiguous float32/int32, row-major; N Gaussians, an image of H x W pixels.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "projection.h"
+
+namespace splatkit {
+
+constexpr int kChannels = 4;  // blended per-Gaussian features: R, G, B and depth
+
+struct PreprocessIn {
+    int n;
+    const float* means;   // N x 3
+    const float* quats;   // N x 4, wxyz
+    const float* scales;  // N x 3, activated
+    const float* sh;      // N x bases x 3
+    int bases;            // coefficients stored per Gaussian
+    int degree;           // degree to evaluate (bases >= (degree+1)^2)
+    PinholeCamera cam;
+    float eps2d, near_plane, far_plane;
+};
+
+struct PreprocessOut {
+    float* means2d;       // N x 2
+    float* conics;        // N x 3
+    float* depths;        // N
+    int32_t* radii;       // N x 2
+    float* compensation;  // N
+    float* colors;        // N x 3
+};
+
+struct PreprocessGradIn {
+    const int32_t* radii;
+    const float* v_means2d;
+    const float* v_conics;
+    const float* v_depths;
+    const float* v_compensation;
+    const float* v_colors;
+};
+
+struct PreprocessGradOut {
+    float* v_means;   // N x 3
+    float* v_quats;   // N x 4
+    float* v_scales;  // N x 3
+    float* v_sh;      // N x bases x 3
+};
+
+struct BlendIn {
+    int n, width, height;
+    const float* means2d;    // N x 2
+    const float* conics;     // N x 3
+    const float* opacities;  // N, activated (times the compensation when antialiased)
+    const float* features;   // N x kChannels
+    const int32_t* tile_offsets;  // tiles + 1: Gaussians of tile t are ids[offsets[t] .. offsets[t+1]), near first
+    const int32_t* ids;
+};
+
+struct BlendOut {
+    float* image;         // H x W x kChannels, without background
+    float* alpha;         // H x W
+    float* final_T;       // H x W, transmittance after the last blended Gaussian
+    int32_t* last;        // H x W, 1 + position (within its tile list) of the last blended Gaussian
+    float* weight_sums;   // N, sum over pixels of alpha * T
+};
+
+struct BlendGradIn {
+    const float* final_T;
+    const int32_t* last;
+    const float* v_image;  // H x W x kChannels
+    const float* v_alpha;  // H x W
+};
+
+struct BlendGradOut {
+    float* v_means2d;   // N x 2
+    float* v_conics;    // N x 3
+    float* v_opacities; // N
+    float* v_features;  // N x kChannels
+    float* absgrad;     // N x 2, sum over pixels of |per-pixel dL/dmeans2d|
+};
+
+SPLATKIT_HD PinholeCamera make_camera(const float* viewmat, const float* K, int width, int height) {
+    PinholeCamera cam;
+    for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j) cam.R.m[i][j] = viewmat[4 * i + j];
+    cam.t = {viewmat[3], viewmat[7], viewmat[11]};
+    cam.fx = K[0];
+    cam.fy = K[4];
+    cam.cx = K[2];
+    cam.cy = K[5];
+    cam.width = width;
+    cam.height = height;
+    return cam;
+}
+
+namespace cpu {
+void preprocess_forward(const PreprocessIn& in, const PreprocessOut& out);
+void preprocess_backward(const PreprocessIn& in, const PreprocessGradIn& grad_in, const PreprocessGradOut& out);
+// Sorts visible Gaussians into 16x16 tiles, nearest first; fills offsets (tiles + 1) and ids.
+void bin_tiles(int n, int width, int height, const float* means2d, const float* conics, const float* opacities,
+               const float* depths, const int32_t* radii, std::vector<int32_t>& offsets, std::vector<int32_t>& ids);
+void blend_forward(const BlendIn& in, const BlendOut& out);
+void blend_backward(const BlendIn& in, const BlendGradIn& grad_in, const BlendGradOut& out);
+}  // namespace cpu
+
+// The CUDA build: same entry points on device pointers (camera parameters stay on the host, passed by value).
+namespace cuda {
+// Binning learns the number of (tile, Gaussian) pairs on the device; the caller allocates the id buffer for it.
+struct IdsAllocator {
+    void* ctx;
+    int32_t* (*alloc)(void* ctx, int64_t count);
+};
+void preprocess_forward(const PreprocessIn& in, const PreprocessOut& out);
+void preprocess_backward(const PreprocessIn& in, const PreprocessGradIn& grad_in, const PreprocessGradOut& out);
+void bin_tiles(int n, int width, int height, const float* means2d, const float* conics, const float* opacities,
+               const float* depths, const int32_t* radii, int32_t* offsets, IdsAllocator ids);
+void blend_forward(const BlendIn& in, const BlendOut& out);
+void blend_backward(const BlendIn& in, const BlendGradIn& grad_in, const BlendGradOut& out);
+}  // namespace cuda
+
+}  // namespace splatkit

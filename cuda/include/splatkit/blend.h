@@ -1,0 +1,27 @@
+// Alpha of one (pixel, Gaussian) pair and its gradient: shared by the forward and backward blending loops.
+#pragma once
+
+#include "common.h"
+
+namespace splatkit {
+
+// power = -0.5 (a dx^2 + c dy^2) - b dx dy with (dx, dy) = pixel centre - mean; alpha = min(0.99, o exp(power)).
+// A pair counts only when power <= 0 and alpha >= 1/255.
+SPLATKIT_HD float gaussian_power(Sym2 conic, float dx, float dy) {
+    return -0.5f * (conic.a * dx * dx + conic.c * dy * dy) - conic.b * dx * dy;
+}
+
+SPLATKIT_HD float pair_alpha(float power, float opacity) {
+    return power > 0.0f ? 0.0f : fminf(kAlphaMax, opacity * exp_nonpositive(power));
+}
+
+// Box around a Gaussian's mean beyond which alpha < 1/255 for its opacity: the Mahalanobis distance d must satisfy
+// d^2 <= 2 ln(255 opacity), and |dx| <= d sigma_x with sigma_x^2 = c / det of the conic (a, b, c).
+SPLATKIT_HD Vec2 alpha_extent(Sym2 conic, float opacity, int radius_x, int radius_y) {
+    float det = fmaxf(conic.a * conic.c - conic.b * conic.b, 1e-12f);
+    float d2 = 2.0f * logf(fmaxf(255.0f * opacity, 1.0f));
+    float hx = sqrtf(d2 * conic.c / det), hy = sqrtf(d2 * conic.a / det);
+    return {fminf(hx, (float)radius_x), fminf(hy, (float)radius_y)};
+}
+
+}  // namespace splatkit

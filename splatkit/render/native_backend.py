@@ -1,0 +1,80 @@
+"""The `native` backend: splatkit's own rasterizer from `cuda/` (OpenMP on the CPU, CUDA where built).
+
+Two autograd functions mirror the two stages of the kernels: per-Gaussian preprocessing (projection + SH) and
+per-tile blending. Keeping them apart makes `means2d` a real node of the graph, so `means2d.grad` is the
+screen-space gradient densification needs, as in gsplat.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from splatkit.data.cameras import Camera
+from splatkit.model.gaussians import Gaussians
+from splatkit.render.api import RenderOutput, RenderSettings, register_backend
+from splatkit.render.native_build import compiler_available, load_extension
+from splatkit.render.projection import EPS2D, FAR_PLANE, NEAR_PLANE
+from splatkit.render.torch_backend import camera_tensors
+
+
+class _Preprocess(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means, quats, scales, sh, viewmat, K, width: int, height: int, degree: int):
+        ext = load_extension()
+        means2d, conics, depths, radii, compensation, colors = ext.preprocess_forward(
+            means, quats, scales, sh, viewmat, K, width, height, degree, EPS2D, NEAR_PLANE, FAR_PLANE)
+        ctx.save_for_backward(means, quats, scales, sh, viewmat, K, radii)
+        ctx.size, ctx.degree = (width, height), degree
+        ctx.mark_non_differentiable(radii)
+        return means2d, conics, depths, radii, compensation, colors
+
+    @staticmethod
+    def backward(ctx, v_means2d, v_conics, v_depths, _v_radii, v_compensation, v_colors):
+        means, quats, scales, sh, viewmat, K, radii = ctx.saved_tensors
+        grads = [g.contiguous() for g in (v_means2d, v_conics, v_depths, v_compensation, v_colors)]
+        v_means, v_quats, v_scales, v_sh = load_extension().preprocess_backward(
+            means, quats, scales, sh, viewmat, K, *ctx.size, ctx.degree, EPS2D, radii, *grads)
+        return v_means, v_quats, v_scales, v_sh, None, None, None, None, None
+
+
+class _Blend(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means2d, conics, opacities, features, depths, radii, width: int, height: int, absgrad):
+        image, alpha, final_t, last, weight_sums, offsets, ids = load_extension().blend_forward(
+            means2d, conics, opacities, features, depths, radii, width, height)
+        ctx.save_for_backward(means2d, conics, opacities, features, offsets, ids, final_t, last, absgrad)
+        ctx.size = (width, height)
+        ctx.mark_non_differentiable(weight_sums)
+        return image, alpha, weight_sums
+
+    @staticmethod
+    def backward(ctx, v_image, v_alpha, _v_weight_sums):
+        means2d, conics, opacities, features, offsets, ids, final_t, last, absgrad = ctx.saved_tensors
+        v_means2d, v_conics, v_opacities, v_features, abs_means2d = load_extension().blend_backward(
+            means2d, conics, opacities, features, offsets, ids, final_t, last, v_image.contiguous(),
+            v_alpha.contiguous(), *ctx.size)
+        absgrad += abs_means2d  # gsplat's "absgrad": per-pixel |dL/dmeans2d| summed, for densification
+        return v_means2d, v_conics, v_opacities, v_features, None, None, None, None, None
+
+
+def render_native(gaussians: Gaussians, camera: Camera, settings: RenderSettings) -> RenderOutput:
+    device = gaussians.means.device
+    viewmat, K = camera_tensors(camera, device)
+    width, height = camera.width, camera.height
+    means2d, conics, depths, radii, compensation, colors = _Preprocess.apply(
+        gaussians.means.contiguous(), gaussians.quats.contiguous(), gaussians.activated_scales.contiguous(),
+        gaussians.sh.contiguous(), viewmat, K, width, height, settings.sh_degree)
+    opacities = gaussians.activated_opacities
+    if settings.antialiased:
+        opacities = opacities * compensation
+    features = torch.cat([colors, depths[:, None]], dim=-1)
+    absgrad = torch.zeros_like(means2d.detach())
+    image, alpha, weight_sums = _Blend.apply(means2d, conics, opacities.contiguous(), features, depths.detach(),
+                                             radii, width, height, absgrad)
+    background = torch.tensor(settings.background, dtype=image.dtype, device=device)
+    rgb = image[..., :3] + (1.0 - alpha[..., None]) * background
+    depth = image[..., 3] / alpha.clamp(min=1e-10)
+    return RenderOutput(rgb, alpha, depth, means2d, radii, weight_sums, absgrad)
+
+
+register_backend("native", render_native, available=lambda device: device.type == "cpu" and compiler_available())

@@ -1,0 +1,85 @@
+"""Builds (once) and loads the native rasterizer in `cuda/` with torch's C++-extension tooling and ninja.
+
+The build is cached per splatkit version, source hash, torch version and CPU, under `$SPLATKIT_CACHE/native`
+(default ~/.cache/splatkit/native), so only the first use pays the compile (about a minute on 2 cores).
+Nothing here runs at import: `load_extension()` is called on the first native render.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+import splatkit
+from splatkit.errors import SplatkitError
+
+CUDA_DIR = Path(__file__).resolve().parents[2] / "cuda"
+CPU_SOURCES = ("bindings/bindings.cpp", "cpu/rasterize_cpu.cpp")
+CFLAGS = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-march=native"]
+
+
+def cache_root() -> Path:
+    root = os.environ.get("SPLATKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "splatkit")
+    return Path(root) / "native"
+
+
+def _cpu_signature() -> str:
+    """-march=native code must not be reused on a different CPU (e.g. a shared home directory)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = ""
+    return platform.machine() + flags
+
+
+def source_hash() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(CUDA_DIR.rglob("*")):
+        if path.suffix in {".h", ".cpp", ".cu"}:
+            digest.update(path.relative_to(CUDA_DIR).as_posix().encode())
+            digest.update(path.read_bytes())
+    for part in (splatkit.__version__, torch.__version__, " ".join(CFLAGS), _cpu_signature()):
+        digest.update(part.encode())
+    return digest.hexdigest()[:16]
+
+
+def compiler_available() -> bool:
+    return shutil.which(os.environ.get("CXX", "c++")) is not None and CUDA_DIR.is_dir()
+
+
+@functools.cache
+def load_extension() -> ModuleType:
+    """The compiled extension, building it first if this source/torch/CPU combination has not been built yet."""
+    if not CUDA_DIR.is_dir():
+        raise SplatkitError(f"{CUDA_DIR}: native sources not found (install splatkit from a source checkout)")
+    from torch.utils import cpp_extension
+
+    tag = source_hash()
+    build_dir = cache_root() / tag
+    build_dir.mkdir(parents=True, exist_ok=True)
+    name = f"splatkit_native_{tag}"
+    fresh = not any(build_dir.glob(f"{name}*.so"))
+    if fresh:
+        print("splatkit: building the native rasterizer (first use only, about a minute)...", file=sys.stderr,
+              flush=True)
+    try:
+        return cpp_extension.load(
+            name=name,
+            sources=[str(CUDA_DIR / s) for s in CPU_SOURCES],
+            extra_include_paths=[str(CUDA_DIR / "include")],
+            extra_cflags=CFLAGS,
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(build_dir),
+            verbose=False,
+        )
+    except Exception as exc:  # the compiler's output is in the message: show it, not a deep traceback
+        raise SplatkitError(f"{CUDA_DIR}: the native rasterizer failed to build:\n{exc}") from None
