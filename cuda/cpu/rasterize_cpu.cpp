@@ -46,6 +46,22 @@ struct PerThreadSums {
     }
 };
 
+// Rows [first, end) of the tile starting at pixel row y0 that hold pixel centres inside a Gaussian's alpha box
+// (pixels outside it have alpha < 1/255, so skipping them changes nothing).
+struct RowRange {
+    int first, end;
+};
+
+RowRange rows_in_reach(const BlendIn& in, int g, int y0) {
+    const Sym2 conic = {in.conics[3 * g], in.conics[3 * g + 1], in.conics[3 * g + 2]};
+    const float det = max_f(conic.a * conic.c - conic.b * conic.b, 1e-12f);
+    const float d2 = 2.0f * logf(max_f(255.0f * in.opacities[g], 1.0f));
+    const float h = sqrtf(d2 * conic.a / det), my = in.means2d[2 * g + 1];
+    const int first = std::max(0, (int)ceilf(my - h - 0.5f) - y0);
+    const int end = std::min(kTileSize, (int)floorf(my + h - 0.5f) + 1 - y0);
+    return {first, std::max(first, end)};
+}
+
 }  // namespace
 
 void preprocess_forward(const PreprocessIn& in, const PreprocessOut& out) {
@@ -188,22 +204,27 @@ void blend_forward(const BlendIn& in, const BlendOut& out) {
                 const float* f = in.features + kChannels * (size_t)g;
                 const float f0 = f[0], f1 = f[1], f2 = f[2], f3 = f[3];
                 const int32_t position = k - begin + 1;
+                // Two passes over the tile's pixels, each a plain SIMD loop: alphas first, then the blend.
+                const RowRange rows = rows_in_reach(in, g, y0);
+                const int p0 = rows.first * kTileSize, p1 = rows.end * kTileSize;
+                alignas(64) float alpha[kTilePixels];
+#pragma omp simd
+                for (int p = p0; p < p1; ++p) alpha[p] = pair_alpha(gaussian_power(conic, px[p] - mx, py[p] - my), o);
                 float ws = 0.0f;
 #pragma omp simd reduction(+ : ws)
-                for (int p = 0; p < kTilePixels; ++p) {
-                    float alpha = pair_alpha(gaussian_power(conic, px[p] - mx, py[p] - my), o);
-                    float test = T[p] * (1.0f - alpha);
-                    bool use = (alpha >= kAlphaMin) & (alive[p] > 0.0f);
-                    bool stop = use & (test < kTransmittanceMin);
-                    use = use & !stop;
-                    float w = use ? alpha * T[p] : 0.0f;
+                for (int p = p0; p < p1; ++p) {
+                    const float a = alpha[p], t = T[p];
+                    const float test = t * (1.0f - a);
+                    const bool use = (a >= kAlphaMin) & (alive[p] > 0.0f);
+                    const bool stop = use & (test < kTransmittanceMin);
+                    const float w = (use & !stop) ? a * t : 0.0f;
                     acc[0][p] += w * f0;
                     acc[1][p] += w * f1;
                     acc[2][p] += w * f2;
                     acc[3][p] += w * f3;
-                    T[p] = use ? test : T[p];
+                    T[p] = (use & !stop) ? test : t;
                     alive[p] = stop ? 0.0f : alive[p];
-                    last[p] = use ? position : last[p];
+                    last[p] = (use & !stop) ? position : last[p];
                     ws += w;
                 }
                 wsum[g] += ws;
@@ -264,26 +285,34 @@ void blend_backward(const BlendIn& in, const BlendGradIn& gi, const BlendGradOut
                 const float* f = in.features + kChannels * (size_t)g;
                 const float f0 = f[0], f1 = f[1], f2 = f[2], f3 = f[3];
                 const int32_t position = k - begin;
+                const RowRange rows = rows_in_reach(in, g, y0);
+                const int p0 = rows.first * kTileSize, p1 = rows.end * kTileSize;
+                alignas(64) float gauss[kTilePixels], alpha[kTilePixels];
+#pragma omp simd
+                for (int p = p0; p < p1; ++p) {
+                    const float power = gaussian_power(conic, px[p] - mx, py[p] - my);
+                    gauss[p] = exp_nonpositive(min_f(power, 0.0f));
+                    alpha[p] = pair_alpha(power, o);
+                }
                 float s_mx = 0, s_my = 0, s_a = 0, s_b = 0, s_c = 0, s_o = 0, s_f0 = 0, s_f1 = 0, s_f2 = 0, s_f3 = 0;
                 float s_ax = 0, s_ay = 0;
 #pragma omp simd reduction(+ : s_mx, s_my, s_a, s_b, s_c, s_o, s_f0, s_f1, s_f2, s_f3, s_ax, s_ay)
-                for (int p = 0; p < kTilePixels; ++p) {
+                for (int p = p0; p < p1; ++p) {
                     const float dx = px[p] - mx, dy = py[p] - my;
-                    const float power = gaussian_power(conic, dx, dy);
-                    const float gauss = exp_nonpositive(fminf(power, 0.0f));
-                    const float alpha = power > 0.0f ? 0.0f : fminf(kAlphaMax, o * gauss);
-                    const bool use = (position < last[p]) & (alpha >= kAlphaMin);
-                    const float one_minus = 1.0f - alpha;
+                    const float a = alpha[p];
+                    const bool use = (position < last[p]) & (a >= kAlphaMin);
+                    const float one_minus = 1.0f - a;
                     const float T_before = use ? T[p] / one_minus : T[p];
-                    const float w = use ? alpha * T_before : 0.0f;
+                    const float w = use ? a * T_before : 0.0f;
                     const float fdot = f0 * v_img[0][p] + f1 * v_img[1][p] + f2 * v_img[2][p] + f3 * v_img[3][p];
-                    float v_alpha = T_before * fdot - (behind[p] - v_alpha_out[p] * T_final[p]) / one_minus;
-                    v_alpha = use ? v_alpha : 0.0f;
+                    const float v_alpha = use ? T_before * fdot - (behind[p] - v_alpha_out[p] * T_final[p]) / one_minus
+                                              : 0.0f;
                     behind[p] += w * fdot;
                     T[p] = T_before;
-                    const bool clamped = o * gauss > kAlphaMax;
-                    const float v_power = clamped ? 0.0f : alpha * v_alpha;
-                    s_o += clamped ? 0.0f : gauss * v_alpha;
+                    // Where alpha was clamped at 0.99 it does not depend on opacity or position.
+                    const bool clamped = o * gauss[p] > kAlphaMax;
+                    const float v_power = clamped ? 0.0f : a * v_alpha;
+                    s_o += clamped ? 0.0f : gauss[p] * v_alpha;
                     s_f0 += w * v_img[0][p];
                     s_f1 += w * v_img[1][p];
                     s_f2 += w * v_img[2][p];

@@ -23,7 +23,7 @@ from splatkit.errors import SplatkitError
 
 CUDA_DIR = Path(__file__).resolve().parents[2] / "cuda"
 CPU_SOURCES = ("bindings/bindings.cpp", "cpu/rasterize_cpu.cpp")
-CFLAGS = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-march=native"]
+CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-march=native"]
 
 
 def cache_root() -> Path:
@@ -43,10 +43,10 @@ def _cpu_signature() -> str:
 
 def source_hash() -> str:
     digest = hashlib.sha256()
-    for path in sorted(CUDA_DIR.rglob("*")):
-        if path.suffix in {".h", ".cpp", ".cu"}:
-            digest.update(path.relative_to(CUDA_DIR).as_posix().encode())
-            digest.update(path.read_bytes())
+    sources = sorted((CUDA_DIR / "include").rglob("*.h")) + [CUDA_DIR / s for s in CPU_SOURCES]
+    for path in sources:
+        digest.update(path.relative_to(CUDA_DIR).as_posix().encode())
+        digest.update(path.read_bytes())
     for part in (splatkit.__version__, torch.__version__, " ".join(CFLAGS), _cpu_signature()):
         digest.update(part.encode())
     return digest.hexdigest()[:16]

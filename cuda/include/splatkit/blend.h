@@ -12,7 +12,7 @@ SPLATKIT_HD float gaussian_power(Sym2 conic, float dx, float dy) {
 }
 
 SPLATKIT_HD float pair_alpha(float power, float opacity) {
-    return power > 0.0f ? 0.0f : fminf(kAlphaMax, opacity * exp_nonpositive(power));
+    return power > 0.0f ? 0.0f : min_f(kAlphaMax, opacity * exp_nonpositive(power));
 }
 
 // Box around a Gaussian's mean beyond which alpha < 1/255 for its opacity: the Mahalanobis distance d must satisfy

@@ -25,13 +25,18 @@ constexpr float kFarPlane = 1e10f;
 constexpr int kTileSize = 16;
 constexpr int kMaxShBases = 16;  // degree 3
 
+// Branch-free min/max: unlike fminf/fmaxf they inline to single SIMD instructions (libm's versions carry NaN
+// rules that keep GCC from vectorising the blending loops). Arguments here are never NaN.
+SPLATKIT_HD float min_f(float a, float b) { return a < b ? a : b; }
+SPLATKIT_HD float max_f(float a, float b) { return a > b ? a : b; }
+
 // exp(x) for x <= 0 in the blending loops. On CUDA the hardware-backed expf; on the CPU a Cephes-style
 // polynomial (about 1 ulp) that the compiler can vectorise, since libm's expf blocks SIMD in those loops.
 SPLATKIT_HD float exp_nonpositive(float x) {
 #if defined(__CUDA_ARCH__)
     return expf(x);
 #else
-    x = fmaxf(x, -87.0f);
+    x = max_f(x, -87.0f);
     float n = floorf(x * 1.44269504088896341f + 0.5f);
     float r = x - n * 0.693359375f;
     r = r + n * 2.12194440e-4f;
