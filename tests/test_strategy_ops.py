@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 
+from splatkit.render.api import RenderOutput
 from splatkit.train.strategies import ADCStrategy
 from splatkit.train.strategies import ops
 
@@ -85,7 +84,8 @@ def test_adc_clones_small_splits_large_and_prunes_transparent():
     strategy = ADCStrategy(refine_start=0, refine_every=1)
     state = strategy.initialize_state()
     means2d = torch.zeros(4, 2, requires_grad=True)
-    render = SimpleNamespace(means2d=means2d, radii=torch.ones(4, 2, dtype=torch.int32))
+    empty = torch.zeros(2, 2)
+    render = RenderOutput(empty, empty, empty, means2d, torch.ones(4, 2, dtype=torch.int32), None)
     info = {"render": render, "width": 2, "height": 2, "scene_extent": 1.0}
     # Gaussians 0 and 1 get a large screen-space gradient, 2 and 3 none.
     (means2d * torch.tensor([[1.0, 0], [1.0, 0], [0, 0], [0, 0]])).sum().backward()

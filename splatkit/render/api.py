@@ -24,10 +24,16 @@ class RenderOutput:
     rgb: torch.Tensor  # (H, W, 3), composited over the background
     alpha: torch.Tensor  # (H, W) accumulated opacity
     depth: torch.Tensor  # (H, W) expected depth sum(w z) / alpha; 0 where nothing was hit
-    means2d: torch.Tensor  # (N, 2) projected centres; call .retain_grad() before backward for densification
+    means2d: torch.Tensor  # projected centres, (N, 2) ((1, N, 2) from gsplat); .retain_grad() before backward
     radii: torch.Tensor  # (N, 2) int per-axis screen radius; 0 = not visible
-    weight_sums: torch.Tensor  # (N,) sum over pixels of alpha * T (each Gaussian's contribution), detached
+    weight_sums: torch.Tensor | None  # (N,) sum over pixels of alpha * T, detached (None: backend lacks it)
     absgrad: torch.Tensor | None = None  # (N, 2) sum of per-pixel |dL/dmeans2d|, filled by backward (native only)
+
+
+    @property
+    def means2d_grad(self) -> torch.Tensor:
+        """(N, 2) screen-space gradient of the loss, after backward (needs means2d.retain_grad())."""
+        return self.means2d.grad.reshape(-1, 2)
 
 
 class Backend(Protocol):

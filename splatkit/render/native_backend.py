@@ -12,7 +12,7 @@ import torch
 from splatkit.data.cameras import Camera
 from splatkit.model.gaussians import Gaussians
 from splatkit.render.api import RenderOutput, RenderSettings, register_backend
-from splatkit.render.native_build import compiler_available, load_extension
+from splatkit.render.native_build import compiler_available, load_extension, with_cuda
 from splatkit.render.projection import EPS2D, FAR_PLANE, NEAR_PLANE
 from splatkit.render.torch_backend import camera_tensors
 
@@ -77,4 +77,8 @@ def render_native(gaussians: Gaussians, camera: Camera, settings: RenderSettings
     return RenderOutput(rgb, alpha, depth, means2d, radii, weight_sums, absgrad)
 
 
-register_backend("native", render_native, available=lambda device: device.type == "cpu" and compiler_available())
+def _available(device: torch.device) -> bool:
+    return compiler_available() and (device.type == "cpu" or (device.type == "cuda" and with_cuda()))
+
+
+register_backend("native", render_native, available=_available)

@@ -23,6 +23,7 @@ from splatkit.errors import SplatkitError
 
 CUDA_DIR = Path(__file__).resolve().parents[2] / "cuda"
 CPU_SOURCES = ("bindings/bindings.cpp", "cpu/rasterize_cpu.cpp")
+CUDA_SOURCES = ("gpu/rasterize_cuda.cu",)
 CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-march=native"]
 
 
@@ -41,10 +42,20 @@ def _cpu_signature() -> str:
     return platform.machine() + flags
 
 
+def with_cuda() -> bool:
+    """Build the CUDA kernels too only where torch sees a GPU (the CPU wheel cannot link CUDA code)."""
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    return torch.cuda.is_available() and CUDA_HOME is not None
+
+
+def sources() -> list[Path]:
+    return [CUDA_DIR / s for s in CPU_SOURCES + (CUDA_SOURCES if with_cuda() else ())]
+
+
 def source_hash() -> str:
     digest = hashlib.sha256()
-    sources = sorted((CUDA_DIR / "include").rglob("*.h")) + [CUDA_DIR / s for s in CPU_SOURCES]
-    for path in sources:
+    for path in sorted((CUDA_DIR / "include").rglob("*.h")) + sources():
         digest.update(path.relative_to(CUDA_DIR).as_posix().encode())
         digest.update(path.read_bytes())
     for part in (splatkit.__version__, torch.__version__, " ".join(CFLAGS), _cpu_signature()):
@@ -72,11 +83,13 @@ def load_extension() -> ModuleType:
         print("splatkit: building the native rasterizer (first use only, about a minute)...", file=sys.stderr,
               flush=True)
     try:
+        cuda_flags = ["-DSPLATKIT_WITH_CUDA"] if with_cuda() else []
         return cpp_extension.load(
             name=name,
-            sources=[str(CUDA_DIR / s) for s in CPU_SOURCES],
+            sources=[str(path) for path in sources()],
             extra_include_paths=[str(CUDA_DIR / "include")],
-            extra_cflags=CFLAGS,
+            extra_cflags=CFLAGS + cuda_flags,
+            extra_cuda_cflags=["-O3", "-std=c++17", *cuda_flags],
             extra_ldflags=["-fopenmp"],
             build_directory=str(build_dir),
             verbose=False,

@@ -52,7 +52,7 @@ class ADCStrategy(Strategy):
             state["count"] = torch.zeros(n, device=params["means"].device)
         visible = (render.radii > 0).all(dim=-1)
         # Gradients in NDC units (x W/2, x H/2) so the threshold does not depend on the image size.
-        grad = render.means2d.grad[visible]
+        grad = render.means2d_grad[visible]
         grad = grad * grad.new_tensor([info["width"] / 2, info["height"] / 2])
         state["grad2d"][visible] += grad.norm(dim=-1)
         state["count"][visible] += 1
