@@ -56,13 +56,14 @@ def test_run_folder_contents_and_original_frame(tiny_scene, tmp_path):
     np.testing.assert_allclose(model.scales.numpy(), params["scales"].numpy() - np.log(scale), atol=1e-5)
 
 
-def test_resume_matches_uninterrupted_run(tiny_scene, tmp_path):
-    train(_config(tiny_scene, tmp_path / "full"), show_progress=False)
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_resume_matches_uninterrupted_run(tiny_scene, tmp_path, backend):
+    train(_config(tiny_scene, tmp_path / "full", backend=backend), show_progress=False)
     # A run killed after its step-20 checkpoint: same folder, later checkpoint and outputs gone.
     shutil.copytree(tmp_path / "full", tmp_path / "killed")
     (tmp_path / "killed" / "checkpoints" / "step_0000040.pt").unlink()
     (tmp_path / "killed" / "point_cloud.ply").unlink()
-    train(_config(tiny_scene, tmp_path / "killed", resume=True), show_progress=False)
+    train(_config(tiny_scene, tmp_path / "killed", resume=True, backend=backend), show_progress=False)
     full = checkpoint.load_checkpoint(tmp_path / "full" / "checkpoints" / "step_0000040.pt")
     resumed = checkpoint.load_checkpoint(tmp_path / "killed" / "checkpoints" / "step_0000040.pt")
     assert full["params"]["means"].shape[0] != 0

@@ -181,7 +181,7 @@ void blend_forward(const BlendIn& in, const BlendOut& out) {
         alignas(64) float px[kTilePixels], py[kTilePixels], T[kTilePixels], alive[kTilePixels];
         alignas(64) float acc[kChannels][kTilePixels];
         alignas(64) int32_t last[kTilePixels];
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(static, 1)
         for (int tile = 0; tile < tiles_x * tiles_y; ++tile) {
             const int x0 = (tile % tiles_x) * kTileSize, y0 = (tile / tiles_x) * kTileSize;
             int n_alive = 0;
@@ -258,7 +258,7 @@ void blend_backward(const BlendIn& in, const BlendGradIn& gi, const BlendGradOut
         alignas(64) float px[kTilePixels], py[kTilePixels], T[kTilePixels], T_final[kTilePixels];
         alignas(64) float behind[kTilePixels], v_alpha_out[kTilePixels], v_img[kChannels][kTilePixels];
         alignas(64) int32_t last[kTilePixels];
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(static, 1)
         for (int tile = 0; tile < tiles_x * tiles_y; ++tile) {
             const int x0 = (tile % tiles_x) * kTileSize, y0 = (tile / tiles_x) * kTileSize;
             int max_last = 0;
