@@ -20,7 +20,7 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	touch $@
 
 demo: $(VENV)/.installed
-	$(BIN)/splatkit train demo --out runs/demo --steps 1000 $(if $(wildcard runs/demo/config.json),--resume,)
+	$(BIN)/splatkit train demo --out runs/demo --steps 2000 $(if $(wildcard runs/demo/config.json),--resume,)
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
