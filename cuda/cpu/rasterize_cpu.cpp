@@ -62,6 +62,38 @@ RowRange rows_in_reach(const BlendIn& in, int g, int y0) {
     return {first, std::max(first, end)};
 }
 
+// Pixel centres of one 16x16 tile, and which of its pixels lie inside the image.
+struct TilePixels {
+    int x0, y0;
+    alignas(64) float px[kTilePixels], py[kTilePixels];
+    bool inside[kTilePixels];
+
+    void set(int tile, int tiles_x, int width, int height) {
+        x0 = (tile % tiles_x) * kTileSize;
+        y0 = (tile / tiles_x) * kTileSize;
+        for (int p = 0; p < kTilePixels; ++p) {
+            int x = x0 + p % kTileSize, y = y0 + p / kTileSize;
+            px[p] = x + 0.5f;
+            py[p] = y + 0.5f;
+            inside[p] = x < width && y < height;
+        }
+    }
+    size_t pixel(int p, int width) const { return (size_t)(y0 + p / kTileSize) * width + x0 + p % kTileSize; }
+};
+
+// What the blending loops need of one Gaussian.
+struct BlendGaussian {
+    float mx, my, o;
+    Sym2 conic;
+    float f[kChannels];
+
+    BlendGaussian(const BlendIn& in, int g)
+        : mx(in.means2d[2 * g]), my(in.means2d[2 * g + 1]), o(in.opacities[g]),
+          conic{in.conics[3 * g], in.conics[3 * g + 1], in.conics[3 * g + 2]} {
+        for (int c = 0; c < kChannels; ++c) f[c] = in.features[kChannels * (size_t)g + c];
+    }
+};
+
 }  // namespace
 
 void preprocess_forward(const PreprocessIn& in, const PreprocessOut& out) {
@@ -178,19 +210,17 @@ void blend_forward(const BlendIn& in, const BlendOut& out) {
 #pragma omp parallel
     {
         float* wsum = weight_sums.for_thread();
-        alignas(64) float px[kTilePixels], py[kTilePixels], T[kTilePixels], alive[kTilePixels];
-        alignas(64) float acc[kChannels][kTilePixels];
+        TilePixels tp;
+        alignas(64) float T[kTilePixels], alive[kTilePixels], acc[kChannels][kTilePixels];
         alignas(64) int32_t last[kTilePixels];
 #pragma omp for schedule(static, 1)
         for (int tile = 0; tile < tiles_x * tiles_y; ++tile) {
-            const int x0 = (tile % tiles_x) * kTileSize, y0 = (tile / tiles_x) * kTileSize;
+            tp.set(tile, tiles_x, in.width, in.height);
+            const float *px = tp.px, *py = tp.py;
             int n_alive = 0;
             for (int p = 0; p < kTilePixels; ++p) {
-                int x = x0 + p % kTileSize, y = y0 + p / kTileSize;
-                px[p] = x + 0.5f;
-                py[p] = y + 0.5f;
-                alive[p] = (x < in.width && y < in.height) ? 1.0f : 0.0f;
-                n_alive += alive[p] > 0.0f;
+                alive[p] = tp.inside[p] ? 1.0f : 0.0f;
+                n_alive += tp.inside[p];
                 T[p] = 1.0f;
                 last[p] = 0;
                 for (int c = 0; c < kChannels; ++c) acc[c][p] = 0.0f;
@@ -198,14 +228,12 @@ void blend_forward(const BlendIn& in, const BlendOut& out) {
             const int begin = in.tile_offsets[tile], end = in.tile_offsets[tile + 1];
             for (int k = begin; k < end && n_alive > 0; ++k) {
                 const int g = in.ids[k];
-                const float mx = in.means2d[2 * g], my = in.means2d[2 * g + 1];
-                const Sym2 conic = {in.conics[3 * g], in.conics[3 * g + 1], in.conics[3 * g + 2]};
-                const float o = in.opacities[g];
-                const float* f = in.features + kChannels * (size_t)g;
-                const float f0 = f[0], f1 = f[1], f2 = f[2], f3 = f[3];
+                const BlendGaussian gs(in, g);
+                const float mx = gs.mx, my = gs.my, o = gs.o, f0 = gs.f[0], f1 = gs.f[1], f2 = gs.f[2], f3 = gs.f[3];
+                const Sym2 conic = gs.conic;
                 const int32_t position = k - begin + 1;
                 // Two passes over the tile's pixels, each a plain SIMD loop: alphas first, then the blend.
-                const RowRange rows = rows_in_reach(in, g, y0);
+                const RowRange rows = rows_in_reach(in, g, tp.y0);
                 const int p0 = rows.first * kTileSize, p1 = rows.end * kTileSize;
                 alignas(64) float alpha[kTilePixels];
 #pragma omp simd
@@ -234,9 +262,8 @@ void blend_forward(const BlendIn& in, const BlendOut& out) {
                 }
             }
             for (int p = 0; p < kTilePixels; ++p) {
-                int x = x0 + p % kTileSize, y = y0 + p / kTileSize;
-                if (x >= in.width || y >= in.height) continue;
-                size_t pix = (size_t)y * in.width + x;
+                if (!tp.inside[p]) continue;
+                size_t pix = tp.pixel(p, in.width);
                 for (int c = 0; c < kChannels; ++c) out.image[kChannels * pix + c] = acc[c][p];
                 out.alpha[pix] = 1.0f - T[p];
                 out.final_T[pix] = T[p];
@@ -255,20 +282,19 @@ void blend_backward(const BlendIn& in, const BlendGradIn& gi, const BlendGradOut
 #pragma omp parallel
     {
         float* grads = sums.for_thread();
-        alignas(64) float px[kTilePixels], py[kTilePixels], T[kTilePixels], T_final[kTilePixels];
-        alignas(64) float behind[kTilePixels], v_alpha_out[kTilePixels], v_img[kChannels][kTilePixels];
+        TilePixels tp;
+        alignas(64) float T[kTilePixels], T_final[kTilePixels], behind[kTilePixels], v_alpha_out[kTilePixels];
+        alignas(64) float v_img[kChannels][kTilePixels];
         alignas(64) int32_t last[kTilePixels];
 #pragma omp for schedule(static, 1)
         for (int tile = 0; tile < tiles_x * tiles_y; ++tile) {
-            const int x0 = (tile % tiles_x) * kTileSize, y0 = (tile / tiles_x) * kTileSize;
+            tp.set(tile, tiles_x, in.width, in.height);
+            const float *px = tp.px, *py = tp.py;
             int max_last = 0;
             for (int p = 0; p < kTilePixels; ++p) {
-                int x = x0 + p % kTileSize, y = y0 + p / kTileSize;
-                px[p] = x + 0.5f;
-                py[p] = y + 0.5f;
+                const bool inside = tp.inside[p];
+                const size_t pix = inside ? tp.pixel(p, in.width) : 0;
                 behind[p] = 0.0f;
-                bool inside = x < in.width && y < in.height;
-                size_t pix = inside ? (size_t)y * in.width + x : 0;
                 last[p] = inside ? gi.last[pix] : 0;
                 T[p] = T_final[p] = inside ? gi.final_T[pix] : 1.0f;
                 v_alpha_out[p] = inside ? gi.v_alpha[pix] : 0.0f;
@@ -279,13 +305,11 @@ void blend_backward(const BlendIn& in, const BlendGradIn& gi, const BlendGradOut
             // Back to front, undoing each Gaussian's transmittance factor as we go.
             for (int k = begin + max_last - 1; k >= begin; --k) {
                 const int g = in.ids[k];
-                const float mx = in.means2d[2 * g], my = in.means2d[2 * g + 1];
-                const Sym2 conic = {in.conics[3 * g], in.conics[3 * g + 1], in.conics[3 * g + 2]};
-                const float o = in.opacities[g];
-                const float* f = in.features + kChannels * (size_t)g;
-                const float f0 = f[0], f1 = f[1], f2 = f[2], f3 = f[3];
+                const BlendGaussian gs(in, g);
+                const float mx = gs.mx, my = gs.my, o = gs.o, f0 = gs.f[0], f1 = gs.f[1], f2 = gs.f[2], f3 = gs.f[3];
+                const Sym2 conic = gs.conic;
                 const int32_t position = k - begin;
-                const RowRange rows = rows_in_reach(in, g, y0);
+                const RowRange rows = rows_in_reach(in, g, tp.y0);
                 const int p0 = rows.first * kTileSize, p1 = rows.end * kTileSize;
                 alignas(64) float gauss[kTilePixels], alpha[kTilePixels];
 #pragma omp simd
