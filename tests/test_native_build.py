@@ -1,0 +1,55 @@
+"""The native build: never needed for import or the torch backend; a failed build is one clear error."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from splatkit.errors import SplatkitError
+from splatkit.render import native_build
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_import_and_torch_backend_do_not_build(tmp_path):
+    """A fresh cache stays empty: importing splatkit and rendering with `torch` compiles nothing."""
+    code = (
+        "import numpy as np, torch\n"
+        "import splatkit.cli\n"
+        "from splatkit.data.cameras import Camera\n"
+        "from splatkit.model import init_from_points\n"
+        "from splatkit.render import rasterize\n"
+        "g = init_from_points(np.random.rand(50, 3).astype('float32') + [0, 0, 3], np.random.rand(50, 3))\n"
+        "cam = Camera('c', 32, 24, np.array([[30., 0, 16], [0, 30, 12], [0, 0, 1]]), np.eye(4))\n"
+        "print(float(rasterize(g, cam, backend='torch').alpha.sum()) > 0)\n"
+    )
+    env = {**os.environ, "SPLATKIT_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
+    assert not (tmp_path / "cache").exists()
+
+
+def test_failed_build_is_one_clear_error_with_compiler_output(tmp_path, monkeypatch):
+    broken = tmp_path / "cuda"
+    shutil.copytree(REPO / "cuda", broken)
+    source = broken / "cpu" / "rasterize_cpu.cpp"
+    source.write_text(source.read_text() + "\nthis is not C++;\n")
+    monkeypatch.setattr(native_build, "CUDA_DIR", broken)
+    # Only the torch-free source, so the compiler fails in seconds instead of parsing torch's headers first.
+    monkeypatch.setattr(native_build, "CPU_SOURCES", ("cpu/rasterize_cpu.cpp",))
+    monkeypatch.setenv("SPLATKIT_CACHE", str(tmp_path / "cache"))
+    native_build.load_extension.cache_clear()
+    try:
+        with pytest.raises(SplatkitError) as info:
+            native_build.load_extension()
+    finally:
+        native_build.load_extension.cache_clear()
+    message = str(info.value)
+    assert message.startswith(f"{broken}: the native rasterizer failed to build")
+    assert "rasterize_cpu.cpp" in message and "error" in message  # the compiler's own words come along
