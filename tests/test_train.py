@@ -124,3 +124,29 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["eval", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "not a splatkit run folder" in err and "Traceback" not in err
+
+
+def test_sigterm_stops_between_steps_and_resume_finishes(tiny_scene, tmp_path):
+    """A killed run (SIGTERM) keeps its finished steps in a checkpoint and --resume completes it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "splatkit.cli", "train", str(tiny_scene), "--out", str(run), "--steps", "60",
+            "--backend", "torch", "--checkpoint-every", "1000", "--log-every", "1"]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "metrics.jsonl").is_file():
+        time.sleep(0.2)
+    while time.time() < deadline and len((run / "metrics.jsonl").read_text().splitlines()) < 3:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert "continue with" in err and "--resume" in err
+    saved = checkpoint.list_checkpoints(run / "checkpoints")
+    assert len(saved) == 1 and 3 <= checkpoint.load_checkpoint(saved[0])["step"] < 60
+    assert main(["train", str(tiny_scene), "--out", str(run), "--resume"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["step"] == 60

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -210,10 +212,14 @@ def train(cfg: TrainConfig, *, device: str = "cpu", show_progress: bool = True) 
     log_path = run_dir / "metrics.jsonl"
     smoothed: dict[str, float] = {}
     started, start_step = time.perf_counter(), trainer.step
-    with _progress() if show_progress else _NullProgress() as progress:
+    with _progress() if show_progress else _NullProgress() as progress, _StopRequests() as stop:
         task = progress.add_task("train", total=cfg.steps, completed=trainer.step, stats="")
         with open(log_path, "a") as log:
             while trainer.step < cfg.steps:
+                if stop.requested:  # Ctrl-C / SIGTERM between steps: keep every finished step
+                    path = trainer.save_checkpoint()
+                    raise SplatkitError(f"stopped at step {trainer.step}; checkpoint {path}; continue with "
+                                        f"`splatkit train {cfg.scene} --out {run_dir} --resume`")
                 stats = trainer.train_step()
                 smoothed = {k: 0.9 * smoothed.get(k, v) + 0.1 * v for k, v in stats.items()}
                 step = trainer.step
@@ -240,6 +246,32 @@ def train(cfg: TrainConfig, *, device: str = "cpu", show_progress: bool = True) 
         if scene.test_ids else "no held-out views"
     console.print(f"splatkit: done. {metrics['num_gaussians']:,} Gaussians -> {ply_path}; {summary}")
     return metrics
+
+
+class _StopRequests:
+    """Turns the first Ctrl-C or SIGTERM into a request the loop honours between steps (so the checkpoint it
+    writes is a consistent state); a second Ctrl-C interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        console.print("splatkit: stopping after this step (Ctrl-C again to abort at once)...")
+
+    def __enter__(self) -> "_StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 class _NullProgress:
