@@ -19,6 +19,8 @@ from splatkit.render import rasterize
 from splatkit.train.config import TrainConfig
 from splatkit.train.evaluate import evaluate, save_png, to_uint8
 from splatkit.train.trainer import console, image_cache_dir, resolve_scene_path, train
+from splatkit.viewer.app import run_view
+from splatkit.viewer.config import ViewConfig
 
 
 @dataclass
@@ -110,6 +112,7 @@ COMMANDS = {
     "train": (TrainConfig, lambda cfg: train(cfg)),
     "eval": (EvalConfig, run_eval),
     "render": (RenderConfig, run_render),
+    "view": (ViewConfig, run_view),
 }
 
 

@@ -63,6 +63,9 @@ class TrainConfig:
     log_every: int = 100
     max_cached_images: int = 256
     """Decoded images kept in memory; the rest are re-read from disk (or the cache) on demand."""
+    viewer: bool = False
+    """Serve a live browser view of the model while it trains (at http://localhost:<viewer-port>)."""
+    viewer_port: int = 8080
 
     def run_dir(self) -> Path:
         return self.out if self.out is not None else Path("runs") / Path(self.scene).name

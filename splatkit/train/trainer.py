@@ -3,6 +3,7 @@ backward, Adam step, and let the strategy grow/prune/reset. Strategies plug in t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import signal
@@ -204,6 +205,7 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, Scene, ImageStore, Path]:
 
 def train(cfg: TrainConfig, *, device: str = "cpu", show_progress: bool = True) -> dict:
     """Run (or resume) training; returns the final held-out metrics, also written to <run>/metrics.json."""
+    viewer_port = cfg.viewer_port if cfg.viewer else None  # from the command line, also on --resume
     cfg, scene, images, run_dir = prepare(cfg)
     trainer = Trainer(cfg, scene, images, run_dir, device=device)
     console.print(f"splatkit: {len(scene.train_ids)} training / {len(scene.test_ids)} held-out views, "
@@ -212,7 +214,8 @@ def train(cfg: TrainConfig, *, device: str = "cpu", show_progress: bool = True) 
     log_path = run_dir / "metrics.jsonl"
     smoothed: dict[str, float] = {}
     started, start_step = time.perf_counter(), trainer.step
-    with _progress() if show_progress else _NullProgress() as progress, _StopRequests() as stop:
+    with _progress() if show_progress else _NullProgress() as progress, _StopRequests() as stop, \
+            _live_viewer(trainer, viewer_port) as live:
         task = progress.add_task("train", total=cfg.steps, completed=trainer.step, stats="")
         with open(log_path, "a") as log:
             while trainer.step < cfg.steps:
@@ -227,6 +230,8 @@ def train(cfg: TrainConfig, *, device: str = "cpu", show_progress: bool = True) 
                 rate = (step - start_step) / (time.perf_counter() - started)
                 line = f"loss {smoothed['loss']:.4f}  PSNR {smoothed['psnr']:.2f}  #G {n:,}  {rate:.1f} it/s"
                 progress.update(task, completed=step, stats=line)
+                if live is not None:  # publishes a copy for the browser; waits here while paused
+                    live.after_step(trainer, smoothed, rate, lambda: stop.requested)
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     log.write(json.dumps({"step": step, **stats, "num_gaussians": n, "steps_per_s": rate}) + "\n")
                     log.flush()
@@ -246,6 +251,21 @@ def train(cfg: TrainConfig, *, device: str = "cpu", show_progress: bool = True) 
         if scene.test_ids else "no held-out views"
     console.print(f"splatkit: done. {metrics['num_gaussians']:,} Gaussians -> {ply_path}; {summary}")
     return metrics
+
+
+@contextlib.contextmanager
+def _live_viewer(trainer: Trainer, port: int | None):
+    """`--viewer`: a browser view beside training (imported here: training never needs viser otherwise)."""
+    if port is None:
+        yield None
+        return
+    from splatkit.viewer.app import start_live_viewer
+
+    viewer, live = start_live_viewer(trainer, port=port)
+    try:
+        yield live
+    finally:
+        viewer.stop()
 
 
 class _StopRequests:

@@ -1,0 +1,237 @@
+"""One browser tab: its GUI, its training-camera frustums, and its render worker.
+
+The worker owns a `LatestSlot`: camera updates and GUI changes drop a token in it and the newest one wins, so
+a pose that arrives while a frame renders replaces any older pose still waiting. While the camera moves the
+worker renders at the height `choose_height` picks for the target frame rate (JPEG quality 40); once the
+camera has been still for `SETTLE_SECONDS` it renders once at full resolution (quality 75)."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from splatkit.viewer.camera import Framing, ViewPose, camera_from_pose, frame_camera, pose_from_camera
+from splatkit.viewer.pacing import LatestSlot, RenderShare, SpeedMeter, choose_height
+from splatkit.viewer.render import OUTPUTS, render_image, splat_arrays
+from splatkit.viewer.source import ModelSource
+
+SETTLE_SECONDS = 0.2
+MOVING_QUALITY, STILL_QUALITY = 40, 75
+SPLAT_REFRESH_SECONDS = 2.0  # live training: resend the browser's splats at most this often
+POLL_SECONDS = 0.25
+
+
+@dataclass
+class SessionSettings:
+    mode: str = "streamed"
+    backend: str = "auto"
+    max_height: int = 1080
+    target_fps: float = 12.0
+    screenshot_dir: Path = Path(".")
+
+
+def apply_framing(client, framing: Framing, wxyz: np.ndarray | None = None) -> None:
+    with client.atomic():
+        client.camera.up_direction = framing.up
+        client.camera.fov = framing.fov
+        client.camera.position = framing.position
+        client.camera.look_at = framing.look_at
+        if wxyz is not None:
+            client.camera.wxyz = wxyz
+
+
+class ClientSession:
+    def __init__(self, client, source: ModelSource, settings: SessionSettings, share: RenderShare,
+                 up: np.ndarray, initial: Framing, initial_wxyz: np.ndarray | None = None, log=print) -> None:
+        self.client, self.source, self.settings, self.share, self.up = client, source, settings, share, up
+        self.initial, self.initial_wxyz, self.log = initial, initial_wxyz, log
+        self.slot: LatestSlot[str] = LatestSlot()
+        self.speed = SpeedMeter()
+        self.sent_times: collections.deque[float] = collections.deque(maxlen=60)
+        self.last_full: np.ndarray | None = None
+        self._pose: ViewPose | None = None
+        self._pose_time = 0.0
+        self._splats = None
+        self._splat_version = -1
+        self._splat_time = 0.0
+        self._build_gui()
+        self._add_frustums()
+        client.camera.on_update(self._on_camera)
+        self._thread = threading.Thread(target=self._run, name=f"splatkit-view-{client.client_id}", daemon=True)
+        self._thread.start()
+
+    # ---- GUI -------------------------------------------------------------------------------------------
+    def _build_gui(self) -> None:
+        gui, src = self.client.gui, self.source
+        degree = src.snapshot().gaussians.sh_degree
+        bg = tuple(int(round(255 * v)) for v in (src.background or (0.0, 0.0, 0.0)))
+        with gui.add_folder("View"):
+            self.mode = gui.add_dropdown("Render mode", ("streamed", "splats"), initial_value=self.settings.mode,
+                                         hint="streamed: rendered here and sent as images; splats: drawn by "
+                                              "the browser (SH degree 0 colours)")
+            self.output = gui.add_dropdown("Output", OUTPUTS, initial_value="RGB")
+            self.sh_degree = gui.add_slider("SH degree", 0, max(degree, 1), 1, degree, disabled=degree == 0)
+            self.background = gui.add_rgb("Background", bg)
+            self.max_height = gui.add_slider("Max resolution", 64, 2160, 8,
+                                             min(2160, max(64, self.settings.max_height)))
+            self.reset_view = gui.add_button("Reset view")
+            self.screenshot = gui.add_button("Screenshot (PNG)")
+        with gui.add_folder("Stats"):
+            self.stats_text = gui.add_markdown(self._stats_markdown())
+        if src.live:
+            with gui.add_folder("Training"):
+                self.train_text = gui.add_markdown(self._training_markdown())
+                self.pause = gui.add_button("Pause training")
+                self.pause.on_click(lambda _: self._toggle_pause())
+        for handle in (self.output, self.sh_degree, self.background, self.max_height):
+            handle.on_update(lambda _: self.slot.put("refresh"))
+        self.mode.on_update(lambda _: self.slot.put("mode"))
+        self.reset_view.on_click(lambda _: apply_framing(self.client, self.initial, self.initial_wxyz))
+        self.screenshot.on_click(lambda _: self.save_screenshot())
+
+    def _stats_markdown(self) -> str:
+        now = time.perf_counter()
+        fps = sum(1 for t in self.sent_times if now - t <= 1.0)
+        n = len(self.source.snapshot().gaussians)
+        return (f"**Gaussians** {n:,}  \n**Render** {1000 * self.speed.last_seconds:.0f} ms, {fps} fps")
+
+    def _training_markdown(self) -> str:
+        s = self.source.stats
+        state = "paused" if self.source.paused.is_set() else "running"
+        return (f"**Step** {s.step:,} / {s.total_steps:,} ({state})  \n**Loss** {s.loss:.4f}  "
+                f"**PSNR** {s.psnr:.2f}  \n**Gaussians** {s.num_gaussians:,}  **Speed** {s.steps_per_second:.1f} it/s")
+
+    def _toggle_pause(self) -> None:
+        if self.source.paused.is_set():
+            self.source.paused.clear()
+            self.pause.label = "Pause training"
+        else:
+            self.source.paused.set()
+            self.pause.label = "Resume training"
+        self.train_text.content = self._training_markdown()
+
+    def _add_frustums(self) -> None:
+        cameras = self.source.cameras
+        if not cameras:
+            return
+        centers = np.stack([c.center for c in cameras])
+        spread = float(np.linalg.norm(centers - centers.mean(0), axis=1).max()) if len(cameras) > 1 else 1.0
+        scale = max(0.04 * spread, 1e-3)
+        for i, camera in enumerate(cameras):
+            pose = pose_from_camera(camera)
+            handle = self.client.scene.add_camera_frustum(
+                f"/cameras/{i:04d}", fov=pose.fov, aspect=pose.aspect, scale=scale, wxyz=pose.wxyz,
+                position=pose.position, color=(90, 140, 220))
+            handle.on_click(lambda _, camera=camera: self.jump_to(camera))
+
+    def jump_to(self, camera) -> None:
+        framing = frame_camera(camera, self.source.means_numpy(), self.up)
+        apply_framing(self.client, framing, pose_from_camera(camera).wxyz)
+
+    def save_screenshot(self) -> Path | None:
+        if self.last_full is None:
+            self.client.add_notification("Screenshot", "nothing rendered yet (streamed mode only)",
+                                         auto_close_seconds=5.0)
+            return None
+        from PIL import Image
+
+        folder = self.settings.screenshot_dir.expanduser()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = (folder / f"splatkit-{self.source.name}-{time.strftime('%Y%m%d-%H%M%S')}.png").resolve()
+        Image.fromarray(self.last_full).save(path)
+        self.log(f"splatkit view: screenshot saved to {path}")
+        self.client.add_notification("Screenshot saved", str(path), auto_close_seconds=8.0)
+        return path
+
+    # ---- rendering -------------------------------------------------------------------------------------
+    def _on_camera(self, camera) -> None:
+        self._pose = ViewPose(np.array(camera.wxyz), np.array(camera.position), float(camera.fov),
+                              float(camera.aspect))
+        self._full_height = int(camera.image_height)
+        self._pose_time = time.perf_counter()
+        self.slot.put("move")
+
+    def close(self) -> None:
+        self.slot.close()
+
+    def _run(self) -> None:
+        shown_version, need_full = -1, False
+        while not self.slot.closed:
+            wait = max(0.0, SETTLE_SECONDS - (time.perf_counter() - self._pose_time)) if need_full else POLL_SECONDS
+            token = self.slot.take(timeout=wait)
+            if self.slot.closed:
+                break
+            try:
+                if token == "mode" or (self.mode.value == "splats") != (self._splats is not None):
+                    self._switch_mode()
+                if self.mode.value == "splats":
+                    self._refresh_splats()
+                    self._update_text()
+                    continue
+                if self._pose is None:
+                    continue
+                snapshot = self.source.snapshot()
+                if token == "move":
+                    self._render(snapshot, preview=True)
+                    need_full = True
+                elif token is not None or snapshot.version != shown_version or (
+                        need_full and time.perf_counter() - self._pose_time >= SETTLE_SECONDS):
+                    self._render(snapshot, preview=False)
+                    need_full = False
+                shown_version = snapshot.version
+                self._update_text()
+            except Exception as exc:  # a render failure must not kill the tab's worker silently
+                self.log(f"splatkit view: render failed: {type(exc).__name__}: {exc}")
+                time.sleep(0.5)
+
+    def _update_text(self) -> None:
+        self.stats_text.content = self._stats_markdown()
+        if self.source.live:
+            self.train_text.content = self._training_markdown()
+
+    def _render(self, snapshot, preview: bool) -> None:
+        time.sleep(self.share.wait_time())
+        pose = self._pose  # the newest, even if it arrived while waiting
+        full = max(16, min(int(self.max_height.value), getattr(self, "_full_height", 1080)))
+        height = min(full, choose_height(self.speed.pixels_per_second, self.settings.target_fps, pose.aspect,
+                                         full)) if preview else full
+        camera = camera_from_pose(pose, height)
+        background = tuple(float(c) / 255.0 for c in self.background.value)
+        started = time.perf_counter()
+        image = render_image(snapshot.gaussians, camera, output=self.output.value,
+                             sh_degree=int(self.sh_degree.value), background=background,
+                             backend=self.settings.backend)
+        seconds = time.perf_counter() - started
+        self.speed.add(camera.width * camera.height, seconds)
+        self.share.spent(seconds)
+        self.client.scene.set_background_image(image, format="jpeg",
+                                               jpeg_quality=MOVING_QUALITY if preview else STILL_QUALITY)
+        self.sent_times.append(time.perf_counter())
+        if not preview:
+            self.last_full = image
+
+    def _switch_mode(self) -> None:
+        if self.mode.value == "splats":
+            self.client.scene.set_background_image(None)
+            self._splat_version = -1
+            self._refresh_splats(force=True)
+        else:
+            if self._splats is not None:
+                self._splats.remove()
+                self._splats = None
+            self.slot.put("refresh")
+
+    def _refresh_splats(self, force: bool = False) -> None:
+        snapshot = self.source.snapshot()
+        if snapshot.version == self._splat_version and not force:
+            return
+        if not force and time.perf_counter() - self._splat_time < SPLAT_REFRESH_SECONDS:
+            return
+        arrays = splat_arrays(snapshot.gaussians)
+        self._splats = self.client.scene.add_gaussian_splats("/splats", **arrays)
+        self._splat_version, self._splat_time = snapshot.version, time.perf_counter()

@@ -1,0 +1,159 @@
+"""Where the viewer's Gaussians come from: a .ply, a run folder (with its scene's cameras), or a training run
+in progress. Every source hands out immutable snapshots (Gaussians + a version number) under a lock."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from splatkit.data import load_scene
+from splatkit.data.cameras import Camera
+from splatkit.data.scene import Scene
+from splatkit.errors import SplatkitError, file_error
+from splatkit.io.ply import load_ply
+from splatkit.model.gaussians import Gaussians
+from splatkit.train import checkpoint
+
+
+@dataclass
+class Snapshot:
+    gaussians: Gaussians
+    version: int
+
+
+@dataclass
+class TrainingStats:
+    step: int = 0
+    total_steps: int = 0
+    loss: float = float("nan")
+    psnr: float = float("nan")
+    num_gaussians: int = 0
+    steps_per_second: float = 0.0
+
+
+class ModelSource:
+    """A fixed model, optionally with the scene it was trained on (cameras in the same frame)."""
+
+    live = False
+
+    def __init__(self, gaussians: Gaussians, *, cameras: list[Camera] | None = None, name: str = "model",
+                 background: tuple[float, float, float] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._snapshot = Snapshot(gaussians, 0)
+        self.cameras = cameras or []
+        self.name = name
+        self.background = background
+        self.stats = TrainingStats(num_gaussians=len(gaussians))
+        self.paused = threading.Event()
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            return self._snapshot
+
+    def publish(self, gaussians: Gaussians) -> None:
+        with self._lock:
+            self._snapshot = Snapshot(gaussians, self._snapshot.version + 1)
+
+    def means_numpy(self) -> np.ndarray:
+        return self.snapshot().gaussians.means.detach().cpu().numpy()
+
+
+def _read_run_record(run_dir: Path) -> dict:
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise file_error(run_dir, "not a splatkit run folder (no config.json) and not a .ply file")
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise file_error(path, f"corrupt run config ({exc})") from None
+    if not isinstance(record, dict):
+        raise file_error(path, "corrupt run config (not a JSON object)")
+    return record
+
+
+def _load_run_scene(record: dict, run_dir: Path) -> Scene | None:
+    scene_path = record.get("scene_path")
+    if not scene_path or "to_normalized" not in record:
+        return None
+    settings = record.get("config", {})
+    try:
+        return load_scene(Path(scene_path), data_factor=settings.get("data_factor", 1),
+                          test_every=settings.get("test_every", 8))
+    except SplatkitError as exc:
+        print(f"splatkit view: showing {run_dir} without its cameras ({exc})")
+        return None
+
+
+def load_source(path: Path) -> ModelSource:
+    """Load a .ply or a run folder; every problem is a one-line `SplatkitError`, raised before any server starts.
+
+    A run folder's model is shown in the training (normalised) frame, where its scene's cameras are; a run
+    still training has no point_cloud.ply yet, so its newest checkpoint is shown instead."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise file_error(path, "no such file or folder")
+    if not path.is_dir():
+        return ModelSource(load_ply(path), name=path.name)
+    record = _read_run_record(path)
+    ply = path / "point_cloud.ply"
+    checkpoints = checkpoint.list_checkpoints(path / "checkpoints")
+    scene = _load_run_scene(record, path)
+    if ply.is_file():
+        model = load_ply(ply)
+        if scene is not None:
+            t = scene.to_normalized
+            model = model.similarity_transformed(t.scale, t.center)
+    elif checkpoints:
+        try:
+            params = checkpoint.load_checkpoint(checkpoints[-1])["params"]
+            model = Gaussians.from_dict({k: v.detach().float().cpu() for k, v in params.items()})
+        except Exception as exc:  # torch.load raises many types for damaged files
+            raise file_error(checkpoints[-1], f"not a readable checkpoint ({exc})") from None
+        if scene is None:
+            print(f"splatkit view: {path} has no point_cloud.ply yet; showing {checkpoints[-1].name}")
+    else:
+        raise file_error(path, "the run has no point_cloud.ply and no checkpoint yet")
+    if len(model) == 0:
+        raise file_error(path, "the model has no Gaussians")
+    return ModelSource(model, cameras=scene.cameras if scene else None, name=path.name,
+                       background=scene.background if scene else None)
+
+
+class LiveSource(ModelSource):
+    """A training run's current Gaussians. The training thread calls `after_step` between steps: it copies
+    the parameters when a client is watching (at most every `interval` seconds), records the stats, and
+    waits there while the GUI's pause button is down."""
+
+    live = True
+
+    def __init__(self, trainer, interval: float = 0.5) -> None:
+        super().__init__(self._copy(trainer), cameras=trainer.scene.cameras, name=trainer.run_dir.name,
+                         background=trainer.scene.background)
+        self.interval = interval
+        self.watching = 0  # number of clients connected; nothing is copied without one
+        self._last_copy = time.perf_counter()
+        self.stats = TrainingStats(step=trainer.step, total_steps=trainer.cfg.steps,
+                                   num_gaussians=len(trainer.params["means"]))
+
+    @staticmethod
+    def _copy(trainer) -> Gaussians:
+        with torch.no_grad():
+            return Gaussians.from_dict({k: v.detach().clone() for k, v in trainer.params.items()})
+
+    def after_step(self, trainer, stats: dict[str, float], steps_per_second: float,
+                   stop_requested=lambda: False) -> None:
+        self.stats = TrainingStats(step=trainer.step, total_steps=trainer.cfg.steps, loss=stats.get("loss", 0.0),
+                                   psnr=stats.get("psnr", 0.0), num_gaussians=len(trainer.params["means"]),
+                                   steps_per_second=steps_per_second)
+        now = time.perf_counter()
+        if self.watching and (now - self._last_copy >= self.interval or self.paused.is_set()):
+            self.publish(self._copy(trainer))
+            self._last_copy = now
+        while self.paused.is_set() and not stop_requested():
+            time.sleep(0.05)

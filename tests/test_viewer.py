@@ -1,0 +1,288 @@
+"""The browser viewer without a browser: camera conversion, pacing, the per-client worker (with a fake
+viser client), loading errors and the port check."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import socket
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from splatkit.cli import main
+from splatkit.data import load_scene
+from splatkit.data.demo_scene import generate_demo_scene
+from splatkit.errors import SplatkitError
+from splatkit.io.ply import save_ply
+from splatkit.model.gaussians import init_from_points
+from splatkit.render import rasterize
+from splatkit.train.config import TrainConfig
+from splatkit.train.strategies import ADCStrategy
+from splatkit.train.trainer import train
+from splatkit.viewer.app import check_port_free
+from splatkit.viewer.camera import (camera_from_pose, frame_points, matrix_to_wxyz, pose_from_camera,
+                                    robust_bounds, up_from_cameras, wxyz_to_matrix)
+from splatkit.viewer.pacing import LatestSlot, RenderShare, SpeedMeter, choose_height
+from splatkit.viewer.render import splat_arrays
+from splatkit.viewer.session import ClientSession, SessionSettings
+from splatkit.viewer.source import LiveSource, ModelSource, load_source
+
+pytestmark = pytest.mark.xdist_group("tiny_scene")
+
+
+@pytest.fixture(scope="module")
+def tiny_scene(tmp_path_factory) -> Path:
+    return generate_demo_scene(tmp_path_factory.mktemp("scene") / "tiny", n_cameras=10, width=48, height=36)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_scene, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "run"
+    cfg = TrainConfig(scene=str(tiny_scene), out=out, steps=20, checkpoint_every=20, eval_steps=(),
+                      backend="torch", strategy=ADCStrategy(refine_start=5, refine_every=10, reset_every=25),
+                      log_every=10, test_every=0)
+    train(cfg, show_progress=False)
+    return out
+
+
+def _model(scene):
+    return init_from_points(scene.points, scene.colors, sh_degree=1, init_opacity=0.5)
+
+
+# ---- camera conversion ------------------------------------------------------------------------------------
+def test_quaternion_round_trip():
+    R = wxyz_to_matrix(np.array([0.3, -0.5, 0.2, 0.7]) / np.linalg.norm([0.3, -0.5, 0.2, 0.7]))
+    np.testing.assert_allclose(wxyz_to_matrix(matrix_to_wxyz(R)), R, atol=1e-12)
+
+
+def test_viser_pose_renders_like_the_training_camera(tiny_scene):
+    scene = load_scene(tiny_scene)
+    model = _model(scene)
+    for camera in scene.cameras[:3]:
+        pose = pose_from_camera(camera)
+        back = camera_from_pose(pose, camera.height)
+        assert (back.width, back.height) == (camera.width, camera.height)
+        np.testing.assert_allclose(back.world_to_cam, camera.world_to_cam, atol=1e-9)
+        a = rasterize(model, camera, backend="torch").rgb
+        b = rasterize(model, back, backend="torch").rgb
+        assert a.abs().max() > 0.05  # the view sees something
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=0)
+
+
+def test_up_and_framing(tiny_scene):
+    scene = load_scene(tiny_scene)
+    up = up_from_cameras(scene.cameras)
+    assert abs(np.linalg.norm(up) - 1) < 1e-9
+    # Every camera's own up (-y) agrees with the mean up.
+    assert all(-c.cam_to_world[:3, 1] @ up > 0 for c in scene.cameras)
+    points = np.concatenate([np.random.default_rng(0).normal(size=(1000, 3)), [[1e4, 1e4, 1e4]]])
+    lo, hi = robust_bounds(points)
+    assert np.all(hi < 3)  # the far outlier is ignored
+    framing = frame_points(points, up=np.array([0.0, 0.0, 1.0]))
+    view = framing.look_at - framing.position
+    assert np.linalg.norm(framing.look_at) < 0.5 and view[2] < 0  # looks at the bulk, from above
+
+
+# ---- pacing -----------------------------------------------------------------------------------------------
+def test_choose_height_fits_the_budget_and_never_exceeds_max():
+    # 1 Mpixel/s at 10 fps: 100k pixels a frame, 16:9 -> about 237 px tall.
+    h = choose_height(1e6, 10.0, 16 / 9, max_height=1080)
+    assert 200 <= h <= 240 and h * round(h * 16 / 9) <= 1e5 * 1.05
+    assert choose_height(1e6, 30.0, 16 / 9, 1080) < h  # a higher target frame rate: smaller
+    assert choose_height(1e12, 10.0, 1.0, max_height=720) == 720
+    assert choose_height(1.0, 10.0, 1.0, max_height=720) == 64  # floor
+    assert choose_height(None, 10.0, 1.0, max_height=100) == 100
+
+
+def test_speed_meter_and_render_share():
+    meter = SpeedMeter()
+    meter.add(1000, 0.1)
+    assert meter.pixels_per_second == pytest.approx(10_000)
+    share = RenderShare(0.1)
+    share.spent(0.05, now=100.0)
+    assert share.wait_time(now=100.0) == pytest.approx(0.45)  # 0.05 s render -> 0.45 s idle -> 10%
+    assert RenderShare(1.0).wait_time() == 0.0
+
+
+def test_latest_slot_newest_wins():
+    slot: LatestSlot[int] = LatestSlot()
+    assert slot.take(timeout=0.01) is None
+    for pose in range(5):
+        slot.put(pose)
+    assert slot.take(timeout=0) == 4  # older poses never rendered
+    assert slot.take(timeout=0.01) is None
+    got = []
+    consumer = threading.Thread(target=lambda: got.append(slot.take(timeout=5)))
+    consumer.start()
+    time.sleep(0.05)
+    slot.put(7)
+    consumer.join(5)
+    assert got == [7]
+    slot.close()
+    assert slot.take(timeout=5) is None  # closing wakes a waiting worker at once
+
+
+def test_splat_arrays(tiny_scene):
+    model = _model(load_scene(tiny_scene))
+    arrays = splat_arrays(model)
+    n = len(model)
+    assert arrays["covariances"].shape == (n, 3, 3) and arrays["opacities"].shape == (n, 1)
+    s2 = model.activated_scales.numpy() ** 2
+    np.testing.assert_allclose(np.trace(arrays["covariances"], axis1=1, axis2=2), s2.sum(1), rtol=1e-4)
+    assert np.all(np.linalg.eigvalsh(arrays["covariances"].astype(np.float64)) > -1e-9)
+    assert arrays["rgbs"].min() >= 0 and arrays["rgbs"].max() <= 1
+    np.testing.assert_allclose(arrays["opacities"][:, 0], 0.5, atol=1e-5)
+
+
+# ---- one client's worker, with a fake viser client -------------------------------------------------------
+class _Handle:
+    def __init__(self, value=None):
+        self.value, self.label, self.content, self._callbacks = value, "", "", []
+
+    def on_update(self, cb):
+        self._callbacks.append(cb)
+        return cb
+
+    on_click = on_update
+
+    def fire(self):
+        for cb in self._callbacks:
+            cb(SimpleNamespace(target=self))
+
+    def remove(self):
+        pass
+
+
+class _FakeClient:
+    def __init__(self):
+        self.client_id = 1
+        self.images: list[tuple[np.ndarray | None, dict]] = []
+        self.notifications: list[tuple[str, str]] = []
+        self.camera = SimpleNamespace(on_update=lambda cb: setattr(self, "camera_cb", cb))
+        gui = SimpleNamespace(
+            add_folder=lambda *a, **k: contextlib.nullcontext(),
+            add_dropdown=lambda label, options, initial_value=None, **k: _Handle(initial_value),
+            add_slider=lambda label, lo, hi, step, initial_value, **k: _Handle(initial_value),
+            add_rgb=lambda label, initial_value, **k: _Handle(initial_value),
+            add_button=lambda *a, **k: _Handle(),
+            add_markdown=lambda content, **k: _Handle(content),
+        )
+        self.gui = gui
+        self.scene = SimpleNamespace(
+            set_background_image=lambda image, **k: self.images.append((image, k)),
+            add_camera_frustum=lambda *a, **k: _Handle(),
+            add_gaussian_splats=lambda *a, **k: _Handle(k),
+        )
+
+    def atomic(self):
+        return contextlib.nullcontext()
+
+    def add_notification(self, title, body, **k):
+        self.notifications.append((title, body))
+
+
+def _move(client, camera, height=36):
+    pose = pose_from_camera(camera)
+    client.camera_cb(SimpleNamespace(wxyz=pose.wxyz, position=pose.position, fov=pose.fov, aspect=pose.aspect,
+                                     image_height=height))
+
+
+def _wait_for(predicate, timeout=20.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline and not predicate():
+        time.sleep(0.02)
+    assert predicate()
+
+
+def test_session_previews_while_moving_then_one_full_render(tiny_scene, tmp_path):
+    scene = load_scene(tiny_scene)
+    source = ModelSource(_model(scene), cameras=scene.cameras, name="tiny")
+    client = _FakeClient()
+    settings = SessionSettings(backend="torch", target_fps=1e6, screenshot_dir=tmp_path)  # forces tiny previews
+    session = ClientSession(client, source, settings, RenderShare(), np.array([0, 0, 1.0]),
+                            frame_points(scene.points, np.array([0, 0, 1.0])))
+    try:
+        session.speed.add(1000, 1.0)  # a slow machine: previews must drop to the minimum height
+        _move(client, scene.cameras[0], height=200)
+        _wait_for(lambda: any(k.get("jpeg_quality") == 75 for _, k in client.images))
+        preview, preview_kwargs = client.images[0]
+        assert preview_kwargs["jpeg_quality"] == 40 and preview.shape[0] == 64
+        full = [img for img, k in client.images if k.get("jpeg_quality") == 75]
+        assert len(full) == 1 and full[0].shape[0] == 200 and full[0].dtype == np.uint8
+        # Outputs: depth and alpha render too; the GUI change triggers a full render.
+        session.output.value = "Alpha"
+        session.output.fire()
+        _wait_for(lambda: len([1 for _, k in client.images if k.get("jpeg_quality") == 75]) == 2)
+        path = session.save_screenshot()
+        assert path is not None and path.is_file() and client.notifications[-1][1] == str(path)
+        # Splats mode: the background image is cleared and splats are sent instead.
+        session.mode.value = "splats"
+        session.mode.fire()
+        _wait_for(lambda: session._splats is not None)
+        assert client.images[-1][0] is None
+    finally:
+        session.close()
+
+
+def test_live_source_copies_only_when_watched_and_pauses(tiny_scene):
+    scene = load_scene(tiny_scene)
+    trainer = SimpleNamespace(params={k: torch.nn.Parameter(v) for k, v in _model(scene).as_dict().items()},
+                              scene=scene, run_dir=Path("run"), step=3, cfg=SimpleNamespace(steps=10))
+    live = LiveSource(trainer, interval=0.0)
+    live.after_step(trainer, {"loss": 0.5, "psnr": 20.0}, 4.0)
+    assert live.snapshot().version == 0 and live.stats.step == 3  # nobody watching: no copy
+    live.watching = 1
+    with torch.no_grad():
+        trainer.params["means"] += 1.0
+    live.after_step(trainer, {"loss": 0.5, "psnr": 20.0}, 4.0)
+    snap = live.snapshot()
+    assert snap.version == 1 and torch.equal(snap.gaussians.means, trainer.params["means"].detach())
+    assert snap.gaussians.means.data_ptr() != trainer.params["means"].data_ptr()
+    live.paused.set()
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (live.after_step(trainer, {}, 0.0), done.set()))
+    worker.start()
+    time.sleep(0.2)
+    assert not done.is_set()  # training waits while paused
+    live.paused.clear()
+    worker.join(5)
+    assert done.is_set()
+
+
+# ---- loading and CLI errors -------------------------------------------------------------------------------
+def test_load_run_folder_in_training_frame(tiny_run):
+    source = load_source(tiny_run)
+    assert len(source.cameras) == 10 and len(source.snapshot().gaussians) > 0
+
+
+def test_view_missing_and_corrupt_files(tmp_path, capsys):
+    assert main(["view", str(tmp_path / "nope.ply")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.ply" in err and "no such file" in err and len(err.strip().splitlines()) == 1
+    bad = tmp_path / "bad.ply"
+    bad.write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 10\nproperty float x\nend_header\n\x00")
+    assert main(["view", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.ply" in err and len(err.strip().splitlines()) == 1
+    assert main(["view", str(tmp_path)]) == 2  # a folder that is not a run
+    assert "not a splatkit run folder" in capsys.readouterr().err
+
+
+def test_view_busy_port(tmp_path, tiny_scene, capsys):
+    ply = tmp_path / "model.ply"
+    save_ply(_model(load_scene(tiny_scene)), ply)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        port = sock.getsockname()[1]
+        with pytest.raises(SplatkitError, match="--port"):
+            check_port_free("127.0.0.1", port)
+        assert main(["view", str(ply), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"port {port}" in err and "--port" in err
