@@ -165,6 +165,11 @@ class _FakeClient:
         self.images: list[tuple[np.ndarray | None, dict]] = []
         self.notifications: list[tuple[str, str]] = []
         self.camera = SimpleNamespace(on_update=lambda cb: setattr(self, "camera_cb", cb))
+
+    def set_camera(self, camera, height):
+        pose = pose_from_camera(camera)
+        self.camera.__dict__.update(wxyz=pose.wxyz, position=pose.position, fov=pose.fov, aspect=pose.aspect,
+                                    image_height=height)
         gui = SimpleNamespace(
             add_folder=lambda *a, **k: contextlib.nullcontext(),
             add_dropdown=lambda label, options, initial_value=None, **k: _Handle(initial_value),
@@ -204,21 +209,26 @@ def test_session_previews_while_moving_then_one_full_render(tiny_scene, tmp_path
     scene = load_scene(tiny_scene)
     source = ModelSource(_model(scene), cameras=scene.cameras, name="tiny")
     client = _FakeClient()
+    client.set_camera(scene.cameras[0], 200)
     settings = SessionSettings(backend="torch", target_fps=1e6, screenshot_dir=tmp_path)  # forces tiny previews
     session = ClientSession(client, source, settings, RenderShare(), np.array([0, 0, 1.0]),
                             frame_points(scene.points, np.array([0, 0, 1.0])))
     try:
+        def fulls():
+            return [img for img, k in client.images if k.get("jpeg_quality") == 75]
+
+        _wait_for(lambda: len(fulls()) == 1)  # the framed pose, once still
         session.speed.add(1000, 1.0)  # a slow machine: previews must drop to the minimum height
-        _move(client, scene.cameras[0], height=200)
-        _wait_for(lambda: any(k.get("jpeg_quality") == 75 for _, k in client.images))
-        preview, preview_kwargs = client.images[0]
+        seen = len(client.images)
+        _move(client, scene.cameras[1], height=200)
+        _wait_for(lambda: len(fulls()) == 2)
+        (preview, preview_kwargs), (full, _) = client.images[seen:]
         assert preview_kwargs["jpeg_quality"] == 40 and preview.shape[0] == 64
-        full = [img for img, k in client.images if k.get("jpeg_quality") == 75]
-        assert len(full) == 1 and full[0].shape[0] == 200 and full[0].dtype == np.uint8
+        assert full.shape[0] == 200 and full.dtype == np.uint8
         # Outputs: depth and alpha render too; the GUI change triggers a full render.
         session.output.value = "Alpha"
         session.output.fire()
-        _wait_for(lambda: len([1 for _, k in client.images if k.get("jpeg_quality") == 75]) == 2)
+        _wait_for(lambda: len(fulls()) == 3)
         path = session.save_screenshot()
         assert path is not None and path.is_file() and client.notifications[-1][1] == str(path)
         # Splats mode: the background image is cleared and splats are sent instead.
@@ -286,3 +296,38 @@ def test_view_busy_port(tmp_path, tiny_scene, capsys):
         assert main(["view", str(ply), "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert f"port {port}" in err and "--port" in err
+
+
+def test_real_server_two_websocket_clients_get_their_own_renders(tiny_scene):
+    """A real viser server; two websocket clients speaking its protocol report different cameras."""
+    import msgspec
+    import viser
+    from websockets.sync.client import connect
+
+    from splatkit.viewer.app import Viewer
+
+    scene = load_scene(tiny_scene)
+    source = ModelSource(_model(scene), cameras=scene.cameras, name="tiny")
+    viewer = Viewer(source, port=0, settings=SessionSettings(backend="torch"), log=lambda *a: None)
+    sockets = []
+    try:
+        for i, camera in enumerate(scene.cameras[:2]):
+            ws = connect(f"ws://127.0.0.1:{viewer.port}", subprotocols=[f"viser-v{viser.__version__}"],
+                         max_size=None)
+            sockets.append(ws)
+            pose = pose_from_camera(camera)
+            ws.send(msgspec.msgpack.encode({
+                "type": "ViewerCameraMessage", "wxyz": pose.wxyz.tolist(), "position": pose.position.tolist(),
+                "fov": pose.fov, "near": 0.01, "far": 100.0, "image_height": 36 + 12 * i,
+                "image_width": round((36 + 12 * i) * pose.aspect), "look_at": [0.0, 0.0, 0.0],
+                "up_direction": [0.0, 0.0, 1.0]}))
+        _wait_for(lambda: len(viewer.sessions) == 2
+                  and all(s.last_full is not None for s in viewer.sessions.values()))
+        heights = sorted(s.last_full.shape[0] for s in viewer.sessions.values())
+        assert heights == [36, 48]  # each tab rendered its own camera at its own size
+        sockets[0].close()
+        _wait_for(lambda: len(viewer.sessions) == 1)
+    finally:
+        for ws in sockets:
+            ws.close()
+        viewer.stop()

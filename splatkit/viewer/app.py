@@ -61,10 +61,10 @@ class Viewer:
         self._lock = threading.Lock()
         check_port_free(host, port)
         self.server = viser.ViserServer(host=host, port=port, label="splatkit", verbose=False)
-        if self.server.get_port() != port:  # lost a race for the port: viser moved to another one
+        if port != 0 and self.server.get_port() != port:  # lost a race: viser moved to another port
             self.server.stop()
             raise SplatkitError(f"port {port} on {host} is already in use; pick another with --port")
-        self.host, self.port = host, port
+        self.host, self.port = host, self.server.get_port()  # port 0: the one the system picked
         self.server.scene.set_up_direction(tuple(float(v) for v in self.up))
         self.server.on_client_connect(self._on_connect)
         self.server.on_client_disconnect(self._on_disconnect)

@@ -62,6 +62,7 @@ class ClientSession:
         self._build_gui()
         self._add_frustums()
         client.camera.on_update(self._on_camera)
+        self._on_camera(client.camera)  # the pose just framed; viser reports only later changes to us
         self._thread = threading.Thread(target=self._run, name=f"splatkit-view-{client.client_id}", daemon=True)
         self._thread.start()
 
