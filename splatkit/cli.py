@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from dataclasses import dataclass
@@ -19,7 +20,6 @@ from splatkit.render import rasterize
 from splatkit.train.config import TrainConfig
 from splatkit.train.evaluate import evaluate, save_png, to_uint8
 from splatkit.train.trainer import console, image_cache_dir, resolve_scene_path, train
-from splatkit.viewer.app import run_view
 from splatkit.viewer.config import ViewConfig
 
 
@@ -108,8 +108,23 @@ def run_render(cfg: RenderConfig) -> list[Path]:
     return written
 
 
+def run_train(cfg: TrainConfig) -> dict:
+    watch = None
+    if cfg.viewer:  # viser is imported only when asked for
+        from splatkit.viewer.app import live_viewer
+
+        watch = functools.partial(live_viewer, port=cfg.viewer_port)
+    return train(cfg, watch=watch)
+
+
+def run_view(cfg: ViewConfig) -> None:
+    from splatkit.viewer.app import run_view as serve
+
+    serve(cfg)
+
+
 COMMANDS = {
-    "train": (TrainConfig, lambda cfg: train(cfg)),
+    "train": (TrainConfig, run_train),
     "eval": (EvalConfig, run_eval),
     "render": (RenderConfig, run_render),
     "view": (ViewConfig, run_view),

@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 import torch
 from rich.console import Console
@@ -203,9 +203,13 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, Scene, ImageStore, Path]:
     return cfg, scene, images, run_dir
 
 
-def train(cfg: TrainConfig, *, device: str = "cpu", show_progress: bool = True) -> dict:
-    """Run (or resume) training; returns the final held-out metrics, also written to <run>/metrics.json."""
-    viewer_port = cfg.viewer_port if cfg.viewer else None  # from the command line, also on --resume
+def train(cfg: TrainConfig, *, device: str = "cpu", show_progress: bool = True,
+          watch: Callable[[Trainer], ContextManager[Any]] | None = None) -> dict:
+    """Run (or resume) training; returns the final held-out metrics, also written to <run>/metrics.json.
+
+    `watch(trainer)` (e.g. the live viewer, supplied by the CLI so this layer never imports it) is entered around
+    the loop; what it yields, if not None, is called as `after_step(trainer, stats, steps_per_s, stop_requested)`.
+    """
     cfg, scene, images, run_dir = prepare(cfg)
     trainer = Trainer(cfg, scene, images, run_dir, device=device)
     console.print(f"splatkit: {len(scene.train_ids)} training / {len(scene.test_ids)} held-out views, "
@@ -215,7 +219,7 @@ def train(cfg: TrainConfig, *, device: str = "cpu", show_progress: bool = True) 
     smoothed: dict[str, float] = {}
     started, start_step = time.perf_counter(), trainer.step
     with _progress() if show_progress else _NullProgress() as progress, _StopRequests() as stop, \
-            _live_viewer(trainer, viewer_port) as live:
+            (watch(trainer) if watch else contextlib.nullcontext()) as live:
         task = progress.add_task("train", total=cfg.steps, completed=trainer.step, stats="")
         with open(log_path, "a") as log:
             while trainer.step < cfg.steps:
@@ -251,21 +255,6 @@ def train(cfg: TrainConfig, *, device: str = "cpu", show_progress: bool = True) 
         if scene.test_ids else "no held-out views"
     console.print(f"splatkit: done. {metrics['num_gaussians']:,} Gaussians -> {ply_path}; {summary}")
     return metrics
-
-
-@contextlib.contextmanager
-def _live_viewer(trainer: Trainer, port: int | None):
-    """`--viewer`: a browser view beside training (imported here: training never needs viser otherwise)."""
-    if port is None:
-        yield None
-        return
-    from splatkit.viewer.app import start_live_viewer
-
-    viewer, live = start_live_viewer(trainer, port=port)
-    try:
-        yield live
-    finally:
-        viewer.stop()
 
 
 class _StopRequests:

@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 import threading
 import time
+from typing import Iterator
 
 import numpy as np
 
@@ -118,6 +120,16 @@ def run_view(cfg: ViewConfig) -> None:
             time.sleep(1.0)
     except KeyboardInterrupt:
         print("splatkit view: stopped")
+    finally:
+        viewer.stop()
+
+
+@contextlib.contextmanager
+def live_viewer(trainer, port: int = 8080, host: str = "127.0.0.1") -> Iterator[LiveSource]:
+    """`splatkit train --viewer`: serve the run beside training, stopped when training ends."""
+    viewer, source = start_live_viewer(trainer, port=port, host=host)
+    try:
+        yield source
     finally:
         viewer.stop()
 
