@@ -204,12 +204,26 @@ __global__ void tile_offsets_kernel(const uint64_t* sorted_keys, int pairs, int 
 // ---------------------------------------------------------------------------------------------------------------
 // Blending
 
+// One batch of a tile's Gaussians staged in shared memory, loaded one per thread by both blending kernels.
+struct StagedGaussians {
+    int32_t id[kTilePixels];
+    float2 mean[kTilePixels];
+    float conic[3][kTilePixels];
+    float opacity[kTilePixels];
+    float4 feature[kTilePixels];
+
+    __device__ void stage(const BlendIn& in, int slot, int g) {
+        id[slot] = g;
+        mean[slot] = make_float2(in.means2d[2 * (size_t)g], in.means2d[2 * (size_t)g + 1]);
+        for (int i = 0; i < 3; ++i) conic[i][slot] = in.conics[3 * (size_t)g + i];
+        opacity[slot] = in.opacities[g];
+        const float* f = in.features + kChannels * (size_t)g;
+        feature[slot] = make_float4(f[0], f[1], f[2], f[3]);
+    }
+};
+
 __global__ void __launch_bounds__(kTilePixels) blend_forward_kernel(BlendIn in, BlendOut out, int tiles_x) {
-    __shared__ int32_t s_id[kTilePixels];
-    __shared__ float2 s_mean[kTilePixels];
-    __shared__ float s_conic[3][kTilePixels];
-    __shared__ float s_opacity[kTilePixels];
-    __shared__ float4 s_feature[kTilePixels];
+    __shared__ StagedGaussians staged;
 
     const int tile = blockIdx.x, tid = threadIdx.x, lane = tid & 31;
     const int x = (tile % tiles_x) * kTileSize + tid % kTileSize, y = (tile / tiles_x) * kTileSize + tid / kTileSize;
@@ -227,14 +241,7 @@ __global__ void __launch_bounds__(kTilePixels) blend_forward_kernel(BlendIn in, 
         const int k = base + tid;
         if (k < end) {
             const int g = in.ids[k];
-            s_id[tid] = g;
-            s_mean[tid] = make_float2(in.means2d[2 * (size_t)g], in.means2d[2 * (size_t)g + 1]);
-            s_conic[0][tid] = in.conics[3 * (size_t)g];
-            s_conic[1][tid] = in.conics[3 * (size_t)g + 1];
-            s_conic[2][tid] = in.conics[3 * (size_t)g + 2];
-            s_opacity[tid] = in.opacities[g];
-            const float* f = in.features + kChannels * (size_t)g;
-            s_feature[tid] = make_float4(f[0], f[1], f[2], f[3]);
+            staged.stage(in, tid, g);
         }
         __syncthreads();
         const int batch = min(kTilePixels, end - base);
@@ -242,15 +249,15 @@ __global__ void __launch_bounds__(kTilePixels) blend_forward_kernel(BlendIn in, 
             if (__all_sync(kFullMask, done)) break;  // warp-uniform: the rest of this batch cannot change the warp
             float w = 0.0f;
             if (!done) {
-                const Sym2 conic = {s_conic[0][j], s_conic[1][j], s_conic[2][j]};
-                const float alpha = pair_alpha(gaussian_power(conic, px - s_mean[j].x, py - s_mean[j].y), s_opacity[j]);
+                const Sym2 conic = {staged.conic[0][j], staged.conic[1][j], staged.conic[2][j]};
+                const float alpha = pair_alpha(gaussian_power(conic, px - staged.mean[j].x, py - staged.mean[j].y), staged.opacity[j]);
                 if (alpha >= kAlphaMin) {
                     const float test = T * (1.0f - alpha);
                     if (test < kTransmittanceMin) {
                         done = true;  // this Gaussian is not blended; the pixel stops here
                     } else {
                         w = alpha * T;
-                        const float4 f = s_feature[j];
+                        const float4 f = staged.feature[j];
                         acc0 += w * f.x;
                         acc1 += w * f.y;
                         acc2 += w * f.z;
@@ -262,7 +269,7 @@ __global__ void __launch_bounds__(kTilePixels) blend_forward_kernel(BlendIn in, 
             }
             if (__any_sync(kFullMask, w != 0.0f)) {
                 const float ws = warp_sum(w);
-                if (lane == 0) atomicAdd(out.weight_sums + s_id[j], ws);
+                if (lane == 0) atomicAdd(out.weight_sums + staged.id[j], ws);
             }
         }
     }
@@ -282,11 +289,7 @@ constexpr int kGrads = 12;  // means2d (2), conic (3), opacity (1), features (4)
 
 __global__ void __launch_bounds__(kTilePixels)
     blend_backward_kernel(BlendIn in, BlendGradIn gi, BlendGradOut out, int tiles_x) {
-    __shared__ int32_t s_id[kTilePixels];
-    __shared__ float2 s_mean[kTilePixels];
-    __shared__ float s_conic[3][kTilePixels];
-    __shared__ float s_opacity[kTilePixels];
-    __shared__ float4 s_feature[kTilePixels];
+    __shared__ StagedGaussians staged;
     __shared__ int s_max_last;
 
     const int tile = blockIdx.x, tid = threadIdx.x, lane = tid & 31;
@@ -315,14 +318,7 @@ __global__ void __launch_bounds__(kTilePixels)
         const int i = base + tid;
         if (i < max_last) {
             const int g = in.ids[begin + max_last - 1 - i];
-            s_id[tid] = g;
-            s_mean[tid] = make_float2(in.means2d[2 * (size_t)g], in.means2d[2 * (size_t)g + 1]);
-            s_conic[0][tid] = in.conics[3 * (size_t)g];
-            s_conic[1][tid] = in.conics[3 * (size_t)g + 1];
-            s_conic[2][tid] = in.conics[3 * (size_t)g + 2];
-            s_opacity[tid] = in.opacities[g];
-            const float* f = in.features + kChannels * (size_t)g;
-            s_feature[tid] = make_float4(f[0], f[1], f[2], f[3]);
+            staged.stage(in, tid, g);
         }
         __syncthreads();
         const int batch = min(kTilePixels, max_last - base);
@@ -335,9 +331,9 @@ __global__ void __launch_bounds__(kTilePixels)
             for (int q = 0; q < kGrads; ++q) s[q] = 0.0f;
             bool use = false;
             if (position < last) {
-                const Sym2 conic = {s_conic[0][j], s_conic[1][j], s_conic[2][j]};
-                const float o = s_opacity[j];
-                const float dx = px - s_mean[j].x, dy = py - s_mean[j].y;
+                const Sym2 conic = {staged.conic[0][j], staged.conic[1][j], staged.conic[2][j]};
+                const float o = staged.opacity[j];
+                const float dx = px - staged.mean[j].x, dy = py - staged.mean[j].y;
                 const float power = gaussian_power(conic, dx, dy);
                 const float gauss = exp_nonpositive(fminf(power, 0.0f));
                 const float alpha = power > 0.0f ? 0.0f : fminf(kAlphaMax, o * gauss);
@@ -346,7 +342,7 @@ __global__ void __launch_bounds__(kTilePixels)
                     const float one_minus = 1.0f - alpha;
                     const float T_before = T / one_minus;
                     const float w = alpha * T_before;
-                    const float4 f = s_feature[j];
+                    const float4 f = staged.feature[j];
                     const float fdot = f.x * v_img.x + f.y * v_img.y + f.z * v_img.z + f.w * v_img.w;
                     const float v_alpha = T_before * fdot - (behind - v_alpha_out * T_final) / one_minus;
                     behind += w * fdot;
@@ -374,7 +370,7 @@ __global__ void __launch_bounds__(kTilePixels)
 #pragma unroll
             for (int q = 0; q < kGrads; ++q) s[q] = warp_sum(s[q]);
             if (lane == 0) {
-                const size_t g = (size_t)s_id[j];
+                const size_t g = (size_t)staged.id[j];
                 atomicAdd(out.v_means2d + 2 * g, s[0]);
                 atomicAdd(out.v_means2d + 2 * g + 1, s[1]);
                 atomicAdd(out.v_conics + 3 * g, s[2]);
