@@ -150,3 +150,15 @@ def test_sigterm_stops_between_steps_and_resume_finishes(tiny_scene, tmp_path):
     assert len(saved) == 1 and 3 <= checkpoint.load_checkpoint(saved[0])["step"] < 60
     assert main(["train", str(tiny_scene), "--out", str(run), "--resume"]) == 0
     assert json.loads((run / "metrics.json").read_text())["step"] == 60
+
+
+def test_image_cache_folder_is_stable_across_processes(tmp_path):
+    """Downsampled images are cached beside the run; the folder name must not change from run to run."""
+    import subprocess
+    import sys
+
+    code = ("from pathlib import Path; from splatkit.train.trainer import image_cache_dir; "
+            f"print(image_cache_dir(Path({str(tmp_path / 'run')!r}), Path({str(tmp_path)!r})))")
+    names = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+             for _ in range(2)}
+    assert len(names) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import signal
 import threading
@@ -44,7 +45,9 @@ def resolve_scene_path(scene: str) -> Path:
 
 def image_cache_dir(run_dir: Path, scene_path: Path) -> Path:
     """Processed (undistorted/downsampled) images are shared by all runs in the same runs folder."""
-    return run_dir.resolve().parent / ".cache" / f"{scene_path.name}-{abs(hash(str(scene_path))) % 10**8:08d}"
+    # A stable digest (Python's hash() is salted per process, which would defeat the cache).
+    key = hashlib.sha256(str(scene_path.resolve()).encode()).hexdigest()[:8]
+    return run_dir.resolve().parent / ".cache" / f"{scene_path.name}-{key}"
 
 
 def config_to_json(cfg: TrainConfig) -> dict:
