@@ -24,22 +24,27 @@ bool use_cuda(const Tensor& t) {
     return t.is_cuda();
 }
 
-splatkit::PreprocessIn preprocess_in(const Tensor& means, const Tensor& quats, const Tensor& scales, const Tensor& sh,
-                                     const Tensor& viewmat, const Tensor& K, int64_t width, int64_t height,
+splatkit::PreprocessIn preprocess_in(const Tensor& means, const Tensor& quats, const Tensor& scales, const Tensor& sh0,
+                                     const Tensor& shN, const Tensor& viewmat, const Tensor& K, int64_t width, int64_t height,
                                      int64_t degree, double eps2d, double near_plane, double far_plane) {
     check(means, "means");
     check(quats, "quats");
     check(scales, "scales");
-    check(sh, "sh");
-    TORCH_CHECK(sh.dim() == 3 && sh.size(2) == 3 && (degree + 1) * (degree + 1) <= sh.size(1), "bad sh shape");
+    check(sh0, "sh0");
+    check(shN, "shN");
+    const int64_t bases = shN.size(1) + 1;
+    TORCH_CHECK(sh0.dim() == 3 && sh0.size(1) == 1 && sh0.size(2) == 3, "sh0 must be N x 1 x 3");
+    TORCH_CHECK(shN.dim() == 3 && shN.size(2) == 3 && bases <= splatkit::kMaxShBases &&
+                    (degree + 1) * (degree + 1) <= bases, "bad shN shape for the SH degree");
     Tensor vm = viewmat.to(torch::kCPU, torch::kFloat32).contiguous(), k = K.to(torch::kCPU, torch::kFloat32).contiguous();
     splatkit::PreprocessIn in;
     in.n = (int)means.size(0);
     in.means = means.data_ptr<float>();
     in.quats = quats.data_ptr<float>();
     in.scales = scales.data_ptr<float>();
-    in.sh = sh.data_ptr<float>();
-    in.bases = (int)sh.size(1);
+    in.sh0 = sh0.data_ptr<float>();
+    in.shN = shN.data_ptr<float>();
+    in.bases = (int)bases;
     in.degree = (int)degree;
     in.cam = splatkit::make_camera(vm.data_ptr<float>(), k.data_ptr<float>(), (int)width, (int)height);
     in.eps2d = (float)eps2d;
@@ -48,10 +53,11 @@ splatkit::PreprocessIn preprocess_in(const Tensor& means, const Tensor& quats, c
     return in;
 }
 
-std::vector<Tensor> preprocess_forward(Tensor means, Tensor quats, Tensor scales, Tensor sh, Tensor viewmat, Tensor K,
-                                       int64_t width, int64_t height, int64_t degree, double eps2d, double near_plane,
+std::vector<Tensor> preprocess_forward(Tensor means, Tensor quats, Tensor scales, Tensor sh0, Tensor shN,
+                                       Tensor viewmat, Tensor K, int64_t width, int64_t height, int64_t degree, double eps2d, double near_plane,
                                        double far_plane) {
-    auto in = preprocess_in(means, quats, scales, sh, viewmat, K, width, height, degree, eps2d, near_plane, far_plane);
+    auto in = preprocess_in(means, quats, scales, sh0, shN, viewmat, K, width, height, degree, eps2d, near_plane,
+                            far_plane);
     auto f = means.options();
     int64_t n = in.n;
     Tensor means2d = torch::empty({n, 2}, f), conics = torch::empty({n, 3}, f), depths = torch::empty({n}, f);
@@ -66,24 +72,24 @@ std::vector<Tensor> preprocess_forward(Tensor means, Tensor quats, Tensor scales
     return {means2d, conics, depths, radii, comp, colors};
 }
 
-std::vector<Tensor> preprocess_backward(Tensor means, Tensor quats, Tensor scales, Tensor sh, Tensor viewmat, Tensor K,
-                                        int64_t width, int64_t height, int64_t degree, double eps2d, Tensor radii,
+std::vector<Tensor> preprocess_backward(Tensor means, Tensor quats, Tensor scales, Tensor sh0, Tensor shN,
+                                        Tensor viewmat, Tensor K, int64_t width, int64_t height, int64_t degree, double eps2d, Tensor radii,
                                         Tensor v_means2d, Tensor v_conics, Tensor v_depths, Tensor v_comp,
                                         Tensor v_colors) {
-    auto in = preprocess_in(means, quats, scales, sh, viewmat, K, width, height, degree, eps2d, 0.0, 0.0);
+    auto in = preprocess_in(means, quats, scales, sh0, shN, viewmat, K, width, height, degree, eps2d, 0.0, 0.0);
     check(radii, "radii", torch::kInt32);
     for (auto* t : {&v_means2d, &v_conics, &v_depths, &v_comp, &v_colors}) check(*t, "gradient");
     Tensor v_means = torch::empty_like(means), v_quats = torch::empty_like(quats);
-    Tensor v_scales = torch::empty_like(scales), v_sh = torch::empty_like(sh);
+    Tensor v_scales = torch::empty_like(scales), v_sh0 = torch::empty_like(sh0), v_shN = torch::empty_like(shN);
     splatkit::PreprocessGradIn gi{radii.data_ptr<int32_t>(), v_means2d.data_ptr<float>(), v_conics.data_ptr<float>(),
                                   v_depths.data_ptr<float>(), v_comp.data_ptr<float>(), v_colors.data_ptr<float>()};
     splatkit::PreprocessGradOut out{v_means.data_ptr<float>(), v_quats.data_ptr<float>(), v_scales.data_ptr<float>(),
-                                    v_sh.data_ptr<float>()};
+                                    v_sh0.data_ptr<float>(), v_shN.data_ptr<float>()};
 #ifdef SPLATKIT_WITH_CUDA
     if (use_cuda(means)) splatkit::cuda::preprocess_backward(in, gi, out); else
 #endif
     { use_cuda(means); splatkit::cpu::preprocess_backward(in, gi, out); }
-    return {v_means, v_quats, v_scales, v_sh};
+    return {v_means, v_quats, v_scales, v_sh0, v_shN};
 }
 
 #ifdef SPLATKIT_WITH_CUDA

@@ -4,15 +4,19 @@
 // forward pass, gradients in the backward pass) go to per-thread buffers that are reduced at the end, so no two
 // threads ever write the same memory.
 #include <omp.h>
+#if defined(__SSE__) || defined(_M_X64)
+#include <xmmintrin.h>
+#endif
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <vector>
 
 #include "splatkit/api.h"
 #include "splatkit/blend.h"
-#include "splatkit/sh.h"
+#include "splatkit/preprocess.h"
 
 namespace splatkit {
 namespace cpu {
@@ -20,13 +24,20 @@ namespace {
 
 constexpr int kTilePixels = kTileSize * kTileSize;
 
-Vec3 load3(const float* p) { return {p[0], p[1], p[2]}; }
-Vec4 load4(const float* p) { return {p[0], p[1], p[2], p[3]}; }
+// Far from its centre a Gaussian's alpha underflows to a denormal (e.g. opacity 0.02 x exp(-87)); on x86 every
+// arithmetic op touching one takes a ~100-cycle microcode assist, which made blending 2-3x slower on trained
+// scenes. Such values sit far below the 1/255 alpha cut-off, so flushing them to zero changes no result.
+// Each OpenMP thread sets its own MXCSR, so this guard opens every parallel region that blends.
+class FlushDenormals {
+   public:
+#if defined(__SSE__) || defined(_M_X64)
+    FlushDenormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x8040); }  // FTZ | DAZ
+    ~FlushDenormals() { _mm_setcsr(saved_); }
 
-Vec3 camera_center(const PinholeCamera& cam) {  // -R^T t
-    Vec3 c = matvec_t(cam.R, cam.t);
-    return {-c.x, -c.y, -c.z};
-}
+   private:
+    unsigned saved_;
+#endif
+};
 
 // One buffer of `width` floats per Gaussian and thread, summed into `out` (N x width) afterwards.
 struct PerThreadSums {
@@ -46,20 +57,50 @@ struct PerThreadSums {
     }
 };
 
+// What the blending loops read of one Gaussian, packed into one 48-byte record: each (tile, Gaussian) pair then
+// costs one cache miss instead of one per input array, and the row reach is computed once, not once per tile.
+struct alignas(16) BlendGaussian {
+    float mx, my, o;
+    Sym2 conic;
+    float f[kChannels];
+    float reach_y;  // half-height of the box where alpha can reach 1/255
+};
+
+std::unique_ptr<BlendGaussian[]> pack_gaussians(const BlendIn& in) {
+    std::unique_ptr<BlendGaussian[]> packed(new BlendGaussian[in.n]);
+#pragma omp parallel for schedule(static)
+    for (int g = 0; g < in.n; ++g) {
+        BlendGaussian& b = packed[g];
+        b.mx = in.means2d[2 * g];
+        b.my = in.means2d[2 * g + 1];
+        b.o = in.opacities[g];
+        b.conic = {in.conics[3 * g], in.conics[3 * g + 1], in.conics[3 * g + 2]};
+        for (int c = 0; c < kChannels; ++c) b.f[c] = in.features[kChannels * (size_t)g + c];
+        const float det = max_f(b.conic.a * b.conic.c - b.conic.b * b.conic.b, 1e-12f);
+        const float d2 = 2.0f * logf(max_f(255.0f * b.o, 1.0f));
+        b.reach_y = sqrtf(d2 * b.conic.a / det);
+    }
+    return packed;
+}
+
 // Rows [first, end) of the tile starting at pixel row y0 that hold pixel centres inside a Gaussian's alpha box
 // (pixels outside it have alpha < 1/255, so skipping them changes nothing).
 struct RowRange {
     int first, end;
 };
 
-RowRange rows_in_reach(const BlendIn& in, int g, int y0) {
-    const Sym2 conic = {in.conics[3 * g], in.conics[3 * g + 1], in.conics[3 * g + 2]};
-    const float det = max_f(conic.a * conic.c - conic.b * conic.b, 1e-12f);
-    const float d2 = 2.0f * logf(max_f(255.0f * in.opacities[g], 1.0f));
-    const float h = sqrtf(d2 * conic.a / det), my = in.means2d[2 * g + 1];
-    const int first = std::max(0, (int)ceilf(my - h - 0.5f) - y0);
-    const int end = std::min(kTileSize, (int)floorf(my + h - 0.5f) + 1 - y0);
+RowRange rows_in_reach(const BlendGaussian& gs, int y0) {
+    const int first = std::max(0, (int)ceilf(gs.my - gs.reach_y - 0.5f) - y0);
+    const int end = std::min(kTileSize, (int)floorf(gs.my + gs.reach_y - 0.5f) + 1 - y0);
     return {first, std::max(first, end)};
+}
+
+// A tile's Gaussians are scattered through memory; asking for the record a few pairs ahead hides the miss.
+constexpr int kPrefetchAhead = 8;
+inline void prefetch(const void* p) {
+#if defined(__GNUC__) || defined(__clang__)
+    __builtin_prefetch(p);
+#endif
 }
 
 // Pixel centres of one 16x16 tile, and which of its pixels lie inside the image.
@@ -81,134 +122,121 @@ struct TilePixels {
     size_t pixel(int p, int width) const { return (size_t)(y0 + p / kTileSize) * width + x0 + p % kTileSize; }
 };
 
-// What the blending loops need of one Gaussian.
-struct BlendGaussian {
-    float mx, my, o;
-    Sym2 conic;
-    float f[kChannels];
-
-    BlendGaussian(const BlendIn& in, int g)
-        : mx(in.means2d[2 * g]), my(in.means2d[2 * g + 1]), o(in.opacities[g]),
-          conic{in.conics[3 * g], in.conics[3 * g + 1], in.conics[3 * g + 2]} {
-        for (int c = 0; c < kChannels; ++c) f[c] = in.features[kChannels * (size_t)g + c];
+// Stable LSD radix sort of `items` by 32-bit keys, 8 bits per pass (depths are positive floats, whose bit patterns
+// order like unsigned integers). Stability keeps equal depths in index order.
+void radix_sort_by_key(std::vector<uint32_t>& keys, std::vector<int32_t>& items) {
+    const size_t n = keys.size();
+    std::vector<uint32_t> keys_tmp(n);
+    std::vector<int32_t> items_tmp(n);
+    for (int shift = 0; shift < 32; shift += 8) {
+        size_t count[257] = {0};
+        for (size_t i = 0; i < n; ++i) ++count[((keys[i] >> shift) & 255) + 1];
+        if (n == 0 || count[((keys[0] >> shift) & 255) + 1] == n) continue;  // one bucket: order unchanged
+        for (int b = 0; b < 256; ++b) count[b + 1] += count[b];
+        for (size_t i = 0; i < n; ++i) {
+            const size_t to = count[(keys[i] >> shift) & 255]++;
+            keys_tmp[to] = keys[i];
+            items_tmp[to] = items[i];
+        }
+        keys.swap(keys_tmp);
+        items.swap(items_tmp);
     }
-};
+}
 
 }  // namespace
 
 void preprocess_forward(const PreprocessIn& in, const PreprocessOut& out) {
-    Vec3 campos = camera_center(in.cam);
+    const Vec3 campos = camera_center(in.cam);
 #pragma omp parallel for schedule(static)
-    for (int g = 0; g < in.n; ++g) {
-        Projection p;
-        Vec3 mean = load3(in.means + 3 * g);
-        bool visible = project_gaussian(mean, load4(in.quats + 4 * g), load3(in.scales + 3 * g), in.cam, in.eps2d,
-                                        in.near_plane, in.far_plane, p);
-        out.depths[g] = p.depth;
-        out.radii[2 * g] = p.radius_x;
-        out.radii[2 * g + 1] = p.radius_y;
-        if (!visible) {
-            std::memset(out.means2d + 2 * g, 0, 2 * sizeof(float));
-            std::memset(out.conics + 3 * g, 0, 3 * sizeof(float));
-            std::memset(out.colors + 3 * g, 0, 3 * sizeof(float));
-            out.compensation[g] = 0.0f;
-            continue;
-        }
-        out.means2d[2 * g] = p.mean2d.x;
-        out.means2d[2 * g + 1] = p.mean2d.y;
-        out.conics[3 * g] = p.conic.a;
-        out.conics[3 * g + 1] = p.conic.b;
-        out.conics[3 * g + 2] = p.conic.c;
-        out.compensation[g] = p.compensation;
-        Vec3 color = sh_color(in.degree, mean - campos, in.sh + (size_t)3 * in.bases * g);
-        out.colors[3 * g] = color.x;
-        out.colors[3 * g + 1] = color.y;
-        out.colors[3 * g + 2] = color.z;
-    }
+    for (int g = 0; g < in.n; ++g) preprocess_gaussian(in, out, campos, g);
 }
 
 void preprocess_backward(const PreprocessIn& in, const PreprocessGradIn& gi, const PreprocessGradOut& out) {
-    Vec3 campos = camera_center(in.cam);
-    std::memset(out.v_sh, 0, sizeof(float) * 3 * in.bases * (size_t)in.n);
+    const Vec3 campos = camera_center(in.cam);
 #pragma omp parallel for schedule(static)
-    for (int g = 0; g < in.n; ++g) {
-        if (gi.radii[2 * g] <= 0 || gi.radii[2 * g + 1] <= 0) {
-            std::memset(out.v_means + 3 * g, 0, 3 * sizeof(float));
-            std::memset(out.v_quats + 4 * g, 0, 4 * sizeof(float));
-            std::memset(out.v_scales + 3 * g, 0, 3 * sizeof(float));
-            continue;
-        }
-        Vec3 mean = load3(in.means + 3 * g);
-        Vec2 v_m2d = {gi.v_means2d[2 * g], gi.v_means2d[2 * g + 1]};
-        Sym2 v_con = {gi.v_conics[3 * g], gi.v_conics[3 * g + 1], gi.v_conics[3 * g + 2]};
-        ProjectionGrad pg = project_gaussian_vjp(mean, load4(in.quats + 4 * g), load3(in.scales + 3 * g), in.cam,
-                                                 in.eps2d, v_m2d, v_con, gi.v_depths[g], gi.v_compensation[g]);
-        Vec3 v_dir = sh_color_vjp(in.degree, mean - campos, in.sh + (size_t)3 * in.bases * g,
-                                  load3(gi.v_colors + 3 * g), out.v_sh + (size_t)3 * in.bases * g);
-        Vec3 v_mean = pg.mean + v_dir;
-        out.v_means[3 * g] = v_mean.x;
-        out.v_means[3 * g + 1] = v_mean.y;
-        out.v_means[3 * g + 2] = v_mean.z;
-        out.v_quats[4 * g] = pg.quat.x;
-        out.v_quats[4 * g + 1] = pg.quat.y;
-        out.v_quats[4 * g + 2] = pg.quat.z;
-        out.v_quats[4 * g + 3] = pg.quat.w;
-        out.v_scales[3 * g] = pg.scale.x;
-        out.v_scales[3 * g + 1] = pg.scale.y;
-        out.v_scales[3 * g + 2] = pg.scale.z;
-    }
+    for (int g = 0; g < in.n; ++g) preprocess_gaussian_vjp(in, gi, out, campos, g);
 }
 
 void bin_tiles(int n, int width, int height, const float* means2d, const float* conics, const float* opacities,
                const float* depths, const int32_t* radii, std::vector<int32_t>& offsets, std::vector<int32_t>& ids) {
     const int tiles_x = (width + kTileSize - 1) / kTileSize, tiles_y = (height + kTileSize - 1) / kTileSize;
+    const int tiles = tiles_x * tiles_y;
     // Tile rectangle [x0, x1) x [y0, y1) of each Gaussian: the tiles holding a pixel centre inside the box where
-    // its alpha can reach 1/255 (the same pairs the PyTorch reference enumerates).
+    // its alpha can reach 1/255 (the same pairs the PyTorch reference enumerates). Empty for culled Gaussians.
     std::vector<int32_t> rect(4 * (size_t)n, 0);
-    std::vector<int32_t> visible;
-    visible.reserve(n);
-    for (int g = 0; g < n; ++g)
-        if (radii[2 * g] > 0 && radii[2 * g + 1] > 0) visible.push_back(g);
 #pragma omp parallel for schedule(static)
-    for (long long i = 0; i < (long long)visible.size(); ++i) {
-        int g = visible[i];
+    for (int g = 0; g < n; ++g) {
+        if (radii[2 * g] <= 0 || radii[2 * g + 1] <= 0) continue;
         Sym2 conic = {conics[3 * g], conics[3 * g + 1], conics[3 * g + 2]};
         Vec2 h = alpha_extent(conic, opacities[g], radii[2 * g], radii[2 * g + 1]);
         float mx = means2d[2 * g], my = means2d[2 * g + 1];
         int px0 = std::max(0, (int)ceilf(mx - h.x - 0.5f)), px1 = std::min(width - 1, (int)floorf(mx + h.x - 0.5f));
         int py0 = std::max(0, (int)ceilf(my - h.y - 0.5f)), py1 = std::min(height - 1, (int)floorf(my + h.y - 0.5f));
-        int32_t* r = rect.data() + 4 * (size_t)g;
         if (px0 > px1 || py0 > py1) continue;
+        int32_t* r = rect.data() + 4 * (size_t)g;
         r[0] = px0 / kTileSize;
         r[1] = px1 / kTileSize + 1;
         r[2] = py0 / kTileSize;
         r[3] = py1 / kTileSize + 1;
     }
-    // Nearest first; ties broken by index so the order is the same as a stable sort by depth.
-    std::sort(visible.begin(), visible.end(), [&](int a, int b) {
-        return depths[a] < depths[b] || (depths[a] == depths[b] && a < b);
-    });
-    offsets.assign((size_t)tiles_x * tiles_y + 1, 0);
-    for (int g : visible) {
-        const int32_t* r = rect.data() + 4 * (size_t)g;
-        for (int ty = r[2]; ty < r[3]; ++ty)
-            for (int tx = r[0]; tx < r[1]; ++tx) ++offsets[(size_t)ty * tiles_x + tx + 1];
+    // The Gaussians that touch a tile, nearest first; a stable sort keeps equal depths in index order.
+    std::vector<int32_t> order;
+    std::vector<uint32_t> keys;
+    order.reserve(n);
+    keys.reserve(n);
+    for (int g = 0; g < n; ++g) {
+        if (rect[4 * (size_t)g + 1] > 0) {
+            order.push_back(g);
+            uint32_t bits;
+            std::memcpy(&bits, depths + g, sizeof bits);
+            keys.push_back(bits);
+        }
     }
-    std::partial_sum(offsets.begin(), offsets.end(), offsets.begin());
-    ids.resize(offsets.back());
-    std::vector<int32_t> cursor(offsets.begin(), offsets.end() - 1);
-    for (int g : visible) {  // in depth order, so every tile's list comes out sorted
-        const int32_t* r = rect.data() + 4 * (size_t)g;
-        for (int ty = r[2]; ty < r[3]; ++ty)
-            for (int tx = r[0]; tx < r[1]; ++tx) ids[cursor[(size_t)ty * tiles_x + tx]++] = g;
+    radix_sort_by_key(keys, order);
+    const long long visible = (long long)order.size();
+    // Each chunk of the depth order counts its pairs per tile; a scan over (tile, chunk) then gives every chunk
+    // its own slice of each tile's list, so chunks fill the lists in parallel and each list stays in depth order.
+    const int chunks = std::max(1, std::min(omp_get_max_threads(), (int)(visible / 4096) + 1));
+    std::vector<int32_t> cursor((size_t)chunks * tiles, 0);
+    auto for_each_pair = [&](int chunk, auto&& visit) {
+        const long long begin = visible * chunk / chunks, end = visible * (chunk + 1) / chunks;
+        for (long long i = begin; i < end; ++i) {
+            const int32_t* r = rect.data() + 4 * (size_t)order[i];
+            for (int ty = r[2]; ty < r[3]; ++ty)
+                for (int tx = r[0]; tx < r[1]; ++tx) visit(i, ty * tiles_x + tx);
+        }
+    };
+#pragma omp parallel for schedule(static, 1)
+    for (int chunk = 0; chunk < chunks; ++chunk) {
+        int32_t* count = cursor.data() + (size_t)chunk * tiles;
+        for_each_pair(chunk, [&](long long, int tile) { ++count[tile]; });
+    }
+    offsets.assign((size_t)tiles + 1, 0);
+    int32_t total = 0;
+    for (int tile = 0; tile < tiles; ++tile) {
+        for (int chunk = 0; chunk < chunks; ++chunk) {
+            int32_t& c = cursor[(size_t)chunk * tiles + tile];
+            const int32_t count = c;
+            c = total;
+            total += count;
+        }
+        offsets[tile + 1] = total;
+    }
+    ids.resize(total);
+#pragma omp parallel for schedule(static, 1)
+    for (int chunk = 0; chunk < chunks; ++chunk) {
+        int32_t* next = cursor.data() + (size_t)chunk * tiles;
+        for_each_pair(chunk, [&](long long i, int tile) { ids[next[tile]++] = order[i]; });
     }
 }
 
 void blend_forward(const BlendIn& in, const BlendOut& out) {
     const int tiles_x = (in.width + kTileSize - 1) / kTileSize, tiles_y = (in.height + kTileSize - 1) / kTileSize;
     PerThreadSums weight_sums(in.n, 1);
+    const std::unique_ptr<BlendGaussian[]> packed = pack_gaussians(in);
 #pragma omp parallel
     {
+        FlushDenormals flush;
         float* wsum = weight_sums.for_thread();
         TilePixels tp;
         alignas(64) float T[kTilePixels], alive[kTilePixels], acc[kChannels][kTilePixels];
@@ -228,12 +256,16 @@ void blend_forward(const BlendIn& in, const BlendOut& out) {
             const int begin = in.tile_offsets[tile], end = in.tile_offsets[tile + 1];
             for (int k = begin; k < end && n_alive > 0; ++k) {
                 const int g = in.ids[k];
-                const BlendGaussian gs(in, g);
+                if (k + kPrefetchAhead < end) {
+                    prefetch(&packed[in.ids[k + kPrefetchAhead]]);
+                    prefetch(wsum + in.ids[k + kPrefetchAhead]);
+                }
+                const BlendGaussian& gs = packed[g];
                 const float mx = gs.mx, my = gs.my, o = gs.o, f0 = gs.f[0], f1 = gs.f[1], f2 = gs.f[2], f3 = gs.f[3];
                 const Sym2 conic = gs.conic;
                 const int32_t position = k - begin + 1;
                 // Two passes over the tile's pixels, each a plain SIMD loop: alphas first, then the blend.
-                const RowRange rows = rows_in_reach(in, g, tp.y0);
+                const RowRange rows = rows_in_reach(gs, tp.y0);
                 const int p0 = rows.first * kTileSize, p1 = rows.end * kTileSize;
                 alignas(64) float alpha[kTilePixels];
 #pragma omp simd
@@ -279,8 +311,10 @@ void blend_backward(const BlendIn& in, const BlendGradIn& gi, const BlendGradOut
     // Per Gaussian: means2d (2), conic (3), opacity (1), features (4), |means2d| (2).
     constexpr int kGrads = 12;
     PerThreadSums sums(in.n, kGrads);
+    const std::unique_ptr<BlendGaussian[]> packed = pack_gaussians(in);
 #pragma omp parallel
     {
+        FlushDenormals flush;
         float* grads = sums.for_thread();
         TilePixels tp;
         alignas(64) float T[kTilePixels], T_final[kTilePixels], behind[kTilePixels], v_alpha_out[kTilePixels];
@@ -305,11 +339,15 @@ void blend_backward(const BlendIn& in, const BlendGradIn& gi, const BlendGradOut
             // Back to front, undoing each Gaussian's transmittance factor as we go.
             for (int k = begin + max_last - 1; k >= begin; --k) {
                 const int g = in.ids[k];
-                const BlendGaussian gs(in, g);
+                if (k - kPrefetchAhead >= begin) {
+                    prefetch(&packed[in.ids[k - kPrefetchAhead]]);
+                    prefetch(grads + (size_t)kGrads * in.ids[k - kPrefetchAhead]);
+                }
+                const BlendGaussian& gs = packed[g];
                 const float mx = gs.mx, my = gs.my, o = gs.o, f0 = gs.f[0], f1 = gs.f[1], f2 = gs.f[2], f3 = gs.f[3];
                 const Sym2 conic = gs.conic;
                 const int32_t position = k - begin;
-                const RowRange rows = rows_in_reach(in, g, tp.y0);
+                const RowRange rows = rows_in_reach(gs, tp.y0);
                 const int p0 = rows.first * kTileSize, p1 = rows.end * kTileSize;
                 alignas(64) float gauss[kTilePixels], alpha[kTilePixels];
 #pragma omp simd

@@ -18,7 +18,7 @@
 
 #include "splatkit/api.h"
 #include "splatkit/blend.h"
-#include "splatkit/sh.h"
+#include "splatkit/preprocess.h"
 
 #define SPLATKIT_CUDA_CHECK(expr)                                                                   \
     do {                                                                                            \
@@ -56,14 +56,6 @@ struct DeviceBuffer {
     DeviceBuffer& operator=(const DeviceBuffer&) = delete;
 };
 
-__device__ __forceinline__ Vec3 load3(const float* p) { return {p[0], p[1], p[2]}; }
-__device__ __forceinline__ Vec4 load4(const float* p) { return {p[0], p[1], p[2], p[3]}; }
-
-Vec3 camera_center(const PinholeCamera& cam) {  // -R^T t
-    Vec3 c = matvec_t(cam.R, cam.t);
-    return {-c.x, -c.y, -c.z};
-}
-
 __device__ __forceinline__ float warp_sum(float v) {
     for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(kFullMask, v, offset);
     return v;
@@ -74,60 +66,12 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 __global__ void preprocess_forward_kernel(PreprocessIn in, PreprocessOut out, Vec3 campos) {
     const int g = blockIdx.x * blockDim.x + threadIdx.x;
-    if (g >= in.n) return;
-    Projection p;
-    const Vec3 mean = load3(in.means + 3 * (size_t)g);
-    const bool visible = project_gaussian(mean, load4(in.quats + 4 * (size_t)g), load3(in.scales + 3 * (size_t)g),
-                                          in.cam, in.eps2d, in.near_plane, in.far_plane, p);
-    out.depths[g] = p.depth;
-    out.radii[2 * (size_t)g] = p.radius_x;
-    out.radii[2 * (size_t)g + 1] = p.radius_y;
-    if (!visible) {
-        out.means2d[2 * (size_t)g] = out.means2d[2 * (size_t)g + 1] = 0.0f;
-        for (int i = 0; i < 3; ++i) out.conics[3 * (size_t)g + i] = out.colors[3 * (size_t)g + i] = 0.0f;
-        out.compensation[g] = 0.0f;
-        return;
-    }
-    out.means2d[2 * (size_t)g] = p.mean2d.x;
-    out.means2d[2 * (size_t)g + 1] = p.mean2d.y;
-    out.conics[3 * (size_t)g] = p.conic.a;
-    out.conics[3 * (size_t)g + 1] = p.conic.b;
-    out.conics[3 * (size_t)g + 2] = p.conic.c;
-    out.compensation[g] = p.compensation;
-    const Vec3 color = sh_color(in.degree, mean - campos, in.sh + (size_t)3 * in.bases * g);
-    out.colors[3 * (size_t)g] = color.x;
-    out.colors[3 * (size_t)g + 1] = color.y;
-    out.colors[3 * (size_t)g + 2] = color.z;
+    if (g < in.n) preprocess_gaussian(in, out, campos, g);
 }
 
-// v_sh must be zeroed before this kernel: sh_color_vjp accumulates into it.
 __global__ void preprocess_backward_kernel(PreprocessIn in, PreprocessGradIn gi, PreprocessGradOut out, Vec3 campos) {
     const int g = blockIdx.x * blockDim.x + threadIdx.x;
-    if (g >= in.n) return;
-    if (gi.radii[2 * (size_t)g] <= 0 || gi.radii[2 * (size_t)g + 1] <= 0) {
-        for (int i = 0; i < 3; ++i) out.v_means[3 * (size_t)g + i] = out.v_scales[3 * (size_t)g + i] = 0.0f;
-        for (int i = 0; i < 4; ++i) out.v_quats[4 * (size_t)g + i] = 0.0f;
-        return;
-    }
-    const Vec3 mean = load3(in.means + 3 * (size_t)g);
-    const Vec2 v_m2d = {gi.v_means2d[2 * (size_t)g], gi.v_means2d[2 * (size_t)g + 1]};
-    const Sym2 v_con = {gi.v_conics[3 * (size_t)g], gi.v_conics[3 * (size_t)g + 1], gi.v_conics[3 * (size_t)g + 2]};
-    const ProjectionGrad pg =
-        project_gaussian_vjp(mean, load4(in.quats + 4 * (size_t)g), load3(in.scales + 3 * (size_t)g), in.cam,
-                             in.eps2d, v_m2d, v_con, gi.v_depths[g], gi.v_compensation[g]);
-    const Vec3 v_dir = sh_color_vjp(in.degree, mean - campos, in.sh + (size_t)3 * in.bases * g,
-                                    load3(gi.v_colors + 3 * (size_t)g), out.v_sh + (size_t)3 * in.bases * g);
-    const Vec3 v_mean = pg.mean + v_dir;
-    out.v_means[3 * (size_t)g] = v_mean.x;
-    out.v_means[3 * (size_t)g + 1] = v_mean.y;
-    out.v_means[3 * (size_t)g + 2] = v_mean.z;
-    out.v_quats[4 * (size_t)g] = pg.quat.x;
-    out.v_quats[4 * (size_t)g + 1] = pg.quat.y;
-    out.v_quats[4 * (size_t)g + 2] = pg.quat.z;
-    out.v_quats[4 * (size_t)g + 3] = pg.quat.w;
-    out.v_scales[3 * (size_t)g] = pg.scale.x;
-    out.v_scales[3 * (size_t)g + 1] = pg.scale.y;
-    out.v_scales[3 * (size_t)g + 2] = pg.scale.z;
+    if (g < in.n) preprocess_gaussian_vjp(in, gi, out, campos, g);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -404,7 +348,6 @@ void preprocess_forward(const PreprocessIn& in, const PreprocessOut& out) {
 
 void preprocess_backward(const PreprocessIn& in, const PreprocessGradIn& grad_in, const PreprocessGradOut& out) {
     if (in.n <= 0) return;
-    SPLATKIT_CUDA_CHECK(cudaMemsetAsync(out.v_sh, 0, sizeof(float) * 3 * (size_t)in.bases * in.n));
     preprocess_backward_kernel<<<blocks_for(in.n), kThreads>>>(in, grad_in, out, camera_center(in.cam));
     SPLATKIT_CUDA_CHECK_LAUNCH();
 }

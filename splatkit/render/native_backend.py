@@ -19,22 +19,22 @@ from splatkit.render.torch_backend import camera_tensors
 
 class _Preprocess(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means, quats, scales, sh, viewmat, K, width: int, height: int, degree: int):
+    def forward(ctx, means, quats, scales, sh0, shN, viewmat, K, width: int, height: int, degree: int):
         ext = load_extension()
         means2d, conics, depths, radii, compensation, colors = ext.preprocess_forward(
-            means, quats, scales, sh, viewmat, K, width, height, degree, EPS2D, NEAR_PLANE, FAR_PLANE)
-        ctx.save_for_backward(means, quats, scales, sh, viewmat, K, radii)
+            means, quats, scales, sh0, shN, viewmat, K, width, height, degree, EPS2D, NEAR_PLANE, FAR_PLANE)
+        ctx.save_for_backward(means, quats, scales, sh0, shN, viewmat, K, radii)
         ctx.size, ctx.degree = (width, height), degree
         ctx.mark_non_differentiable(radii)
         return means2d, conics, depths, radii, compensation, colors
 
     @staticmethod
     def backward(ctx, v_means2d, v_conics, v_depths, _v_radii, v_compensation, v_colors):
-        means, quats, scales, sh, viewmat, K, radii = ctx.saved_tensors
+        means, quats, scales, sh0, shN, viewmat, K, radii = ctx.saved_tensors
         grads = [g.contiguous() for g in (v_means2d, v_conics, v_depths, v_compensation, v_colors)]
-        v_means, v_quats, v_scales, v_sh = load_extension().preprocess_backward(
-            means, quats, scales, sh, viewmat, K, *ctx.size, ctx.degree, EPS2D, radii, *grads)
-        return v_means, v_quats, v_scales, v_sh, None, None, None, None, None
+        v_means, v_quats, v_scales, v_sh0, v_shN = load_extension().preprocess_backward(
+            means, quats, scales, sh0, shN, viewmat, K, *ctx.size, ctx.degree, EPS2D, radii, *grads)
+        return v_means, v_quats, v_scales, v_sh0, v_shN, None, None, None, None, None
 
 
 class _Blend(torch.autograd.Function):
@@ -63,7 +63,7 @@ def render_native(gaussians: Gaussians, camera: Camera, settings: RenderSettings
     width, height = camera.width, camera.height
     means2d, conics, depths, radii, compensation, colors = _Preprocess.apply(
         gaussians.means.contiguous(), gaussians.quats.contiguous(), gaussians.activated_scales.contiguous(),
-        gaussians.sh.contiguous(), viewmat, K, width, height, settings.sh_degree)
+        gaussians.sh0.contiguous(), gaussians.shN.contiguous(), viewmat, K, width, height, settings.sh_degree)
     opacities = gaussians.activated_opacities
     if settings.antialiased:
         opacities = opacities * compensation

@@ -17,8 +17,9 @@ struct PreprocessIn {
     const float* means;   // N x 3
     const float* quats;   // N x 4, wxyz
     const float* scales;  // N x 3, activated
-    const float* sh;      // N x bases x 3
-    int bases;            // coefficients stored per Gaussian
+    const float* sh0;     // N x 3, the DC coefficient
+    const float* shN;     // N x (bases - 1) x 3, the rest
+    int bases;            // coefficients stored per Gaussian (at most kMaxShBases)
     int degree;           // degree to evaluate (bases >= (degree+1)^2)
     PinholeCamera cam;
     float eps2d, near_plane, far_plane;
@@ -46,7 +47,8 @@ struct PreprocessGradOut {
     float* v_means;   // N x 3
     float* v_quats;   // N x 4
     float* v_scales;  // N x 3
-    float* v_sh;      // N x bases x 3
+    float* v_sh0;     // N x 3
+    float* v_shN;     // N x (bases - 1) x 3
 };
 
 struct BlendIn {
