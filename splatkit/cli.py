@@ -11,12 +11,14 @@ from typing import Literal, Optional
 
 import torch
 import tyro
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from splatkit.data import ImageStore, Scene, load_scene
 from splatkit.errors import SplatkitError, file_error
 from splatkit.io.ply import load_ply
 from splatkit.model.gaussians import Gaussians
 from splatkit.render import rasterize
+from splatkit.render.camera_path import CameraPath, render_video
 from splatkit.train.config import TrainConfig
 from splatkit.train.evaluate import evaluate, save_png, to_uint8
 from splatkit.train.trainer import console, image_cache_dir, resolve_scene_path, train
@@ -34,10 +36,13 @@ class EvalConfig:
 
 @dataclass
 class RenderConfig:
-    """Render one PNG per camera of a scene from a trained run or a .ply model."""
+    """Render one PNG per camera of a scene from a trained run or a .ply model, or a camera path to a video."""
 
     model: tyro.conf.Positional[Path]
     """Run folder or INRIA .ply file."""
+    path: Optional[Path] = None
+    """Camera path JSON saved by the viewer's camera-path tool: render it to the video --out names (.mp4;
+    a folder gets <path name>.mp4) instead of PNGs of the scene's cameras."""
     scene: Optional[str] = None
     """Scene whose cameras to render (default: the run's scene). Models are in the scene's original frame."""
     split: Literal["test", "train", "all"] = "test"
@@ -83,8 +88,35 @@ def run_eval(cfg: EvalConfig) -> dict:
     return result
 
 
+def _model_file(model: Path) -> Path:
+    """The .ply of a run folder (in the capture's frame, as camera paths are), or the .ply given."""
+    if not model.exists():
+        raise file_error(model, "no such file or folder")
+    if model.is_dir():
+        _read_run(model)
+        if not (model / "point_cloud.ply").is_file():
+            raise file_error(model, "the run has no point_cloud.ply yet (it is written when training ends)")
+        return model / "point_cloud.ply"
+    return model
+
+
+def run_render_path(cfg: RenderConfig) -> Path:
+    path = CameraPath.load(cfg.path)
+    model = load_ply(_model_file(cfg.model))
+    out = cfg.out if cfg.out.suffix else cfg.out / f"{cfg.path.stem}.mp4"
+    with Progress(TextColumn("[bold]video"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console) as progress:
+        task = progress.add_task("video", total=path.num_frames)
+        render_video(model, path, out, backend=cfg.backend,
+                     on_frame=lambda done, total: progress.update(task, completed=done))
+    console.print(f"wrote {path.num_frames} frames ({path.width}x{path.height}, {path.fps:g} fps) to {out}")
+    return out
+
+
 @torch.no_grad()
 def run_render(cfg: RenderConfig) -> list[Path]:
+    if cfg.path is not None:
+        return [run_render_path(cfg)]
     if cfg.model.is_dir():
         record = _read_run(cfg.model)
         scene_name = cfg.scene or record["scene_path"]

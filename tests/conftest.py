@@ -6,6 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from splatkit.data.demo_scene import generate_demo_scene
+from splatkit.train.config import TrainConfig
+from splatkit.train.strategies import ADCStrategy
+from splatkit.train.trainer import train
+
 
 @pytest.fixture(scope="session")
 def shared_datasets() -> Path:
@@ -14,3 +19,20 @@ def shared_datasets() -> Path:
     if not path.is_dir():
         pytest.skip("../shared/datasets not found")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_scene(tmp_path_factory) -> Path:
+    """A 10-camera, 48x36 demo scene: enough for end-to-end tests that must stay fast."""
+    return generate_demo_scene(tmp_path_factory.mktemp("scene") / "tiny", n_cameras=10, width=48, height=36)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_scene, tmp_path_factory) -> Path:
+    """A 20-step training run of the tiny scene (torch backend), with point_cloud.ply and a checkpoint."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    cfg = TrainConfig(scene=str(tiny_scene), out=out, steps=20, checkpoint_every=20, eval_steps=(),
+                      backend="torch", strategy=ADCStrategy(refine_start=5, refine_every=10, reset_every=25),
+                      log_every=10, test_every=0)
+    train(cfg, show_progress=False)
+    return out

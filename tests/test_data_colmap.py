@@ -5,7 +5,6 @@ uses, must land on the keypoint COLMAP measured in the original photo."""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from splatkit.cli import main
-from splatkit.data.demo_scene import generate_demo_scene
 from splatkit.errors import SplatkitError
 from splatkit.io.ply import load_ply
 from splatkit.train import checkpoint
@@ -21,11 +20,6 @@ from splatkit.train.strategies import ADCStrategy
 from splatkit.train.trainer import train
 
 pytestmark = pytest.mark.xdist_group("tiny_scene")
-
-
-@pytest.fixture(scope="module")
-def tiny_scene(tmp_path_factory) -> Path:
-    return generate_demo_scene(tmp_path_factory.mktemp("scene") / "tiny", n_cameras=10, width=48, height=36)
 
 
 def _config(scene: Path, out: Path, **overrides) -> TrainConfig:

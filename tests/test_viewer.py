@@ -4,7 +4,6 @@ viser client), loading errors and the port check."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import socket
 import threading
 import time
@@ -17,14 +16,10 @@ import torch
 
 from splatkit.cli import main
 from splatkit.data import load_scene
-from splatkit.data.demo_scene import generate_demo_scene
 from splatkit.errors import SplatkitError
 from splatkit.io.ply import save_ply
 from splatkit.model.gaussians import init_from_points
 from splatkit.render import rasterize
-from splatkit.train.config import TrainConfig
-from splatkit.train.strategies import ADCStrategy
-from splatkit.train.trainer import train
 from splatkit.viewer.app import check_port_free
 from splatkit.viewer.camera import (camera_from_pose, frame_points, matrix_to_wxyz, pose_from_camera,
                                     robust_bounds, up_from_cameras, wxyz_to_matrix)
@@ -34,21 +29,6 @@ from splatkit.viewer.session import ClientSession, SessionSettings
 from splatkit.viewer.source import LiveSource, ModelSource, load_source
 
 pytestmark = pytest.mark.xdist_group("tiny_scene")
-
-
-@pytest.fixture(scope="module")
-def tiny_scene(tmp_path_factory) -> Path:
-    return generate_demo_scene(tmp_path_factory.mktemp("scene") / "tiny", n_cameras=10, width=48, height=36)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tiny_scene, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("run") / "run"
-    cfg = TrainConfig(scene=str(tiny_scene), out=out, steps=20, checkpoint_every=20, eval_steps=(),
-                      backend="torch", strategy=ADCStrategy(refine_start=5, refine_every=10, reset_every=25),
-                      log_every=10, test_every=0)
-    train(cfg, show_progress=False)
-    return out
 
 
 def _model(scene):
@@ -177,6 +157,8 @@ class _FakeClient:
             add_rgb=lambda label, initial_value, **k: _Handle(initial_value),
             add_button=lambda *a, **k: _Handle(),
             add_markdown=lambda content, **k: _Handle(content),
+            add_number=lambda label, value, **k: _Handle(value),
+            add_checkbox=lambda label, value, **k: _Handle(value),
         )
         self.gui = gui
         self.scene = SimpleNamespace(
@@ -190,6 +172,7 @@ class _FakeClient:
 
     def add_notification(self, title, body, **k):
         self.notifications.append((title, body))
+        return _Handle()
 
 
 def _move(client, camera, height=36):
@@ -210,7 +193,7 @@ def test_session_previews_while_moving_then_one_full_render(tiny_scene, tmp_path
     source = ModelSource(_model(scene), cameras=scene.cameras, name="tiny")
     client = _FakeClient()
     client.set_camera(scene.cameras[0], 200)
-    settings = SessionSettings(backend="torch", target_fps=1e6, screenshot_dir=tmp_path)  # forces tiny previews
+    settings = SessionSettings(backend="torch", target_fps=1e6, output_dir=tmp_path)  # forces tiny previews
     session = ClientSession(client, source, settings, RenderShare(), np.array([0, 0, 1.0]),
                             frame_points(scene.points, np.array([0, 0, 1.0])))
     try:

@@ -20,7 +20,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from splatkit.atomic import write_text_atomic
 from splatkit.data import ImageStore, Scene, load_scene
 from splatkit.data.demo_scene import demo_scene_path
-from splatkit.data.scene import Similarity
 from splatkit.errors import SplatkitError
 from splatkit.io.ply import save_ply
 from splatkit.model.gaussians import PARAM_NAMES, Gaussians, init_from_points

@@ -11,7 +11,6 @@ import threading
 import time
 from typing import Iterator
 
-import numpy as np
 
 from splatkit.errors import SplatkitError
 from splatkit.viewer.camera import frame_camera, frame_points, pose_from_camera, up_from_cameras, up_from_points
@@ -104,7 +103,7 @@ def run_view(cfg: ViewConfig) -> None:
     """`splatkit view`: load (errors before any server starts), serve, block until Ctrl-C."""
     source = load_source(cfg.model)
     settings = SessionSettings(mode=cfg.mode, backend=cfg.backend, max_height=cfg.max_height,
-                               target_fps=cfg.target_fps, screenshot_dir=cfg.screenshot_dir)
+                               target_fps=cfg.target_fps, output_dir=cfg.output_dir)
     from splatkit.render import resolve_backend
 
     resolve_backend(cfg.backend, source.snapshot().gaussians.means.device)  # unknown backend: fail now

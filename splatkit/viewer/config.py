@@ -29,5 +29,5 @@ class ViewConfig:
     """Largest render height in pixels (the browser window's size caps it too)."""
     target_fps: float = 12.0
     """Frame rate to hold while the camera moves; the render height drops to keep it."""
-    screenshot_dir: Path = Path(".")
-    """Folder the GUI's screenshot button writes PNGs to."""
+    output_dir: Path = Path(".")
+    """Folder for what the GUI saves: screenshots (PNG), camera paths (JSON) and their videos (MP4)."""

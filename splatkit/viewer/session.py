@@ -17,6 +17,7 @@ import numpy as np
 
 from splatkit.viewer.camera import Framing, ViewPose, camera_from_pose, frame_camera, pose_from_camera
 from splatkit.viewer.pacing import LatestSlot, RenderShare, SpeedMeter, choose_height
+from splatkit.viewer.path_tool import CameraPathTool
 from splatkit.viewer.render import OUTPUTS, render_image, splat_arrays
 from splatkit.viewer.source import ModelSource
 
@@ -32,7 +33,7 @@ class SessionSettings:
     backend: str = "auto"
     max_height: int = 1080
     target_fps: float = 12.0
-    screenshot_dir: Path = Path(".")
+    output_dir: Path = Path(".")  # screenshots, camera paths and videos
 
 
 def apply_framing(client, framing: Framing, wxyz: np.ndarray | None = None) -> None:
@@ -84,6 +85,9 @@ class ClientSession:
             self.screenshot = gui.add_button("Screenshot (PNG)")
         with gui.add_folder("Stats"):
             self.stats_text = gui.add_markdown(self._stats_markdown())
+        self.path_tool = CameraPathTool(self.client, src, self.settings.output_dir, self.settings.backend,
+                                        current_pose=lambda: self._pose, background=self._background,
+                                        log=self.log)
         if src.live:
             with gui.add_folder("Training"):
                 self.train_text = gui.add_markdown(self._training_markdown())
@@ -141,7 +145,7 @@ class ClientSession:
             return None
         from PIL import Image
 
-        folder = self.settings.screenshot_dir.expanduser()
+        folder = self.settings.output_dir.expanduser()
         folder.mkdir(parents=True, exist_ok=True)
         path = (folder / f"splatkit-{self.source.name}-{time.strftime('%Y%m%d-%H%M%S')}.png").resolve()
         Image.fromarray(self.last_full).save(path)
@@ -202,7 +206,7 @@ class ClientSession:
         height = min(full, choose_height(self.speed.pixels_per_second, self.settings.target_fps, pose.aspect,
                                          full)) if preview else full
         camera = camera_from_pose(pose, height)
-        background = tuple(float(c) / 255.0 for c in self.background.value)
+        background = self._background()
         started = time.perf_counter()
         image = render_image(snapshot.gaussians, camera, output=self.output.value,
                              sh_degree=int(self.sh_degree.value), background=background,
@@ -215,6 +219,9 @@ class ClientSession:
         self.sent_times.append(time.perf_counter())
         if not preview:
             self.last_full = image
+
+    def _background(self) -> tuple[float, float, float]:
+        return tuple(float(c) / 255.0 for c in self.background.value)
 
     def _switch_mode(self) -> None:
         if self.mode.value == "splats":

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +14,7 @@ import torch
 
 from splatkit.data import load_scene
 from splatkit.data.cameras import Camera
-from splatkit.data.scene import Scene
+from splatkit.data.scene import Scene, Similarity
 from splatkit.errors import SplatkitError, file_error
 from splatkit.io.ply import load_ply
 from splatkit.model.gaussians import Gaussians
@@ -38,12 +38,17 @@ class TrainingStats:
 
 
 class ModelSource:
-    """A fixed model, optionally with the scene it was trained on (cameras in the same frame)."""
+    """A fixed model, optionally with the scene it was trained on (cameras in the same frame).
+
+    `to_file_frame` maps the frame shown to that of the model's file (a run is shown in its training frame,
+    its point_cloud.ply is in the capture's), so saved camera paths fit the file."""
 
     live = False
 
     def __init__(self, gaussians: Gaussians, *, cameras: list[Camera] | None = None, name: str = "model",
-                 background: tuple[float, float, float] | None = None) -> None:
+                 background: tuple[float, float, float] | None = None,
+                 to_file_frame: Similarity | None = None) -> None:
+        self.to_file_frame = to_file_frame or Similarity()
         self._lock = threading.Lock()
         self._snapshot = Snapshot(gaussians, 0)
         self.cameras = cameras or []
@@ -104,11 +109,13 @@ def load_source(path: Path) -> ModelSource:
     ply = path / "point_cloud.ply"
     checkpoints = checkpoint.list_checkpoints(path / "checkpoints")
     scene = _load_run_scene(record, path)
+    to_file_frame = None  # the model is shown in its file's frame unless moved into the training frame
     if ply.is_file():
         model = load_ply(ply)
         if scene is not None:
             t = scene.to_normalized
             model = model.similarity_transformed(t.scale, t.center)
+            to_file_frame = t.inverse()
     elif checkpoints:
         try:
             params = checkpoint.load_checkpoint(checkpoints[-1])["params"]
@@ -117,12 +124,14 @@ def load_source(path: Path) -> ModelSource:
             raise file_error(checkpoints[-1], f"not a readable checkpoint ({exc})") from None
         if scene is None:
             print(f"splatkit view: {path} has no point_cloud.ply yet; showing {checkpoints[-1].name}")
+        if "to_normalized" in record:
+            to_file_frame = Similarity.from_json(record["to_normalized"]).inverse()
     else:
         raise file_error(path, "the run has no point_cloud.ply and no checkpoint yet")
     if len(model) == 0:
         raise file_error(path, "the model has no Gaussians")
     return ModelSource(model, cameras=scene.cameras if scene else None, name=path.name,
-                       background=scene.background if scene else None)
+                       background=scene.background if scene else None, to_file_frame=to_file_frame)
 
 
 class LiveSource(ModelSource):
@@ -134,7 +143,7 @@ class LiveSource(ModelSource):
 
     def __init__(self, trainer, interval: float = 0.5) -> None:
         super().__init__(self._copy(trainer), cameras=trainer.scene.cameras, name=trainer.run_dir.name,
-                         background=trainer.scene.background)
+                         background=trainer.scene.background, to_file_frame=trainer.scene.to_normalized.inverse())
         self.interval = interval
         self.watching = 0  # number of clients connected; nothing is copied without one
         self._last_copy = time.perf_counter()
