@@ -67,6 +67,13 @@ class Viewer:
             raise SplatkitError(f"port {port} on {host} is already in use; pick another with --port")
         self.host, self.port = host, self.server.get_port()  # port 0: the one the system picked
         self.server.scene.set_up_direction(tuple(float(v) for v in self.up))
+        # New tabs open at the framed view (no jump from viser's default); each is then turned to the training
+        # camera's exact orientation on connect.
+        initial_camera = self.server.initial_camera
+        initial_camera.up = self.initial.up
+        initial_camera.fov = self.initial.fov
+        initial_camera.position = self.initial.position
+        initial_camera.look_at = self.initial.look_at
         self.server.on_client_connect(self._on_connect)
         self.server.on_client_disconnect(self._on_disconnect)
 
@@ -137,7 +144,7 @@ def start_live_viewer(trainer, port: int = 8080, host: str = "127.0.0.1") -> tup
     """Serve a training run as it trains. Renders take at most ~10% of wall time, and only while a browser
     is connected; the trainer calls `source.after_step(...)` between steps (copies, stats, pause)."""
     source = LiveSource(trainer)
-    settings = SessionSettings(backend=trainer.backend, max_height=720, target_fps=8.0)
+    settings = SessionSettings(backend="auto", max_height=720, target_fps=8.0)  # fastest, whatever trains
     viewer = Viewer(source, host=host, port=port, settings=settings, render_share=0.1)
     print(f"splatkit: live viewer at {viewer.url}", flush=True)
     return viewer, source

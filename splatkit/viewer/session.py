@@ -25,6 +25,7 @@ SETTLE_SECONDS = 0.2
 MOVING_QUALITY, STILL_QUALITY = 40, 75
 SPLAT_REFRESH_SECONDS = 2.0  # live training: resend the browser's splats at most this often
 POLL_SECONDS = 0.25
+TRAINING_STATS_SECONDS = 0.5
 
 
 @dataclass
@@ -66,6 +67,9 @@ class ClientSession:
         self._on_camera(client.camera)  # the pose just framed; viser reports only later changes to us
         self._thread = threading.Thread(target=self._run, name=f"splatkit-view-{client.client_id}", daemon=True)
         self._thread.start()
+        if source.live:  # its own beat: renders may wait seconds for their share of the CPU, the stats must not
+            threading.Thread(target=self._tick_training, name=f"splatkit-stats-{client.client_id}",
+                             daemon=True).start()
 
     # ---- GUI -------------------------------------------------------------------------------------------
     def _build_gui(self) -> None:
@@ -81,6 +85,7 @@ class ClientSession:
             self.background = gui.add_rgb("Background", bg)
             self.max_height = gui.add_slider("Max resolution", 64, 2160, 8,
                                              min(2160, max(64, self.settings.max_height)))
+            self.show_cameras = gui.add_checkbox("Training cameras", True, visible=bool(src.cameras))
             self.reset_view = gui.add_button("Reset view")
             self.screenshot = gui.add_button("Screenshot (PNG)")
         with gui.add_folder("Stats"):
@@ -96,6 +101,7 @@ class ClientSession:
         for handle in (self.output, self.sh_degree, self.background, self.max_height):
             handle.on_update(lambda _: self.slot.put("refresh"))
         self.mode.on_update(lambda _: self.slot.put("mode"))
+        self.show_cameras.on_update(lambda _: self._show_frustums(bool(self.show_cameras.value)))
         self.reset_view.on_click(lambda _: apply_framing(self.client, self.initial, self.initial_wxyz))
         self.screenshot.on_click(lambda _: self.save_screenshot())
 
@@ -122,6 +128,7 @@ class ClientSession:
 
     def _add_frustums(self) -> None:
         cameras = self.source.cameras
+        self._frustums, self._hidden = [], None
         if not cameras:
             return
         centers = np.stack([c.center for c in cameras])
@@ -132,11 +139,26 @@ class ClientSession:
             handle = self.client.scene.add_camera_frustum(
                 f"/cameras/{i:04d}", fov=pose.fov, aspect=pose.aspect, scale=scale, wxyz=pose.wxyz,
                 position=pose.position, color=(90, 140, 220))
-            handle.on_click(lambda _, camera=camera: self.jump_to(camera))
+            handle.on_click(lambda _, i=i: self.jump_to(i))
+            self._frustums.append(handle)
+        self._hide_frustum(0)  # the view opens at camera 0, whose frustum would frame the whole picture
 
-    def jump_to(self, camera) -> None:
+    def _show_frustums(self, show: bool) -> None:
+        for i, handle in enumerate(self._frustums):
+            handle.visible = show and i != self._hidden
+
+    def _hide_frustum(self, index: int) -> None:
+        """Hide the frustum of the camera the view is at (showing the one hidden before)."""
+        if self._hidden is not None:
+            self._frustums[self._hidden].visible = bool(self.show_cameras.value)
+        self._frustums[index].visible = False
+        self._hidden = index
+
+    def jump_to(self, index: int) -> None:
+        camera = self.source.cameras[index]
         framing = frame_camera(camera, self.source.means_numpy(), self.up)
         apply_framing(self.client, framing, pose_from_camera(camera).wxyz)
+        self._hide_frustum(index)
 
     def save_screenshot(self) -> Path | None:
         if self.last_full is None:
@@ -196,8 +218,11 @@ class ClientSession:
 
     def _update_text(self) -> None:
         self.stats_text.content = self._stats_markdown()
-        if self.source.live:
+
+    def _tick_training(self) -> None:
+        while not self.slot.closed:
             self.train_text.content = self._training_markdown()
+            time.sleep(TRAINING_STATS_SECONDS)
 
     def _render(self, snapshot, preview: bool) -> None:
         time.sleep(self.share.wait_time())
