@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import imageio.v2 as imageio

@@ -55,9 +55,12 @@ class ClientSession:
         self.slot: LatestSlot[str] = LatestSlot()
         self.speed = SpeedMeter()
         self.sent_times: collections.deque[float] = collections.deque(maxlen=60)
+        self.latencies: collections.deque[float] = collections.deque(maxlen=60)  # camera change -> image sent
         self.last_full: np.ndarray | None = None
         self._pose: ViewPose | None = None
         self._pose_time = 0.0
+        self._last_sent_pose_time = -1.0
+        self.frames_sent = 0
         self._splats = None
         self._splat_version = -1
         self._splat_time = 0.0
@@ -109,7 +112,8 @@ class ClientSession:
         now = time.perf_counter()
         fps = sum(1 for t in self.sent_times if now - t <= 1.0)
         n = len(self.source.snapshot().gaussians)
-        return (f"**Gaussians** {n:,}  \n**Render** {1000 * self.speed.last_seconds:.0f} ms, {fps} fps")
+        latency = f", latency {1000 * float(np.median(self.latencies)):.0f} ms" if self.latencies else ""
+        return (f"**Gaussians** {n:,}  \n**Render** {1000 * self.speed.last_seconds:.0f} ms, {fps} fps{latency}")
 
     def _training_markdown(self) -> str:
         s = self.source.stats
@@ -226,7 +230,7 @@ class ClientSession:
 
     def _render(self, snapshot, preview: bool) -> None:
         time.sleep(self.share.wait_time())
-        pose = self._pose  # the newest, even if it arrived while waiting
+        pose, pose_time = self._pose, self._pose_time  # the newest, even if it arrived while waiting
         full = max(16, min(int(self.max_height.value), getattr(self, "_full_height", 1080)))
         height = min(full, choose_height(self.speed.pixels_per_second, self.settings.target_fps, pose.aspect,
                                          full)) if preview else full
@@ -242,6 +246,10 @@ class ClientSession:
         self.client.scene.set_background_image(image, format="jpeg",
                                                jpeg_quality=MOVING_QUALITY if preview else STILL_QUALITY)
         self.sent_times.append(time.perf_counter())
+        self.frames_sent += 1
+        if pose_time > self._last_sent_pose_time:  # the first image of a new pose
+            self.latencies.append(self.sent_times[-1] - pose_time)
+            self._last_sent_pose_time = pose_time
         if not preview:
             self.last_full = image
 
