@@ -1,0 +1,89 @@
+"""One entry point for every splat file format. Reading goes by content, not extension: a `.ply` may be INRIA
+or PlayCanvas-compressed, and an `.spz` may be gzip (v2/v3) or zstd (v4). Writing goes by format name, or by
+the extension when no name is given; every writer replaces the target atomically.
+
+Formats: "ply" (INRIA, lossless), "compressed-ply" (PlayCanvas, 16 B/splat), "spz" (Niantic), "splat"
+(antimatter15, 32 B/splat, no SH)."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Callable
+
+from splatkit.errors import SplatkitError, file_error
+from splatkit.io._common import check_writable, with_sh_degree
+from splatkit.io.compressed_ply import (HEADER_LIMIT, is_compressed_header, load_compressed_ply, parse_ply_header,
+                                        save_compressed_ply)
+from splatkit.io.ply import load_ply, save_ply
+from splatkit.io.splat import RECORD, load_splat, save_splat
+from splatkit.io.spz import GZIP_MAGIC, MAGIC, load_spz, save_spz
+from splatkit.model.gaussians import Gaussians
+
+
+def _save_ply(g: Gaussians, path: str | Path, *, sh_degree: int | None = None) -> None:
+    check_writable(g, path)
+    save_ply(with_sh_degree(g, sh_degree, path), path)
+
+
+READERS: dict[str, Callable[[str | Path], Gaussians]] = {
+    "ply": load_ply, "compressed-ply": load_compressed_ply, "spz": load_spz, "splat": load_splat}
+WRITERS: dict[str, Callable[..., None]] = {
+    "ply": _save_ply, "compressed-ply": save_compressed_ply, "spz": save_spz, "splat": save_splat}
+EXTENSIONS = {".compressed.ply": "compressed-ply", ".ply": "ply", ".spz": "spz", ".splat": "splat"}  # longest first
+
+
+def detect_format(path: str | Path) -> str:
+    """The format of an existing file, from its magic bytes or PLY header; `.splat` has no magic, so it is
+    recognised by extension and a size that is a whole number of 32-byte records."""
+    path = Path(path)
+    if not path.is_file():
+        raise file_error(path, "no such file")
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(HEADER_LIMIT)
+    except OSError as exc:
+        raise file_error(path, f"cannot read the file ({exc.strerror})") from None
+    if head.startswith(b"ply"):
+        try:
+            return "compressed-ply" if is_compressed_header(parse_ply_header(head, path)) else "ply"
+        except SplatkitError:
+            return "ply"  # let the INRIA reader say what is wrong with it
+    if head[:2] == GZIP_MAGIC or head[:4] == MAGIC:
+        return "spz"
+    if path.suffix.lower() == ".splat":
+        if size == 0 or size % RECORD.itemsize:
+            raise file_error(path, f"size {size} B is not a whole number of 32 B .splat records")
+        return "splat"
+    raise file_error(path, "unrecognised format: not a PLY or SPZ file by content, nor a .splat by extension")
+
+
+def format_from_extension(path: str | Path) -> str:
+    name = Path(path).name.lower()
+    for ext, fmt in EXTENSIONS.items():
+        if name.endswith(ext):
+            return fmt
+    raise file_error(path, f"cannot tell the format from the extension (use {', '.join(EXTENSIONS)}) or name it")
+
+
+def read_splats(path: str | Path) -> Gaussians:
+    return READERS[detect_format(path)](path)
+
+
+def write_options(fmt: str) -> list[str]:
+    """The keyword options a format's writer takes (e.g. sh_degree, version)."""
+    params = inspect.signature(WRITERS[fmt]).parameters.values()
+    return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def write_splats(g: Gaussians, path: str | Path, format: str | None = None, **options: Any) -> None:
+    """Write `g` as `format` (default: from the extension) with that format's `options`."""
+    fmt = format or format_from_extension(path)
+    if fmt not in WRITERS:
+        raise file_error(path, f"unknown format {fmt!r} (known: {', '.join(WRITERS)})")
+    unknown = sorted(set(options) - set(write_options(fmt)))
+    if unknown:
+        takes = ", ".join(write_options(fmt)) or "no options"
+        raise file_error(path, f"the {fmt} writer has no option {', '.join(unknown)} (it takes {takes})")
+    WRITERS[fmt](g, path, **options)
