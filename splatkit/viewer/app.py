@@ -144,7 +144,8 @@ def start_live_viewer(trainer, port: int = 8080, host: str = "127.0.0.1") -> tup
     """Serve a training run as it trains. Renders take at most ~10% of wall time, and only while a browser
     is connected; the trainer calls `source.after_step(...)` between steps (copies, stats, pause)."""
     source = LiveSource(trainer)
-    settings = SessionSettings(backend="auto", max_height=720, target_fps=8.0)  # fastest, whatever trains
+    # The fastest backend whatever trains, on one thread so renders never oversubscribe training's cores.
+    settings = SessionSettings(backend="auto", max_height=720, target_fps=8.0, render_threads=1)
     viewer = Viewer(source, host=host, port=port, settings=settings, render_share=0.1)
     print(f"splatkit: live viewer at {viewer.url}", flush=True)
     return viewer, source

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from splatkit.render.native_backend import limit_threads_in_this_thread
 from splatkit.viewer.camera import Framing, ViewPose, camera_from_pose, frame_camera, pose_from_camera
 from splatkit.viewer.pacing import LatestSlot, RenderShare, SpeedMeter, choose_height
 from splatkit.viewer.path_tool import CameraPathTool
@@ -35,6 +36,7 @@ class SessionSettings:
     max_height: int = 1080
     target_fps: float = 12.0
     output_dir: Path = Path(".")  # screenshots, camera paths and videos
+    render_threads: int | None = None  # CPU threads per render (None: all); 1 beside training
 
 
 def apply_framing(client, framing: Framing, wxyz: np.ndarray | None = None) -> None:
@@ -191,6 +193,8 @@ class ClientSession:
         self.slot.close()
 
     def _run(self) -> None:
+        if self.settings.render_threads:
+            limit_threads_in_this_thread(self.settings.render_threads)
         shown_version, need_full = -1, False
         while not self.slot.closed:
             wait = max(0.0, SETTLE_SECONDS - (time.perf_counter() - self._pose_time)) if need_full else POLL_SECONDS
