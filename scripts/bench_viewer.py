@@ -5,8 +5,9 @@
    image being sent; then the full-resolution render once the camera stops. The reference is a plain
    `rasterize()` of the full window, timed in the same run: "speed-up" is how much faster the adaptive
    preview stream is than rendering every frame at full size.
-2. The cost to training: `splatkit train demo --viewer` steps/s without the viewer, with a browser attached
-   and still, and with a browser orbiting the whole time.
+2. The cost to training: `splatkit train demo --viewer` steps/s without the viewer, with it but no browser,
+   with a browser attached and still or orbiting the whole time, and the control that separates the
+   browser's own (software WebGL) load from the viewer's: the same orbiting browser on an empty page.
 
 Usage: python scripts/bench_viewer.py [--demo-run runs/demo] [--seconds 8] [--train-steps 400]
 """
@@ -94,27 +95,50 @@ def streamed(browser, source: ModelSource, size: tuple[int, int], seconds: float
     return {"fps": fps, "latency_ms": latency, "full_ms": full_ms, "reference_ms": reference_ms}
 
 
+TRAINING_MODES = {
+    "no viewer": (False, None),
+    "viewer, no browser": (True, None),
+    "browser still": (True, "live"),
+    "browser orbiting": (True, "live"),
+    # The control: the same orbiting browser on a page with nothing to render server-side (an empty viser
+    # scene), beside training without a viewer. Here the browser draws WebGL in software (SwiftShader) on
+    # the same 2 cores, which a real setup with a GPU, or on another machine, does not.
+    "browser still, empty page": (False, "empty"),
+    "browser orbiting, empty page": (False, "empty"),
+}
+
+
 def training_rate(browser, steps: int, mode: str) -> float:
-    """Steps/s between 25% and 100% of a `splatkit train demo` run; mode: none | still | orbit."""
+    """Steps/s between 25% and 100% of a `splatkit train demo` run under one of TRAINING_MODES."""
+    viewer, page_kind = TRAINING_MODES[mode]
     out = Path(tempfile.mkdtemp()) / "run"
     args = [sys.executable, "-m", "splatkit.cli", "train", "demo", "--out", str(out), "--steps", str(steps),
             "--log-every", str(max(1, steps // 4))]
-    if mode != "none":
+    if viewer:
         args += ["--viewer", "--viewer-port", "0"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    page = None
-    if mode != "none":
+    page, empty_server, url = None, None, None
+    if page_kind == "live":
         for line in proc.stdout:
             if match := re.search(r"live viewer at (http://\S+)", line):
-                page = browser.new_page(viewport={"width": 1280, "height": 720})
-                with page.expect_console_message(lambda m: "Connected" in m.text, timeout=120_000):
-                    page.goto(match.group(1).replace("localhost", "127.0.0.1"))
+                url = match.group(1).replace("localhost", "127.0.0.1")
                 break
+    elif page_kind == "empty":
+        import viser
+
+        empty_server = viser.ViserServer(port=0, verbose=False)
+        url = f"http://127.0.0.1:{empty_server.get_port()}"
+    if url:
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        with page.expect_console_message(lambda m: "Connected" in m.text, timeout=120_000):
+            page.goto(url)
     while proc.poll() is None:
-        if page is not None and mode == "orbit":
+        if page is not None and "orbiting" in mode:
             orbit(page, 2.0, 1280, 720)
         else:
             time.sleep(0.5)
+    if empty_server is not None:
+        empty_server.stop()
     if page is not None:
         page.close()
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -128,12 +152,15 @@ def main() -> None:
     parser.add_argument("--demo-run", type=Path, default=Path("runs/demo"))
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--train-steps", type=int, default=400)
+    parser.add_argument("--only", choices=("streamed", "training"), help="run one half of the benchmark")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
-    models = {"demo": demo_model(args.demo_run, 2000)}
-    g, cameras = garden(crop=False)
-    models["garden"] = ModelSource(g, cameras=cameras, name="garden")
+    models = {}
+    if args.only != "training":
+        models["demo"] = demo_model(args.demo_run, 2000)
+        g, cameras = garden(crop=False)
+        models["garden"] = ModelSource(g, cameras=cameras, name="garden")
     print(f"threads: {torch.get_num_threads()}")
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
@@ -145,10 +172,14 @@ def main() -> None:
                 speedup = r["fps"] * r["reference_ms"] / 1000
                 print(f"{name:8} {size[0]:>5}x{size[1]:<4} {len(source.snapshot().gaussians):>8,} {r['fps']:>11.1f} "
                       f"{r['latency_ms']:>11.0f} {r['full_ms']:>8.0f} {r['reference_ms']:>20.0f} {speedup:>8.1f}x")
-        rates = {mode: training_rate(browser, args.train_steps, mode) for mode in ("none", "still", "orbit")}
+        rates = {} if args.only == "streamed" else {
+            mode: training_rate(browser, args.train_steps, mode) for mode in TRAINING_MODES}
         browser.close()
-    print(f"training (demo, {args.train_steps} steps): " + ", ".join(
-        f"{mode} {rate:.2f} it/s ({rate / rates['none']:.0%})" for mode, rate in rates.items()))
+    if not rates:
+        return
+    print(f"training the demo ({args.train_steps} steps), steps/s and share of the no-viewer rate:")
+    for mode, rate in rates.items():
+        print(f"  {mode:30} {rate:6.2f} it/s  {rate / rates['no viewer']:5.0%}")
 
 
 if __name__ == "__main__":

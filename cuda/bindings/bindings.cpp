@@ -175,10 +175,13 @@ std::vector<Tensor> blend_backward(Tensor means2d, Tensor conics, Tensor opaciti
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.doc() = "splatkit native rasterizer (CPU/OpenMP, optionally CUDA)";
-    m.def("preprocess_forward", &preprocess_forward);
-    m.def("preprocess_backward", &preprocess_backward);
-    m.def("blend_forward", &blend_forward);
-    m.def("blend_backward", &blend_backward);
+    // The kernels run without the GIL, so a viewer thread rendering beside training (or any other Python
+    // thread) is not frozen for the length of every kernel call.
+    using release_gil = py::call_guard<py::gil_scoped_release>;
+    m.def("preprocess_forward", &preprocess_forward, release_gil());
+    m.def("preprocess_backward", &preprocess_backward, release_gil());
+    m.def("blend_forward", &blend_forward, release_gil());
+    m.def("blend_backward", &blend_backward, release_gil());
     m.def("has_cuda", []() { return kHaveCuda; });
     // OpenMP's thread count is per calling thread: a viewer thread rendering beside training limits only
     // itself, so the two do not oversubscribe the cores.
