@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -50,6 +52,21 @@ class Camera:
         """Camera position in world coordinates."""
         R, t = self.world_to_cam[:3, :3], self.world_to_cam[:3, 3]
         return -R.T @ t
+
+    @property
+    def fov_y(self) -> float:
+        """Vertical field of view in radians."""
+        return 2.0 * math.atan(0.5 * self.height / self.K[1, 1])
+
+    @classmethod
+    def from_pose(cls, name: str, rotation: np.ndarray, position: np.ndarray, fov_y: float, width: int,
+                  height: int) -> "Camera":
+        """A centred pinhole camera from its camera-to-world rotation, position and vertical fov (radians)."""
+        focal = 0.5 * height / math.tan(0.5 * fov_y)
+        K = np.array([[focal, 0.0, 0.5 * width], [0.0, focal, 0.5 * height], [0.0, 0.0, 1.0]])
+        c2w = np.eye(4)
+        c2w[:3, :3], c2w[:3, 3] = rotation, position
+        return cls(name=name, width=width, height=height, K=K, world_to_cam=np.linalg.inv(c2w))
 
     def scaled(self, factor: float) -> "Camera":
         """The same view with the image downsampled by `factor` (sizes rounded as images are resized)."""

@@ -135,8 +135,8 @@ class CameraPath:
                     quats[i] = -quats[i]
             rotations = RotationSpline(times, Rotation.from_quat(quats))(t)
         matrices = rotations.as_matrix()
-        return [_camera(f"frame_{i:05d}", matrices[i], positions[i], float(fovs[i]), self.width, self.height)
-                for i in range(frames)]
+        return [Camera.from_pose(f"frame_{i:05d}", matrices[i], positions[i], math.radians(fovs[i]), self.width,
+                                 self.height) for i in range(frames)]
 
 
 def _vector(values, n: int) -> np.ndarray:
@@ -156,14 +156,6 @@ def _unit_quaternion(values) -> np.ndarray:
 
 def _xyzw(wxyz: np.ndarray) -> np.ndarray:
     return np.array([wxyz[1], wxyz[2], wxyz[3], wxyz[0]])
-
-
-def _camera(name: str, R: np.ndarray, position: np.ndarray, fov_deg: float, width: int, height: int) -> Camera:
-    focal = 0.5 * height / math.tan(0.5 * math.radians(fov_deg))
-    K = np.array([[focal, 0.0, 0.5 * width], [0.0, focal, 0.5 * height], [0.0, 0.0, 1.0]])
-    c2w = np.eye(4)
-    c2w[:3, :3], c2w[:3, 3] = R, position
-    return Camera(name=name, width=width, height=height, K=K, world_to_cam=np.linalg.inv(c2w))
 
 
 @torch.no_grad()

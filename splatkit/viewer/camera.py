@@ -46,20 +46,14 @@ def render_size(aspect: float, height: int) -> tuple[int, int]:
 def camera_from_pose(pose: ViewPose, height: int, name: str = "viewer") -> Camera:
     """The splatkit `Camera` seeing what the browser sees, rendered `height` pixels tall."""
     width, height = render_size(pose.aspect, height)
-    focal = 0.5 * height / math.tan(0.5 * pose.fov)
-    K = np.array([[focal, 0.0, 0.5 * width], [0.0, focal, 0.5 * height], [0.0, 0.0, 1.0]])
-    c2w = np.eye(4)
-    c2w[:3, :3] = wxyz_to_matrix(pose.wxyz)
-    c2w[:3, 3] = pose.position
-    return Camera(name=name, width=width, height=height, K=K, world_to_cam=np.linalg.inv(c2w))
+    return Camera.from_pose(name, wxyz_to_matrix(pose.wxyz), pose.position, pose.fov, width, height)
 
 
 def pose_from_camera(camera: Camera) -> ViewPose:
     """The browser pose matching a training camera (vertical fov from fy; a centred principal point assumed)."""
     c2w = camera.cam_to_world
-    fov = 2.0 * math.atan(0.5 * camera.height / camera.K[1, 1])
     aspect = (camera.width / camera.height) * (camera.K[1, 1] / camera.K[0, 0])
-    return ViewPose(matrix_to_wxyz(c2w[:3, :3]), c2w[:3, 3].copy(), fov, aspect)
+    return ViewPose(matrix_to_wxyz(c2w[:3, :3]), c2w[:3, 3].copy(), camera.fov_y, aspect)
 
 
 def up_from_cameras(cameras: list[Camera]) -> np.ndarray:
@@ -121,5 +115,4 @@ def frame_camera(camera: Camera, points: np.ndarray, up: np.ndarray) -> Framing:
     depth = float((0.5 * (lo + hi) - position) @ forward)
     if depth <= 1e-6:
         depth = max(float(np.linalg.norm(hi - lo)), 1e-3)
-    fov = 2.0 * math.atan(0.5 * camera.height / camera.K[1, 1])
-    return Framing(position.copy(), position + depth * forward, np.asarray(up, np.float64), fov)
+    return Framing(position.copy(), position + depth * forward, np.asarray(up, np.float64), camera.fov_y)

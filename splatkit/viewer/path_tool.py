@@ -98,7 +98,7 @@ class CameraPathTool:
             for i, camera in enumerate(path.cameras()):
                 c2w = camera.cam_to_world
                 with self.client.atomic():
-                    self.client.camera.fov = 2.0 * math.atan(0.5 * camera.height / camera.K[1, 1])
+                    self.client.camera.fov = camera.fov_y
                     self.client.camera.wxyz = matrix_to_wxyz(c2w[:3, :3])
                     self.client.camera.position = c2w[:3, 3]
                 time.sleep(max(0.0, start + (i + 1) / path.fps - time.perf_counter()))
