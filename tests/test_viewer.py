@@ -248,6 +248,45 @@ def test_live_source_copies_only_when_watched_and_pauses(tiny_scene):
     assert done.is_set()
 
 
+def test_live_source_renders_on_the_training_thread(tiny_scene):
+    """A viewer thread's render waits for the training thread's next step boundary and runs there (never beside
+    a step, which would oversubscribe the cores); while paused it runs at once; after training, on the caller."""
+    scene = load_scene(tiny_scene)
+    trainer = SimpleNamespace(params={k: torch.nn.Parameter(v) for k, v in _model(scene).as_dict().items()},
+                              scene=scene, run_dir=Path("run"), step=3, cfg=SimpleNamespace(steps=10))
+    live = LiveSource(trainer)
+    results: list = []
+    viewer_thread = threading.Thread(target=lambda: results.append(live.compute(threading.current_thread)))
+    viewer_thread.start()
+    time.sleep(0.2)
+    assert not results  # no step boundary yet
+    live.after_step(trainer, {}, 0.0)
+    viewer_thread.join(5)
+    assert results == [threading.current_thread()]  # ran on the "training" thread
+    errors: list = []
+
+    def ask_failing_render() -> None:
+        try:
+            live.compute(lambda: 1 / 0)
+        except ZeroDivisionError as exc:  # the failure reaches the viewer thread that asked, not training
+            errors.append(exc)
+
+    failing = threading.Thread(target=ask_failing_render)
+    failing.start()
+    time.sleep(0.1)
+    live.after_step(trainer, {}, 0.0)
+    failing.join(5)
+    assert len(errors) == 1
+    live.paused.set()  # while paused, training waits in after_step and serves renders as they come
+    training = threading.Thread(target=lambda: live.after_step(trainer, {}, 0.0))
+    training.start()
+    assert live.compute(threading.current_thread) is training
+    live.paused.clear()
+    training.join(5)
+    live.finish()
+    assert live.compute(threading.current_thread) is threading.current_thread()
+
+
 # ---- loading and CLI errors -------------------------------------------------------------------------------
 def test_load_run_folder_in_training_frame(tiny_run):
     source = load_source(tiny_run)

@@ -1,6 +1,5 @@
 // Torch binding of the splatkit rasterizer: checks inputs, allocates outputs, dispatches to the CPU or CUDA build.
 // The math lives in include/splatkit/*.h; this file only moves tensors around.
-#include <omp.h>
 #include <torch/extension.h>
 
 #include "splatkit/api.h"
@@ -183,9 +182,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("blend_forward", &blend_forward, release_gil());
     m.def("blend_backward", &blend_backward, release_gil());
     m.def("has_cuda", []() { return kHaveCuda; });
-    // OpenMP's thread count is per calling thread: a viewer thread rendering beside training limits only
-    // itself, so the two do not oversubscribe the cores.
-    m.def("set_threads_for_this_thread", [](int threads) { omp_set_num_threads(std::max(1, threads)); });
     m.def("constants", []() {
         return std::map<std::string, double>{{"alpha_min", splatkit::kAlphaMin},
                                              {"alpha_max", splatkit::kAlphaMax},

@@ -77,13 +77,6 @@ def render_native(gaussians: Gaussians, camera: Camera, settings: RenderSettings
     return RenderOutput(rgb, alpha, depth, means2d, radii, weight_sums, absgrad)
 
 
-def limit_threads_in_this_thread(threads: int) -> None:
-    """Native renders started from the calling thread use at most `threads` CPU threads; other threads keep
-    theirs (a viewer rendering beside training must not oversubscribe the cores training uses)."""
-    if _available(torch.device("cpu")):
-        load_extension().set_threads_for_this_thread(threads)
-
-
 def _available(device: torch.device) -> bool:
     return compiler_available() and (device.type == "cpu" or (device.type == "cuda" and with_cuda()))
 

@@ -137,15 +137,16 @@ def live_viewer(trainer, port: int = 8080, host: str = "127.0.0.1") -> Iterator[
     try:
         yield source
     finally:
+        source.finish()
         viewer.stop()
 
 
 def start_live_viewer(trainer, port: int = 8080, host: str = "127.0.0.1") -> tuple[Viewer, LiveSource]:
     """Serve a training run as it trains. Renders take at most ~10% of wall time, and only while a browser
-    is connected; the trainer calls `source.after_step(...)` between steps (copies, stats, pause)."""
+    is connected; the trainer calls `source.after_step(...)` between steps (copies, stats, queued renders,
+    pause)."""
     source = LiveSource(trainer)
-    # The fastest backend whatever trains, on one thread so renders never oversubscribe training's cores.
-    settings = SessionSettings(backend="auto", max_height=720, target_fps=8.0, render_threads=1)
+    settings = SessionSettings(backend="auto", max_height=720, target_fps=8.0)  # the fastest backend, whatever trains
     viewer = Viewer(source, host=host, port=port, settings=settings, render_share=0.1)
     print(f"splatkit: live viewer at {viewer.url}", flush=True)
     return viewer, source

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from splatkit.render.native_backend import limit_threads_in_this_thread
 from splatkit.viewer.camera import Framing, ViewPose, camera_from_pose, frame_camera, pose_from_camera
 from splatkit.viewer.pacing import LatestSlot, RenderShare, SpeedMeter, choose_height
 from splatkit.viewer.path_tool import CameraPathTool
@@ -36,7 +35,6 @@ class SessionSettings:
     max_height: int = 1080
     target_fps: float = 12.0
     output_dir: Path = Path(".")  # screenshots, camera paths and videos
-    render_threads: int | None = None  # CPU threads per render (None: all); 1 beside training
 
 
 def apply_framing(client, framing: Framing, wxyz: np.ndarray | None = None) -> None:
@@ -193,8 +191,6 @@ class ClientSession:
         self.slot.close()
 
     def _run(self) -> None:
-        if self.settings.render_threads:
-            limit_threads_in_this_thread(self.settings.render_threads)
         shown_version, need_full = -1, False
         while not self.slot.closed:
             wait = max(0.0, SETTLE_SECONDS - (time.perf_counter() - self._pose_time)) if need_full else POLL_SECONDS
@@ -240,11 +236,15 @@ class ClientSession:
                                          full)) if preview else full
         camera = camera_from_pose(pose, height)
         background = self._background()
-        started = time.perf_counter()
-        image = render_image(snapshot.gaussians, camera, output=self.output.value,
-                             sh_degree=int(self.sh_degree.value), background=background,
-                             backend=self.settings.backend)
-        seconds = time.perf_counter() - started
+        output, sh_degree = self.output.value, int(self.sh_degree.value)
+
+        def timed_render() -> tuple[np.ndarray, float]:
+            started = time.perf_counter()
+            image = render_image(snapshot.gaussians, camera, output=output, sh_degree=sh_degree,
+                                 background=background, backend=self.settings.backend)
+            return image, time.perf_counter() - started
+
+        image, seconds = self.source.compute(timed_render)  # beside training: between its steps
         self.speed.add(camera.width * camera.height, seconds)
         self.share.spent(seconds)
         self.client.scene.set_background_image(image, format="jpeg",

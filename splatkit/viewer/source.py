@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
@@ -19,6 +21,8 @@ from splatkit.errors import SplatkitError, file_error
 from splatkit.io.ply import load_ply
 from splatkit.model.gaussians import Gaussians
 from splatkit.train import checkpoint
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -67,6 +71,10 @@ class ModelSource:
 
     def means_numpy(self) -> np.ndarray:
         return self.snapshot().gaussians.means.detach().cpu().numpy()
+
+    def compute(self, work: Callable[[], T]) -> T:
+        """Run a render's heavy work where it competes with nothing: here, at once on the calling thread."""
+        return work()
 
 
 def _read_run_record(run_dir: Path) -> dict:
@@ -136,8 +144,11 @@ def load_source(path: Path) -> ModelSource:
 
 class LiveSource(ModelSource):
     """A training run's current Gaussians. The training thread calls `after_step` between steps: it copies
-    the parameters when a client is watching (at most every `interval` seconds), records the stats, and
-    waits there while the GUI's pause button is down."""
+    the parameters when a client is watching (at most every `interval` seconds), records the stats, runs the
+    renders the viewer has queued, and waits there while the GUI's pause button is down.
+
+    Renders run on the training thread, between steps, because two threads each running parallel kernels on
+    the same cores oversubscribe them: a render on its own thread cost training several times its own time."""
 
     live = True
 
@@ -149,6 +160,9 @@ class LiveSource(ModelSource):
         self._last_copy = time.perf_counter()
         self.stats = TrainingStats(step=trainer.step, total_steps=trainer.cfg.steps,
                                    num_gaussians=len(trainer.params["means"]))
+        self._jobs: list[tuple[Callable[[], object], Future]] = []
+        self._jobs_changed = threading.Condition()
+        self._finished = False
 
     @staticmethod
     def _copy(trainer) -> Gaussians:
@@ -164,5 +178,36 @@ class LiveSource(ModelSource):
         if self.watching and (now - self._last_copy >= self.interval or self.paused.is_set()):
             self.publish(self._copy(trainer))
             self._last_copy = now
+        self._run_jobs()
         while self.paused.is_set() and not stop_requested():
-            time.sleep(0.05)
+            with self._jobs_changed:
+                self._jobs_changed.wait_for(lambda: self._jobs, timeout=0.05)
+            self._run_jobs()
+
+    def compute(self, work: Callable[[], T]) -> T:
+        """Hand `work` to the training thread, which runs it between two steps, and wait for its result.
+        Once training has finished it runs here."""
+        future: Future | None = Future()
+        with self._jobs_changed:
+            if self._finished:
+                future = None
+            else:
+                self._jobs.append((work, future))
+                self._jobs_changed.notify()
+        return work() if future is None else future.result()
+
+    def finish(self) -> None:
+        """Training is over: run what is queued here and let later renders run on their own threads."""
+        with self._jobs_changed:
+            self._finished = True
+        self._run_jobs()
+
+    def _run_jobs(self) -> None:
+        with self._jobs_changed:
+            jobs, self._jobs = self._jobs, []
+        for work, future in jobs:
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(work())
+                except BaseException as exc:  # handed to the viewer thread that asked, which reports it
+                    future.set_exception(exc)
