@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import torch
 import tyro
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from splatkit.data import ImageStore, Scene, load_scene
+from splatkit.data.scene import Similarity
 from splatkit.errors import SplatkitError, file_error
+from splatkit.io.export import describe, slimmed, write_model
+from splatkit.io.formats import EXTENSIONS, detect_format, format_from_extension, read_splats
 from splatkit.io.ply import load_ply
 from splatkit.model.gaussians import Gaussians
 from splatkit.render import rasterize
@@ -50,6 +54,55 @@ class RenderConfig:
     data_factor: Optional[int] = None
     """Image downsampling (default: the run's, else 1)."""
     backend: str = "auto"
+
+
+Format = Literal["ply", "compressed-ply", "spz", "splat"]
+OutPath = Annotated[Optional[Path], tyro.conf.arg(aliases=("-o",))]
+
+
+@dataclass
+class ExportConfig:
+    """Write a trained run (or any splat file) as a file web and mobile players open: INRIA .ply, PlayCanvas
+    compressed.ply (about 16 B a splat, SuperSplat/PlayCanvas), Niantic .spz (Scaniverse, Spark) or .splat."""
+
+    model: tyro.conf.Positional[Path]
+    """Run folder written by `splatkit train`, or a splat file."""
+    format: Format = "compressed-ply"
+    out: OutPath = None
+    """Output file (default: <run>/export/<run name><format's extension>; with --player, inside that folder)."""
+    sh_degree: Optional[int] = None
+    """Keep SH bands up to this degree (0 = base colour only, the smallest file); default: all the model has."""
+    prune_opacity: float = 0.0
+    """Drop splats less opaque than this (e.g. 0.02): nearly invisible, but they cost as much as any other."""
+    frame: Literal["original", "training"] = "original"
+    """original: the capture's own frame (COLMAP / transforms.json), as the run's point_cloud.ply;
+    training: centred and scaled as splatkit trains it, handy for players that orbit the origin."""
+    spz_version: Literal[3, 4] = 3
+    """SPZ container: 3 (gzip, read by every SPZ player) or 4 (zstd, newer readers only)."""
+    player: Optional[Path] = None
+    """Also write a PlayCanvas web page that shows the export into this folder, ready to host (needs npm once)."""
+
+
+@dataclass
+class ConvertConfig:
+    """Convert a splat file between formats; the input's format is read from its content, the output's from
+    --format or its extension (.ply, .compressed.ply, .spz, .splat)."""
+
+    input: tyro.conf.Positional[Path]
+    output: tyro.conf.Positional[Path]
+    format: Optional[Format] = None
+    sh_degree: Optional[int] = None
+    """Keep SH bands up to this degree (default: all the input has)."""
+    prune_opacity: float = 0.0
+    """Drop splats less opaque than this."""
+    spz_version: Literal[3, 4] = 3
+
+
+@dataclass
+class InfoConfig:
+    """Format, splat count, SH degree, bounds and size per splat of a splat file."""
+
+    file: tyro.conf.Positional[Path]
 
 
 def _read_run(run_dir: Path) -> dict:
@@ -140,6 +193,89 @@ def run_render(cfg: RenderConfig) -> list[Path]:
     return written
 
 
+def _extension(fmt: str) -> str:
+    return next(ext for ext, f in EXTENSIONS.items() if f == fmt)
+
+
+def _export_camera(record: dict, to_export: Similarity):
+    """The run's first held-out (else first) camera in the exported file's frame, for the player's opening
+    view; None when the run's scene can no longer be read."""
+    settings = record.get("config", {})
+    try:
+        scene = load_scene(Path(record["scene_path"]), data_factor=settings.get("data_factor", 1),
+                           test_every=settings.get("test_every", 8))
+    except (SplatkitError, KeyError):
+        return None
+    camera = scene.cameras[scene.test_ids[0] if scene.test_ids else 0]
+    # Scene cameras live in the training frame; `to_export` maps training -> export frame.
+    return dataclasses.replace(camera, world_to_cam=to_export.apply_camera(camera.world_to_cam))
+
+
+def run_export(cfg: ExportConfig) -> Path:
+    record = _read_run(cfg.model) if cfg.model.is_dir() else None
+    source = _model_file(cfg.model)
+    model = read_splats(source)
+    if cfg.frame == "training" and record is None:
+        raise SplatkitError(f"{cfg.model}: --frame training needs a run folder (a lone file has no training frame)")
+    cameras_to_export = Similarity()  # the run's scene cameras are in the training frame
+    if record is not None:
+        to_normalized = Similarity.from_json(record["to_normalized"])
+        if cfg.frame == "training":
+            model = model.similarity_transformed(to_normalized.scale, to_normalized.center)
+        else:
+            cameras_to_export = to_normalized.inverse()
+    name = (cfg.model.name if record is not None else source.name.split(".")[0]) + _extension(cfg.format)
+    out = cfg.out or (cfg.player or (source.parent / "export")) / name
+    if cfg.player is not None and out.parent.resolve() != cfg.player.resolve():
+        raise SplatkitError(f"{out}: with --player the model is written inside the player folder {cfg.player} "
+                            "(drop -o, or give a file name in that folder)")
+    before = len(model)
+    model = slimmed(model, out, sh_degree=cfg.sh_degree, min_opacity=cfg.prune_opacity)
+    write_model(model, out, cfg.format, spz_version=cfg.spz_version)
+    size = out.stat().st_size
+    stored_degree = 0 if cfg.format == "splat" else model.sh_degree  # .splat keeps the base colour only
+    pruned = f" (pruned {before - len(model):,})" if len(model) < before else ""
+    console.print(f"wrote {len(model):,} splats{pruned}, SH degree {stored_degree}, {size / 1e6:.2f} MB "
+                  f"({size / len(model):.1f} B/splat) to {out}", highlight=False, soft_wrap=True)
+    if cfg.player is not None:
+        from splatkit.io.player import write_player
+
+        camera = _export_camera(record, cameras_to_export) if record is not None else None
+        page = write_player(cfg.player, out, camera)
+        console.print(f"player page in {cfg.player}: serve that folder (e.g. `python -m http.server -d "
+                      f"{cfg.player} 8000`) and open http://localhost:8000/{page}", highlight=False, soft_wrap=True)
+    return out
+
+
+def run_convert(cfg: ConvertConfig) -> Path:
+    fmt = cfg.format or format_from_extension(cfg.output)
+    model = read_splats(cfg.input)
+    model = slimmed(model, cfg.output, sh_degree=cfg.sh_degree, min_opacity=cfg.prune_opacity)
+    write_model(model, cfg.output, fmt, spz_version=cfg.spz_version)
+    size = cfg.output.stat().st_size
+    console.print(f"{cfg.input} ({detect_format(cfg.input)}) -> {cfg.output} ({fmt}): {len(model):,} splats, "
+                  f"{size / 1e6:.2f} MB", highlight=False, soft_wrap=True)
+    return cfg.output
+
+
+def run_info(cfg: InfoConfig):
+    info = describe(cfg.file)
+    lo, hi = info.bounds
+    blo, bhi = info.bulk
+
+    def xyz(v) -> str:
+        return "(" + ", ".join(f"{x:.3g}" for x in v) + ")"
+
+    rows = [("format", info.format), ("splats", f"{info.count:,}"), ("SH degree", str(info.sh_degree)),
+            ("file size", f"{info.file_bytes / 1e6:.3f} MB"), ("bytes per splat", f"{info.bytes_per_splat:.1f}"),
+            ("bounds", f"{xyz(lo)} .. {xyz(hi)}"), ("bulk (1-99%)", f"{xyz(blo)} .. {xyz(bhi)}"),
+            ("median opacity", f"{info.median_opacity:.3f}"), ("median size", f"{info.median_scale:.3g}")]
+    console.print(f"[bold]{info.path}[/]")
+    for key, value in rows:
+        console.print(f"  {key:>15}  {value}", highlight=False)
+    return info
+
+
 def run_train(cfg: TrainConfig) -> dict:
     watch = None
     if cfg.viewer:  # viser is imported only when asked for
@@ -160,6 +296,9 @@ COMMANDS = {
     "eval": (EvalConfig, run_eval),
     "render": (RenderConfig, run_render),
     "view": (ViewConfig, run_view),
+    "export": (ExportConfig, run_export),
+    "convert": (ConvertConfig, run_convert),
+    "info": (InfoConfig, run_info),
 }
 
 

@@ -1,0 +1,63 @@
+"""Getting a trained model ready to ship, and describing any splat file: the shared core of `splatkit export`,
+`convert` and `info`. Shipping means dropping what a phone does not need (faint splats, high SH bands) before
+the format's own quantisation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from splatkit.errors import file_error
+from splatkit.io._common import with_sh_degree
+from splatkit.io.formats import detect_format, read_splats, write_splats
+from splatkit.model.gaussians import Gaussians
+
+
+def slimmed(g: Gaussians, path: str | Path, *, sh_degree: int | None = None, min_opacity: float = 0.0) -> Gaussians:
+    """`g` without splats whose opacity is below `min_opacity` and without SH bands above `sh_degree`."""
+    if not 0.0 <= min_opacity < 1.0:
+        raise file_error(path, f"the opacity threshold must be in [0, 1), got {min_opacity}")
+    if min_opacity > 0.0:
+        g = g.subset(g.activated_opacities >= min_opacity)
+        if len(g) == 0:
+            raise file_error(path, f"no splat is at least {min_opacity} opaque; lower --prune-opacity")
+    return with_sh_degree(g, sh_degree, path)
+
+
+def write_model(g: Gaussians, path: str | Path, fmt: str, *, spz_version: int = 3) -> None:
+    """Write `g` in `fmt`, passing the SPZ version only to the SPZ writer."""
+    write_splats(g, path, fmt, **({"version": spz_version} if fmt == "spz" else {}))
+
+
+@dataclass(frozen=True)
+class SplatFileInfo:
+    """What `splatkit info` reports about a splat file."""
+
+    path: Path
+    format: str
+    file_bytes: int
+    count: int
+    sh_degree: int
+    bounds: tuple[np.ndarray, np.ndarray]  # per-axis min, max
+    bulk: tuple[np.ndarray, np.ndarray]  # per-axis 1st and 99th percentile: the extent without floaters
+    median_opacity: float
+    median_scale: float  # median of each splat's largest axis
+
+    @property
+    def bytes_per_splat(self) -> float:
+        return self.file_bytes / max(self.count, 1)
+
+
+def describe(path: str | Path) -> SplatFileInfo:
+    path = Path(path)
+    fmt = detect_format(path)
+    g = read_splats(path)
+    means = g.means.double().numpy()
+    with torch.no_grad():
+        opacity = float(g.activated_opacities.median())
+        scale = float(g.activated_scales.max(dim=1).values.median())
+    return SplatFileInfo(path, fmt, path.stat().st_size, len(g), g.sh_degree,
+                         (means.min(0), means.max(0)), tuple(np.percentile(means, [1, 99], axis=0)), opacity, scale)
