@@ -153,6 +153,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--train-steps", type=int, default=400)
     parser.add_argument("--only", choices=("streamed", "training"), help="run one half of the benchmark")
+    parser.add_argument("--modes", default=",".join(TRAINING_MODES),
+                        help="comma-separated training setups to time (default: all; 'no viewer' always runs)")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -172,8 +174,9 @@ def main() -> None:
                 speedup = r["fps"] * r["reference_ms"] / 1000
                 print(f"{name:8} {size[0]:>5}x{size[1]:<4} {len(source.snapshot().gaussians):>8,} {r['fps']:>11.1f} "
                       f"{r['latency_ms']:>11.0f} {r['full_ms']:>8.0f} {r['reference_ms']:>20.0f} {speedup:>8.1f}x")
+        modes = ["no viewer"] + [m for m in TRAINING_MODES if m in args.modes.split(",") and m != "no viewer"]
         rates = {} if args.only == "streamed" else {
-            mode: training_rate(browser, args.train_steps, mode) for mode in TRAINING_MODES}
+            mode: training_rate(browser, args.train_steps, mode) for mode in modes}
         browser.close()
     if not rates:
         return

@@ -229,6 +229,8 @@ def run_export(cfg: ExportConfig) -> Path:
     if cfg.player is not None and out.parent.resolve() != cfg.player.resolve():
         raise SplatkitError(f"{out}: with --player the model is written inside the player folder {cfg.player} "
                             "(drop -o, or give a file name in that folder)")
+    if cfg.player is not None and cfg.format == "spz" and cfg.spz_version != 3:
+        raise SplatkitError(f"{out}: the web player reads SPZ version 3 (gzip); drop --spz-version 4")
     before = len(model)
     model = slimmed(model, out, sh_degree=cfg.sh_degree, min_opacity=cfg.prune_opacity)
     write_model(model, out, cfg.format, spz_version=cfg.spz_version)
@@ -241,7 +243,7 @@ def run_export(cfg: ExportConfig) -> Path:
         from splatkit.io.player import write_player
 
         camera = _export_camera(record, cameras_to_export) if record is not None else None
-        page = write_player(cfg.player, out, camera)
+        page = write_player(cfg.player, out, camera, fit_window=True)
         console.print(f"player page in {cfg.player}: serve that folder (e.g. `python -m http.server -d "
                       f"{cfg.player} 8000`) and open http://localhost:8000/{page}", highlight=False, soft_wrap=True)
     return out

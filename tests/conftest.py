@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,10 @@ from splatkit.data.demo_scene import generate_demo_scene
 from splatkit.train.config import TrainConfig
 from splatkit.train.strategies import ADCStrategy
 from splatkit.train.trainer import train
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu-sandbox", "--use-angle=swiftshader",
+                 "--enable-unsafe-swiftshader", "--disable-background-networking", "--disable-dev-shm-usage"]
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +41,19 @@ def tiny_run(tiny_scene, tmp_path_factory) -> Path:
                       log_every=10, test_every=0)
     train(cfg, show_progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium driven by Playwright (WebGL from SwiftShader); skips, saying why, where either is
+    missing (a user's laptop). CI installs chromium (.ci/run)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("Playwright is not installed (pip install -e '.[dev]')")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no chromium at {CHROMIUM} (Debian/Ubuntu: apt install chromium)")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

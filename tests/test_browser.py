@@ -10,12 +10,10 @@ import contextlib
 import math
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Iterator
 
 import imageio.v3 as iio
@@ -26,26 +24,9 @@ from splatkit.cli import main
 
 pytestmark = pytest.mark.xdist_group("browser")
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 VIEWPORT = (768, 576)  # 16x the tiny scene's 48x36 training images, same 4:3 aspect
 # Everything but the WebGL canvas (GUI panel, notifications) is hidden before a screenshot.
 CANVAS_ONLY_CSS = "* { visibility: hidden !important; } canvas { visibility: visible !important; }"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("Playwright is not installed (pip install -e '.[dev]')")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no chromium at {CHROMIUM} (Debian/Ubuntu: apt install chromium)")
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
-            "--disable-background-networking", "--disable-dev-shm-usage"])
-        yield browser
-        browser.close()
 
 
 @contextlib.contextmanager
