@@ -7,9 +7,14 @@
    preview stream is than rendering every frame at full size.
 2. The cost to training: `splatkit train demo --viewer` steps/s without the viewer, with it but no browser,
    with a browser attached and still or orbiting the whole time, and the control that separates the
-   browser's own (software WebGL) load from the viewer's: the same orbiting browser on an empty page.
+   browser's own (software WebGL) load from the viewer's: the same browser on an empty page. Here chromium
+   draws WebGL in software on the same 2 cores (its GPU process at raised priority), which a user's browser
+   with a GPU, or on another machine, does not; so each row also gives the viewer's own share of training's
+   time (renders and copies run on the training thread, between steps; the trainer reports it) and the
+   cores chromium used.
 
 Usage: python scripts/bench_viewer.py [--demo-run runs/demo] [--seconds 8] [--train-steps 400]
+       [--only streamed|training] [--modes "no viewer" "browser still" ...]
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import statistics
 import subprocess
@@ -108,8 +114,23 @@ TRAINING_MODES = {
 }
 
 
-def training_rate(browser, steps: int, mode: str) -> float:
-    """Steps/s between 25% and 100% of a `splatkit train demo` run under one of TRAINING_MODES."""
+def chromium_cpu_seconds() -> float:
+    """CPU time used so far by every chromium process (the browser's share of the 2 cores)."""
+    total = 0.0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if b"chromium" not in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]:
+                continue
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:  # the process ended meanwhile
+            continue
+    return total
+
+
+def training_rate(browser, steps: int, mode: str) -> dict:
+    """Steps/s between 25% and 100% of a `splatkit train demo` run under one of TRAINING_MODES; the viewer's
+    own share of training's time (as the trainer reports it) and the cores chromium used meanwhile."""
     viewer, page_kind = TRAINING_MODES[mode]
     out = Path(tempfile.mkdtemp()) / "run"
     args = [sys.executable, "-m", "splatkit.cli", "train", "demo", "--out", str(out), "--steps", str(steps),
@@ -132,11 +153,14 @@ def training_rate(browser, steps: int, mode: str) -> float:
         page = browser.new_page(viewport={"width": 1280, "height": 720})
         with page.expect_console_message(lambda m: "Connected" in m.text, timeout=120_000):
             page.goto(url)
+    started, browser_cpu = time.perf_counter(), chromium_cpu_seconds()
     while proc.poll() is None:
         if page is not None and "orbiting" in mode:
             orbit(page, 2.0, 1280, 720)
         else:
             time.sleep(0.5)
+    browser_cores = (chromium_cpu_seconds() - browser_cpu) / (time.perf_counter() - started)
+    report = re.search(r"live viewer took .*\(([\d.]+)%\)", proc.stdout.read() if viewer else "")
     if empty_server is not None:
         empty_server.stop()
     if page is not None:
@@ -144,7 +168,8 @@ def training_rate(browser, steps: int, mode: str) -> float:
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     times = {r["step"]: r["step"] / r["steps_per_s"] for r in log if "steps_per_s" in r}
     first, last = min(k for k in times if k >= steps // 4), max(times)
-    return (last - first) / (times[last] - times[first])
+    return {"rate": (last - first) / (times[last] - times[first]), "browser_cores": browser_cores,
+            "viewer_share": float(report.group(1)) / 100 if report else None}
 
 
 def main() -> None:
@@ -153,8 +178,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--train-steps", type=int, default=400)
     parser.add_argument("--only", choices=("streamed", "training"), help="run one half of the benchmark")
-    parser.add_argument("--modes", default=",".join(TRAINING_MODES),
-                        help="comma-separated training setups to time (default: all; 'no viewer' always runs)")
+    parser.add_argument("--modes", nargs="+", choices=list(TRAINING_MODES), default=list(TRAINING_MODES),
+                        help="training setups to time (default: all; 'no viewer' always runs)")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -174,15 +199,19 @@ def main() -> None:
                 speedup = r["fps"] * r["reference_ms"] / 1000
                 print(f"{name:8} {size[0]:>5}x{size[1]:<4} {len(source.snapshot().gaussians):>8,} {r['fps']:>11.1f} "
                       f"{r['latency_ms']:>11.0f} {r['full_ms']:>8.0f} {r['reference_ms']:>20.0f} {speedup:>8.1f}x")
-        modes = ["no viewer"] + [m for m in TRAINING_MODES if m in args.modes.split(",") and m != "no viewer"]
+        modes = ["no viewer"] + [m for m in TRAINING_MODES if m in args.modes and m != "no viewer"]
         rates = {} if args.only == "streamed" else {
             mode: training_rate(browser, args.train_steps, mode) for mode in modes}
         browser.close()
     if not rates:
         return
-    print(f"training the demo ({args.train_steps} steps), steps/s and share of the no-viewer rate:")
-    for mode, rate in rates.items():
-        print(f"  {mode:30} {rate:6.2f} it/s  {rate / rates['no viewer']:5.0%}")
+    print(f"training the demo ({args.train_steps} steps): steps/s, share of the no-viewer rate, the viewer's own "
+          f"share of training's time (renders and copies on the training thread) and chromium's CPU use")
+    base = rates["no viewer"]["rate"]
+    for mode, r in rates.items():
+        share = f"{r['viewer_share']:6.1%}" if r["viewer_share"] is not None else "     -"
+        print(f"  {mode:30} {r['rate']:6.2f} it/s  {r['rate'] / base:5.0%}   viewer {share}   "
+              f"chromium {r['browser_cores']:4.2f} cores")
 
 
 if __name__ == "__main__":

@@ -134,11 +134,15 @@ def run_view(cfg: ViewConfig) -> None:
 def live_viewer(trainer, port: int = 8080, host: str = "127.0.0.1") -> Iterator[LiveSource]:
     """`splatkit train --viewer`: serve the run beside training, stopped when training ends."""
     viewer, source = start_live_viewer(trainer, port=port, host=host)
+    started = time.perf_counter()
     try:
         yield source
     finally:
         source.finish()
         viewer.stop()
+        wall = time.perf_counter() - started
+        print(f"splatkit: the live viewer took {source.busy_seconds:.1f} s of {wall:.1f} s of training "
+              f"({source.busy_seconds / max(wall, 1e-9):.1%}) for {source.renders} renders", flush=True)
 
 
 def start_live_viewer(trainer, port: int = 8080, host: str = "127.0.0.1") -> tuple[Viewer, LiveSource]:

@@ -160,6 +160,8 @@ class LiveSource(ModelSource):
         self._last_copy = time.perf_counter()
         self.stats = TrainingStats(step=trainer.step, total_steps=trainer.cfg.steps,
                                    num_gaussians=len(trainer.params["means"]))
+        self.busy_seconds = 0.0  # time the training thread spent on the viewer (copies, renders)
+        self.renders = 0
         self._jobs: list[tuple[Callable[[], object], Future]] = []
         self._jobs_changed = threading.Condition()
         self._finished = False
@@ -179,6 +181,8 @@ class LiveSource(ModelSource):
             self.publish(self._copy(trainer))
             self._last_copy = now
         self._run_jobs()
+        if not self.paused.is_set():  # what the viewer took from training (pauses are the user's choice)
+            self.busy_seconds += time.perf_counter() - now
         while self.paused.is_set() and not stop_requested():
             with self._jobs_changed:
                 self._jobs_changed.wait_for(lambda: self._jobs, timeout=0.05)
@@ -205,6 +209,7 @@ class LiveSource(ModelSource):
     def _run_jobs(self) -> None:
         with self._jobs_changed:
             jobs, self._jobs = self._jobs, []
+        self.renders += len(jobs)
         for work, future in jobs:
             if future.set_running_or_notify_cancel():
                 try:
