@@ -14,7 +14,7 @@
    cores chromium used.
 
 Usage: python scripts/bench_viewer.py [--demo-run runs/demo] [--seconds 8] [--train-steps 400]
-       [--only streamed|training] [--modes "no viewer" "browser still" ...]
+       [--only streamed|training] [--modes "no viewer" "browser still" ...] [--separate-cores]
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def chromium_cpu_seconds() -> float:
     return total
 
 
-def training_rate(browser, steps: int, mode: str) -> dict:
+def training_rate(browser, steps: int, mode: str, training_core: int | None = None) -> dict:
     """Steps/s between 25% and 100% of a `splatkit train demo` run under one of TRAINING_MODES; the viewer's
     own share of training's time (as the trainer reports it) and the cores chromium used meanwhile."""
     viewer, page_kind = TRAINING_MODES[mode]
@@ -137,7 +137,11 @@ def training_rate(browser, steps: int, mode: str) -> dict:
             "--log-every", str(max(1, steps // 4))]
     if viewer:
         args += ["--viewer", "--viewer-port", "0"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = dict(os.environ)
+    if training_core is not None:  # one thread on its own core: the browser cannot take time from it
+        args = ["taskset", "-c", str(training_core), *args]
+        env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     page, empty_server, url = None, None, None
     if page_kind == "live":
         for line in proc.stdout:
@@ -178,6 +182,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--train-steps", type=int, default=400)
     parser.add_argument("--only", choices=("streamed", "training"), help="run one half of the benchmark")
+    parser.add_argument("--separate-cores", action="store_true",
+                        help="pin training (one thread) to core 0 and chromium to core 1, so the rows show the "
+                             "viewer's cost without the browser competing for training's core")
     parser.add_argument("--modes", nargs="+", choices=list(TRAINING_MODES), default=list(TRAINING_MODES),
                         help="training setups to time (default: all; 'no viewer' always runs)")
     args = parser.parse_args()
@@ -190,7 +197,12 @@ def main() -> None:
         models["garden"] = ModelSource(g, cameras=cameras, name="garden")
     print(f"threads: {torch.get_num_threads()}")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        chromium = "/usr/bin/chromium"
+        if args.separate_cores:
+            chromium = str(Path(tempfile.mkdtemp()) / "chromium-on-core-1")
+            Path(chromium).write_text('#!/bin/sh\nexec taskset -c 1 /usr/bin/chromium "$@"\n')
+            Path(chromium).chmod(0o755)
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
         print(f"{'model':8} {'window':>10} {'#G':>8} {'fps moving':>11} {'latency ms':>11} {'full ms':>8} "
               f"{'every frame full ms':>20} {'speed-up':>9}")
         for name, source in models.items():
@@ -201,11 +213,13 @@ def main() -> None:
                       f"{r['latency_ms']:>11.0f} {r['full_ms']:>8.0f} {r['reference_ms']:>20.0f} {speedup:>8.1f}x")
         modes = ["no viewer"] + [m for m in TRAINING_MODES if m in args.modes and m != "no viewer"]
         rates = {} if args.only == "streamed" else {
-            mode: training_rate(browser, args.train_steps, mode) for mode in modes}
+            mode: training_rate(browser, args.train_steps, mode, 0 if args.separate_cores else None)
+            for mode in modes}
         browser.close()
     if not rates:
         return
-    print(f"training the demo ({args.train_steps} steps): steps/s, share of the no-viewer rate, the viewer's own "
+    pinning = " (training on core 0, one thread; chromium on core 1)" if args.separate_cores else ""
+    print(f"training the demo ({args.train_steps} steps){pinning}: steps/s, share of the no-viewer rate, the viewer's own "
           f"share of training's time (renders and copies on the training thread) and chromium's CPU use")
     base = rates["no viewer"]["rate"]
     for mode, r in rates.items():
