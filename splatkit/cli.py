@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
+import numpy as np
 import torch
 import tyro
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from splatkit.data import ImageStore, Scene, load_scene
+from splatkit.data.cameras import Camera
 from splatkit.data.scene import Similarity
 from splatkit.errors import SplatkitError, file_error
 from splatkit.io.export import describe, slimmed, write_model
@@ -26,6 +28,7 @@ from splatkit.render.camera_path import CameraPath, render_video
 from splatkit.train.config import TrainConfig
 from splatkit.train.evaluate import evaluate, save_png, to_uint8
 from splatkit.train.trainer import console, image_cache_dir, resolve_scene_path, train
+from splatkit.viewer.camera import up_from_cameras
 from splatkit.viewer.config import ViewConfig
 
 
@@ -197,18 +200,20 @@ def _extension(fmt: str) -> str:
     return next(ext for ext, f in EXTENSIONS.items() if f == fmt)
 
 
-def _export_camera(record: dict, to_export: Similarity):
+def _export_view(record: dict, to_export: Similarity) -> tuple[Camera | None, np.ndarray | None]:
     """The run's first held-out (else first) camera in the exported file's frame, for the player's opening
-    view; None when the run's scene can no longer be read."""
+    view, and the cameras' up direction (the same in both frames: they differ by scale and shift only);
+    (None, None) when the run's scene can no longer be read."""
     settings = record.get("config", {})
     try:
         scene = load_scene(Path(record["scene_path"]), data_factor=settings.get("data_factor", 1),
                            test_every=settings.get("test_every", 8))
     except (SplatkitError, KeyError):
-        return None
+        return None, None
     camera = scene.cameras[scene.test_ids[0] if scene.test_ids else 0]
     # Scene cameras live in the training frame; `to_export` maps training -> export frame.
-    return dataclasses.replace(camera, world_to_cam=to_export.apply_camera(camera.world_to_cam))
+    return (dataclasses.replace(camera, world_to_cam=to_export.apply_camera(camera.world_to_cam)),
+            up_from_cameras(scene.cameras))
 
 
 def run_export(cfg: ExportConfig) -> Path:
@@ -242,8 +247,8 @@ def run_export(cfg: ExportConfig) -> Path:
     if cfg.player is not None:
         from splatkit.io.player import write_player
 
-        camera = _export_camera(record, cameras_to_export) if record is not None else None
-        page = write_player(cfg.player, out, camera, fit_window=True)
+        camera, up = _export_view(record, cameras_to_export) if record is not None else (None, None)
+        page = write_player(cfg.player, out, camera, fit_window=True, up=up)
         console.print(f"player page in {cfg.player}: serve that folder (e.g. `python -m http.server -d "
                       f"{cfg.player} 8000`) and open http://localhost:8000/{page}", highlight=False, soft_wrap=True)
     return out

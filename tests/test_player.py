@@ -51,8 +51,9 @@ def _rotation(axis, angle: float) -> np.ndarray:
 def test_camera_query_gives_the_pose_in_opencv_axes():
     R, position = _rotation((1, 2, 3), 2.5), np.array([1.5, -2.0, 0.25])
     cam = Camera.from_pose("c", R, position, math.radians(50.0), 640, 480)
-    params = {k: v[0] for k, v in parse_qs(camera_query(cam, background=(1, 0.5, 0))).items()}
-    assert set(params) == {"pos", "quat", "fov", "w", "h", "bg"}  # centred, square pixels: no k=
+    params = {k: v[0] for k, v in parse_qs(camera_query(cam, background=(1, 0.5, 0), up=(0, 0, 2))).items()}
+    assert set(params) == {"pos", "quat", "fov", "w", "h", "bg", "up"}  # centred, square pixels: no k=
+    assert params["up"] == "0,0,1"  # normalised
     np.testing.assert_allclose([float(v) for v in params["pos"].split(",")], position, atol=1e-7)
     quat = [float(v) for v in params["quat"].split(",")]  # x, y, z, w
     assert quat[3] >= 0
@@ -243,6 +244,11 @@ def test_export_command_writes_a_player_that_opens_at_the_runs_camera(browser, e
     assert main(["export", str(tiny_run), "--player", str(site)]) == 0
     captured = capsys.readouterr()
     page_url = re.search(r"http://localhost:8000/(\S+)", captured.out + captured.err).group(1)
+    record = json.loads((tiny_run / "config.json").read_text())
+    cameras = load_scene(Path(record["scene_path"])).cameras
+    up = [float(v) for v in parse_qs(page_url.split("?", 1)[1])["up"][0].split(",")]
+    mean_up = -np.mean([c.cam_to_world[:3, 1] for c in cameras], axis=0)  # OpenCV: camera y points down
+    np.testing.assert_allclose(up, mean_up / np.linalg.norm(mean_up), atol=1e-6)  # orbiting turns about it
     model = read_splats(site / f"{tiny_run.name}.compressed.ply")
     camera, other = _cameras_in_model_frame(tiny_run)[0], _cameras_in_model_frame(tiny_run)[5]
     with _serve(site) as base:

@@ -21,13 +21,15 @@ function frameBounds(entity, aabb, fovDeg) {
     return c.clone();
 }
 
-// Drag to orbit around `target`, wheel or pinch to move closer; only after the user touches the page.
-function addOrbitControls(app, camera, target) {
+// Drag to orbit around `target` (turning about the scene's `up`), wheel or pinch to move closer; only after
+// the user touches the page.
+function addOrbitControls(app, camera, target, up) {
+    const upAxis = new pc.Vec3(up[0], up[1], up[2]).normalize();
     const pointers = new Map();
     let pinch = null;
     const orbit = (dx, dy) => {
         const offset = camera.getPosition().clone().sub(target);
-        const yaw = new pc.Quat().setFromAxisAngle(pc.Vec3.DOWN, -dx * 0.3); // the model frame's up is -y
+        const yaw = new pc.Quat().setFromAxisAngle(upAxis, -dx * 0.3);
         const pitch = new pc.Quat().setFromAxisAngle(camera.right, -dy * 0.3);
         const turn = new pc.Quat().mul2(yaw, pitch);
         camera.setPosition(turn.transformVector(offset).add(target));
@@ -136,12 +138,17 @@ function start() {
         let target;
         if (options.pos) {
             setPose(camera, options.pos, options.quat);
-            const forward = camera.forward.clone().mulScalar(asset.resource.aabb.halfExtents.length());
-            target = camera.getPosition().clone().add(forward);
+            // Orbit about the point straight ahead at the depth of the model's centre (as the viewer frames a
+            // training camera), not a fixed distance that can lie far behind or before the scene.
+            const { center, halfExtents } = asset.resource.aabb;
+            const position = camera.getPosition().clone();
+            const ahead = new pc.Vec3().sub2(center, position).dot(camera.forward);
+            const depth = ahead > 1e-6 ? ahead : Math.max(halfExtents.length(), 1e-3);
+            target = position.add(camera.forward.clone().mulScalar(depth));
         } else {
             target = frameBounds(camera, asset.resource.aabb, options.fov);
         }
-        addOrbitControls(app, camera, target);
+        addOrbitControls(app, camera, target, options.up);
         loaded = true;
     });
     // "ready" once a few consecutive frames are up to date (sorted for this camera, nothing loading).

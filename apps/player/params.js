@@ -10,6 +10,8 @@
 //   fit=1                       fill the window anyway: w, h are then the camera's image size, kept in the
 //                               vertical field of view (k= scales with the window's height)
 //   bg=r,g,b                    background colour, 0..1 (default 0,0,0)
+//   up=x,y,z                    the scene's up direction in the file's frame, the axis dragging orbits about
+//                               (default 0,-1,0: COLMAP's usual -y)
 //   near=, far=                 clip distances (default 0.01, 1000)
 // When the splats are drawn, sorted, with the requested camera, document.title becomes "ready" and
 // window.playerReady is true; a failure shows its text on the page, sets window.playerError (a string)
@@ -69,9 +71,13 @@ export function readOptions(search = window.location.search) {
         size: width === null ? null : [Math.round(width[0]), Math.round(height[0])],
         fit: params.get('fit') === '1',
         bg: numbers(params, 'bg', 3, [0, 0, 0]),
+        up: numbers(params, 'up', 3, [0, -1, 0]),
         near: numbers(params, 'near', 1, [0.01])[0],
         far: numbers(params, 'far', 1, [1000])[0],
     };
+    if (Math.hypot(...options.up) < 1e-9) {
+        throw new Error('up= must not be the zero vector');
+    }
     if ((options.pos === null) !== (options.quat === null)) {
         throw new Error('give both pos= and quat=, or neither');
     }

@@ -131,7 +131,7 @@ def _numbers(values) -> str:
 
 
 def camera_query(camera: Camera, *, fit_window: bool = False, background: tuple[float, float, float] | None = None,
-                 near: float | None = None, far: float | None = None) -> str:
+                 up: np.ndarray | None = None, near: float | None = None, far: float | None = None) -> str:
     """The player's URL parameters for `camera` (OpenCV axes, already in the model file's frame): its centre,
     camera-to-world rotation, vertical fov and image size, plus full intrinsics when the principal point is
     off-centre or the pixels are not square. The canvas is exactly the camera's image, or with `fit_window`
@@ -152,6 +152,8 @@ def camera_query(camera: Camera, *, fit_window: bool = False, background: tuple[
         params.append(("fit", "1"))
     if background is not None:
         params.append(("bg", _numbers(background)))
+    if up is not None:  # the axis the page's orbit control turns about
+        params.append(("up", _numbers(np.asarray(up, np.float64) / max(np.linalg.norm(up), 1e-12))))
     if near is not None:
         params.append(("near", f"{near:.9g}"))
     if far is not None:
@@ -165,8 +167,8 @@ def _copy_atomic(src: Path, dst: Path) -> None:
 
 
 def write_player(out_dir: Path, model_file: Path, camera: Camera | None = None, *, fit_window: bool = False,
-                 background: tuple[float, float, float] | None = None, engine: str | None = None,
-                 app_dir: Path = APP_DIR) -> str:
+                 background: tuple[float, float, float] | None = None, up: np.ndarray | None = None,
+                 engine: str | None = None, app_dir: Path = APP_DIR) -> str:
     """Put the player page and its scripts beside `model_file` in `out_dir`, copying the model there when it
     lives elsewhere, and return the page's relative URL showing it from `camera` (without one the page frames
     the model's bounds itself); `fit_window` fills the browser window instead of a canvas of the camera's
@@ -202,7 +204,7 @@ def write_player(out_dir: Path, model_file: Path, camera: Camera | None = None, 
         raise SplatkitError(f"{out_dir}: cannot write the player ({exc.strerror or exc})") from None
     query = f"file={quote(relative.as_posix(), safe='/')}"
     if camera is not None:
-        query += "&" + camera_query(camera, fit_window=fit_window, background=background)
+        query += "&" + camera_query(camera, fit_window=fit_window, background=background, up=up)
     elif background is not None:
         query += f"&bg={_numbers(background)}"
     return f"{page}?{query}"
