@@ -263,7 +263,7 @@ def save_spz(g: Gaussians, path: str | Path, *, version: int = 3, sh_degree: int
     flags = FLAG_ANTIALIASED if antialiased else 0
     if version == 3:
         payload = LEGACY_HEADER.pack(MAGIC, 3, n, g.sh_degree, bits, flags, 0) + b"".join(arrays)
-        out = gzip.compress(payload, compresslevel=9, mtime=0)
+        out = gzip.compress(payload, compresslevel=6, mtime=0)  # 9 is 2% smaller but 6x slower
     else:
         cctx = zstandard.ZstdCompressor(level=12)  # the spz library's level
         streams = [(cctx.compress(s), len(s)) for s in arrays if s]
