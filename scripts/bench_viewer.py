@@ -57,7 +57,7 @@ def demo_model(run: Path, steps: int) -> ModelSource:
                         str(steps)], check=True)
     scene = load_scene(demo_scene_path())
     t = scene.to_normalized
-    return ModelSource(load_ply(run / "point_cloud.ply").similarity_transformed(t.scale, t.center),
+    return ModelSource(load_ply(run / "point_cloud.ply").transformed(t),
                        cameras=scene.cameras, name="demo")
 
 

@@ -13,10 +13,10 @@ from typing import Annotated, Literal, Optional
 import numpy as np
 import torch
 import tyro
+from scipy.spatial.transform import Rotation
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from splatkit.data import ImageStore, Scene, load_scene
-from splatkit.data.cameras import Camera
 from splatkit.data.scene import Similarity
 from splatkit.errors import SplatkitError, file_error
 from splatkit.io.export import describe, slimmed, write_model
@@ -77,9 +77,10 @@ class ExportConfig:
     """Keep SH bands up to this degree (0 = base colour only, the smallest file); default: all the model has."""
     prune_opacity: float = 0.0
     """Drop splats less opaque than this (e.g. 0.02): nearly invisible, but they cost as much as any other."""
-    frame: Literal["original", "training"] = "original"
+    frame: Literal["original", "upright", "training"] = "original"
     """original: the capture's own frame (COLMAP / transforms.json), as the run's point_cloud.ply;
-    training: centred and scaled as splatkit trains it, handy for players that orbit the origin."""
+    upright: turned so the cameras' up is -y (what web players expect of COLMAP-style scenes) and centred on
+    the scene, in the capture's units; training: centred and scaled as splatkit trains it."""
     spz_version: Literal[3, 4] = 3
     """SPZ container: 3 (gzip, read by every SPZ player) or 4 (zstd, newer readers only)."""
     player: Optional[Path] = None
@@ -120,7 +121,7 @@ def _read_run(run_dir: Path) -> dict:
 
 def _model_in_scene_frame(model: Gaussians, scene: Scene) -> Gaussians:
     t = scene.to_normalized
-    return model.similarity_transformed(t.scale, t.center)
+    return model.transformed(t)
 
 
 def run_eval(cfg: EvalConfig) -> dict:
@@ -200,35 +201,44 @@ def _extension(fmt: str) -> str:
     return next(ext for ext, f in EXTENSIONS.items() if f == fmt)
 
 
-def _export_view(record: dict, to_export: Similarity) -> tuple[Camera | None, np.ndarray | None]:
-    """The run's first held-out (else first) camera in the exported file's frame, for the player's opening
-    view, and the cameras' up direction (the same in both frames: they differ by scale and shift only);
-    (None, None) when the run's scene can no longer be read."""
+def _run_scene(record: dict) -> Scene | None:
+    """The run's scene (cameras in the training frame), or None when it can no longer be read."""
     settings = record.get("config", {})
     try:
-        scene = load_scene(Path(record["scene_path"]), data_factor=settings.get("data_factor", 1),
-                           test_every=settings.get("test_every", 8))
+        return load_scene(Path(record["scene_path"]), data_factor=settings.get("data_factor", 1),
+                          test_every=settings.get("test_every", 8))
     except (SplatkitError, KeyError):
-        return None, None
-    camera = scene.cameras[scene.test_ids[0] if scene.test_ids else 0]
-    # Scene cameras live in the training frame; `to_export` maps training -> export frame.
-    return (dataclasses.replace(camera, world_to_cam=to_export.apply_camera(camera.world_to_cam)),
-            up_from_cameras(scene.cameras))
+        return None
+
+
+def _file_to_export(frame: str, scene: Scene | None, to_normalized: Similarity, run: Path) -> Similarity:
+    """How the model file's frame (the capture's) maps to the exported one."""
+    if frame == "training":
+        return to_normalized
+    if frame == "upright":
+        if scene is None:
+            raise SplatkitError(f"{run}: --frame upright needs the run's scene cameras, and its scene cannot be read")
+        # Turn the cameras' mean up to -y, the convention of COLMAP-style scenes that web players assume,
+        # about the scene's centre (which goes to the origin); sizes stay in the capture's units.
+        turn = Rotation.align_vectors([[0.0, -1.0, 0.0]], [up_from_cameras(scene.cameras)])[0]
+        return Similarity(1.0, np.asarray(to_normalized.center, np.float64), turn.as_matrix())
+    return Similarity()
 
 
 def run_export(cfg: ExportConfig) -> Path:
     record = _read_run(cfg.model) if cfg.model.is_dir() else None
     source = _model_file(cfg.model)
     model = read_splats(source)
-    if cfg.frame == "training" and record is None:
-        raise SplatkitError(f"{cfg.model}: --frame training needs a run folder (a lone file has no training frame)")
-    cameras_to_export = Similarity()  # the run's scene cameras are in the training frame
+    if cfg.frame != "original" and record is None:
+        raise SplatkitError(f"{cfg.model}: --frame {cfg.frame} needs a run folder (a lone file has no scene)")
+    scene = _run_scene(record) if record is not None and (cfg.frame == "upright" or cfg.player) else None
+    cameras_to_export = None  # scene cameras (training frame) -> exported frame
     if record is not None:
         to_normalized = Similarity.from_json(record["to_normalized"])
-        if cfg.frame == "training":
-            model = model.similarity_transformed(to_normalized.scale, to_normalized.center)
-        else:
-            cameras_to_export = to_normalized.inverse()
+        file_to_export = _file_to_export(cfg.frame, scene, to_normalized, cfg.model)
+        if not file_to_export.is_identity:
+            model = model.transformed(file_to_export)
+        cameras_to_export = to_normalized.inverse().then(file_to_export)
     name = (cfg.model.name if record is not None else source.name.split(".")[0]) + _extension(cfg.format)
     out = cfg.out or (cfg.player or (source.parent / "export")) / name
     if cfg.player is not None and out.parent.resolve() != cfg.player.resolve():
@@ -247,7 +257,11 @@ def run_export(cfg: ExportConfig) -> Path:
     if cfg.player is not None:
         from splatkit.io.player import write_player
 
-        camera, up = _export_view(record, cameras_to_export) if record is not None else (None, None)
+        camera = up = None
+        if scene is not None:  # open at the first held-out (else first) camera, orbit about the cameras' up
+            camera = scene.cameras[scene.test_ids[0] if scene.test_ids else 0]
+            camera = dataclasses.replace(camera, world_to_cam=cameras_to_export.apply_camera(camera.world_to_cam))
+            up = cameras_to_export.rotation @ up_from_cameras(scene.cameras)
         page = write_player(cfg.player, out, camera, fit_window=True, up=up)
         console.print(f"player page in {cfg.player}: serve that folder (e.g. `python -m http.server -d "
                       f"{cfg.player} 8000`) and open http://localhost:8000/{page}", highlight=False, soft_wrap=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy.spatial.transform import Rotation
 
 from splatkit.cli import main
 from splatkit.data import load_scene
@@ -75,6 +76,26 @@ def test_export_training_frame_is_the_normalised_model(tiny_run, tmp_path):
     np.testing.assert_allclose(load_ply(out).means.numpy(), expected, atol=1e-5)
 
 
+def test_export_upright_frame_turns_the_cameras_up_to_minus_y(tiny_run, tmp_path):
+    """--frame upright: a rigid turn (recovered here from the points alone) that takes the cameras' mean up to
+    -y, and the exported model seen from the turned camera is the same picture, view-dependent colour included."""
+    out = tmp_path / "upright.ply"
+    assert main(["export", str(tiny_run), "--format", "ply", "--frame", "upright", "-o", str(out)]) == 0
+    original, cameras = _views(tiny_run)
+    upright = load_ply(out)
+    a, b = original.means.double().numpy(), upright.means.double().numpy()
+    turn, _ = Rotation.align_vectors(b - b.mean(0), a - a.mean(0))
+    R = turn.as_matrix()
+    np.testing.assert_allclose((a - a.mean(0)) @ R.T, b - b.mean(0), atol=1e-4)  # rigid: no scaling
+    all_cameras = load_scene(Path(json.loads((tiny_run / "config.json").read_text())["scene_path"])).cameras
+    mean_up = -np.mean([c.cam_to_world[:3, 1] for c in all_cameras], axis=0)  # OpenCV: camera y points down
+    np.testing.assert_allclose(R @ (mean_up / np.linalg.norm(mean_up)), [0.0, -1.0, 0.0], atol=1e-4)
+    move = Similarity(1.0, a.mean(0) - R.T @ b.mean(0), R)
+    for camera in cameras:
+        moved = replace(camera, world_to_cam=move.apply_camera(camera.world_to_cam))
+        assert _psnr(_render(upright, moved), _render(original, camera)) > 50.0
+
+
 def test_convert_between_formats_and_info(tiny_run, tmp_path, capsys):
     spz = tmp_path / "a.spz"
     assert main(["convert", str(tiny_run / "point_cloud.ply"), str(spz)]) == 0
@@ -101,6 +122,7 @@ def test_convert_between_formats_and_info(tiny_run, tmp_path, capsys):
     (["info", "{tmp}/garbage.ply"], "garbage.ply"),
     (["export", "{run}", "--prune-opacity", "1.5", "-o", "{tmp}/x.spz", "--format", "spz"], "opacity"),
     (["export", "{run}/point_cloud.ply", "--frame", "training"], "run folder"),
+    (["export", "{run}/point_cloud.ply", "--frame", "upright"], "run folder"),
     (["export", "{run}", "--player", "{tmp}/page", "-o", "{tmp}/elsewhere.compressed.ply"], "player folder"),
 ])
 def test_bad_input_is_one_line(tiny_run, tmp_path, capsys, argv, problem):

@@ -12,31 +12,50 @@ from splatkit.data.cameras import Camera
 
 @dataclass(frozen=True)
 class Similarity:
-    """x_normalised = scale * (x_source - center): maps the source frame (e.g. COLMAP's) to the training frame."""
+    """x' = scale * rotation @ (x - center): e.g. the map from the source frame (COLMAP's) to the training frame
+    (no rotation there), or to an upright frame for export."""
 
     scale: float = 1.0
     center: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    rotation: np.ndarray = field(default_factory=lambda: np.eye(3))
+
+    @property
+    def is_identity(self) -> bool:
+        return self.scale == 1.0 and not np.any(self.center) and np.array_equal(self.rotation, np.eye(3))
 
     def apply_points(self, points: np.ndarray) -> np.ndarray:
-        return (self.scale * (np.asarray(points, np.float64) - self.center)).astype(np.float32)
+        shifted = np.asarray(points, np.float64) - self.center
+        return (self.scale * shifted @ np.asarray(self.rotation, np.float64).T).astype(np.float32)
 
     def apply_camera(self, world_to_cam: np.ndarray) -> np.ndarray:
-        """World-to-camera matrix of the same camera expressed in the normalised frame."""
+        """World-to-camera matrix of the same camera expressed in the new frame."""
         c2w = np.linalg.inv(world_to_cam)
-        c2w = c2w.copy()
-        c2w[:3, 3] = self.scale * (c2w[:3, 3] - self.center)
+        R = np.asarray(self.rotation, np.float64)
+        c2w[:3, :3] = R @ c2w[:3, :3]
+        c2w[:3, 3] = self.scale * R @ (c2w[:3, 3] - self.center)
         return np.linalg.inv(c2w)
 
     def inverse(self) -> "Similarity":
-        """The map back: x_source = x_normalised / scale + center, i.e. Similarity(1/scale, -scale*center)."""
-        return Similarity(1.0 / self.scale, -self.scale * np.asarray(self.center, np.float64))
+        """The map back: x = rotation^T x' / scale + center, i.e. Similarity(1/scale, -scale*R@center, R^T)."""
+        R = np.asarray(self.rotation, np.float64)
+        return Similarity(1.0 / self.scale, -self.scale * R @ np.asarray(self.center, np.float64), R.T)
+
+    def then(self, other: "Similarity") -> "Similarity":
+        """This map followed by `other`, as one Similarity."""
+        R1 = np.asarray(self.rotation, np.float64)
+        center = np.asarray(self.center, np.float64) + R1.T @ np.asarray(other.center, np.float64) / self.scale
+        return Similarity(self.scale * other.scale, center, np.asarray(other.rotation, np.float64) @ R1)
 
     def to_json(self) -> dict:
-        return {"scale": float(self.scale), "center": [float(v) for v in self.center]}
+        record = {"scale": float(self.scale), "center": [float(v) for v in self.center]}
+        if not np.array_equal(self.rotation, np.eye(3)):
+            record["rotation"] = np.asarray(self.rotation, np.float64).tolist()
+        return record
 
     @classmethod
     def from_json(cls, d: dict) -> "Similarity":
-        return cls(float(d["scale"]), np.asarray(d["center"], np.float64))
+        rotation = np.asarray(d.get("rotation", np.eye(3)), np.float64)
+        return cls(float(d["scale"]), np.asarray(d["center"], np.float64), rotation)
 
 
 @dataclass

@@ -6,13 +6,16 @@ coefficients split into the DC term `sh0` (N, 1, 3) and the rest `shN` (N, K-1, 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
 
-from splatkit.model.sh import num_sh_bases, rgb_to_sh, sh_degree_from_bases
+from splatkit.data.scene import Similarity
+from splatkit.model.sh import num_sh_bases, rgb_to_sh, sh_degree_from_bases, sh_rotation
 
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
 
@@ -88,17 +91,21 @@ class Gaussians:
             shN = torch.cat([shN, pad], dim=1)
         return Gaussians(self.means, self.scales, self.quats, self.opacities, self.sh0, shN)
 
-    def similarity_transformed(self, scale: float, center: np.ndarray | torch.Tensor) -> "Gaussians":
-        """Apply x -> scale * (x - center) (rotation-free, so quaternions and SH are unchanged)."""
-        center_t = torch.as_tensor(np.asarray(center, np.float64), dtype=self.means.dtype, device=self.means.device)
-        return Gaussians(
-            scale * (self.means - center_t),
-            self.scales + float(np.log(scale)),
-            self.quats,
-            self.opacities,
-            self.sh0,
-            self.shN,
-        )
+    def transformed(self, t: Similarity) -> "Gaussians":
+        """The same scene in the frame x' = scale * R (x - center): centres and sizes follow, orientations
+        turn with R, and the view-dependent colour (SH bands 1-3) is rotated so each splat looks the same
+        from the correspondingly moved camera."""
+        R = np.asarray(t.rotation, np.float64)
+        as_tensor = functools.partial(torch.as_tensor, dtype=self.means.dtype, device=self.means.device)
+        means = t.scale * (self.means - as_tensor(np.asarray(t.center, np.float64))) @ as_tensor(R).T
+        quats, shN = self.quats, self.shN
+        if not np.array_equal(R, np.eye(3)):
+            turn = Rotation.from_matrix(R)
+            xyzw = (turn * Rotation.from_quat(self.quats.detach().cpu().double().numpy()[:, [1, 2, 3, 0]])).as_quat()
+            quats = as_tensor(xyzw[:, [3, 0, 1, 2]])
+            if self.sh_degree > 0:
+                shN = torch.einsum("kj,njc->nkc", as_tensor(sh_rotation(R, self.sh_degree).numpy()), self.shN)
+        return Gaussians(means, self.scales + float(np.log(t.scale)), quats, self.opacities, self.sh0, shN)
 
     def is_finite(self) -> bool:
         return all(bool(torch.isfinite(v).all()) for v in self.as_dict().values())

@@ -179,7 +179,7 @@ class Trainer:
         """The model in the scene's original (e.g. COLMAP) frame."""
         back = self.scene.to_normalized.inverse()
         path = self.run_dir / "point_cloud.ply"
-        save_ply(self.gaussians.detach().to("cpu").similarity_transformed(back.scale, back.center), path)
+        save_ply(self.gaussians.detach().to("cpu").transformed(back), path)
         return path
 
 

@@ -122,7 +122,7 @@ def load_source(path: Path) -> ModelSource:
         model = load_ply(ply)
         if scene is not None:
             t = scene.to_normalized
-            model = model.similarity_transformed(t.scale, t.center)
+            model = model.transformed(t)
             to_file_frame = t.inverse()
     elif checkpoints:
         try:
