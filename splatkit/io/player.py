@@ -142,8 +142,8 @@ def camera_query(camera: Camera, *, fit_window: bool = False, background: tuple[
     c2w = np.linalg.inv(w2c)
     K = np.asarray(camera.K, np.float64)
     fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    params = [("pos", _numbers(c2w[:3, 3])), ("quat", _numbers(Rotation.from_matrix(c2w[:3, :3]).as_quat(canonical=True))),
-              ("fov", f"{math.degrees(camera.fov_y):.9g}")]
+    xyzw = Rotation.from_matrix(c2w[:3, :3]).as_quat(canonical=True)  # w >= 0
+    params = [("pos", _numbers(c2w[:3, 3])), ("quat", _numbers(xyzw)), ("fov", f"{math.degrees(camera.fov_y):.9g}")]
     centred = abs(cx - 0.5 * camera.width) < 1e-3 and abs(cy - 0.5 * camera.height) < 1e-3
     if not centred or abs(fx - fy) > 1e-6 * max(abs(fy), 1.0):
         params.append(("k", _numbers((fx, fy, cx, cy))))

@@ -21,7 +21,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -59,8 +59,12 @@ class CameraPath:
         return max(1, round(self.seconds * self.fps))
 
     def transformed(self, similarity: Similarity) -> "CameraPath":
-        """The same path in another frame (`similarity` maps positions; rotations and fields of view keep)."""
-        keys = [Keyframe(similarity.scale * (k.position - similarity.center), k.wxyz, k.fov_deg)
+        """The same path in another frame: `similarity` moves the positions and turns the orientations;
+        fields of view keep."""
+        R = np.asarray(similarity.rotation, np.float64)
+        turn = Rotation.from_matrix(R)
+        keys = [Keyframe(similarity.scale * R @ (k.position - similarity.center),
+                         (turn * Rotation.from_quat(_xyzw(k.wxyz))).as_quat()[[3, 0, 1, 2]], k.fov_deg)
                 for k in self.keyframes]
         return dataclasses.replace(self, keyframes=keys)
 
@@ -160,9 +164,11 @@ def _xyzw(wxyz: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def render_video(gaussians: Gaussians, path: CameraPath, out: Path, *, backend: str = "auto",
-                 on_frame: Callable[[int, int], None] | None = None) -> Path:
+                 on_frame: Callable[[int, int], None] | None = None,
+                 run: Callable[[Callable[[], Any]], Any] = lambda work: work()) -> Path:
     """Render every frame of `path` and encode an H.264 MP4 (imageio's ffmpeg) at `out`, atomically.
-    `on_frame(done, total)` reports progress."""
+    `on_frame(done, total)` reports progress; `run(work)` is where each frame's render runs (beside live
+    training: on the training thread, between steps)."""
     from splatkit.render import rasterize
 
     if path.problem():
@@ -180,7 +186,7 @@ def render_video(gaussians: Gaussians, path: CameraPath, out: Path, *, backend: 
                                     pixelformat="yuv420p", macro_block_size=1, ffmpeg_log_level="error")
         try:
             for i, camera in enumerate(cameras):
-                image = rasterize(gaussians, camera, background=path.background, backend=backend).rgb
+                image = run(lambda: rasterize(gaussians, camera, background=path.background, backend=backend).rgb)
                 writer.append_data((image.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8))
                 if on_frame:
                     on_frame(i + 1, len(cameras))

@@ -128,7 +128,7 @@ class CameraPathTool:
                 note.body = f"frame {done} / {total}"
 
             render_video(self.source.snapshot().gaussians, self.path(), video, backend=self.backend,
-                         on_frame=progress)
+                         on_frame=progress, run=self.source.compute)
             note.title, note.body, note.loading = "Video saved", str(video), False
             note.with_close_button, note.auto_close_seconds = True, 10.0
             self.log(f"splatkit view: video saved to {video}")
