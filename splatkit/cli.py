@@ -262,7 +262,8 @@ def run_export(cfg: ExportConfig) -> Path:
             camera = scene.cameras[scene.test_ids[0] if scene.test_ids else 0]
             camera = dataclasses.replace(camera, world_to_cam=cameras_to_export.apply_camera(camera.world_to_cam))
             up = cameras_to_export.rotation @ up_from_cameras(scene.cameras)
-        page = write_player(cfg.player, out, camera, fit_window=True, up=up)
+        with console.status("writing the player page (the first time, npm fetches its engines)..."):
+            page = write_player(cfg.player, out, camera, fit_window=True, up=up)
         console.print(f"player page in {cfg.player}: serve that folder (e.g. `python -m http.server -d "
                       f"{cfg.player} 8000`) and open http://localhost:8000/{page}", highlight=False, soft_wrap=True)
     return out
