@@ -43,10 +43,10 @@ class EvalConfig:
 
 @dataclass
 class RenderConfig:
-    """Render one PNG per camera of a scene from a trained run or a .ply model, or a camera path to a video."""
+    """Render one PNG per camera of a scene from a trained run or a splat file, or a camera path to a video."""
 
     model: tyro.conf.Positional[Path]
-    """Run folder or INRIA .ply file."""
+    """Run folder or splat file (.ply, .compressed.ply, .spz, .splat)."""
     path: Optional[Path] = None
     """Camera path JSON saved by the viewer's camera-path tool: render it to the video --out names (.mp4;
     a folder gets <path name>.mp4) instead of PNGs of the scene's cameras."""
@@ -146,7 +146,7 @@ def run_eval(cfg: EvalConfig) -> dict:
 
 
 def _model_file(model: Path) -> Path:
-    """The .ply of a run folder (in the capture's frame, as camera paths are), or the .ply given."""
+    """The .ply of a run folder (in the capture's frame, as camera paths are), or the splat file given."""
     if not model.exists():
         raise file_error(model, "no such file or folder")
     if model.is_dir():
@@ -159,7 +159,7 @@ def _model_file(model: Path) -> Path:
 
 def run_render_path(cfg: RenderConfig) -> Path:
     path = CameraPath.load(cfg.path)
-    model = load_ply(_model_file(cfg.model))
+    model = read_splats(_model_file(cfg.model))
     out = cfg.out if cfg.out.suffix else cfg.out / f"{cfg.path.stem}.mp4"
     with Progress(TextColumn("[bold]video"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as progress:
@@ -181,10 +181,10 @@ def run_render(cfg: RenderConfig) -> list[Path]:
         ply = cfg.model / "point_cloud.ply"
     else:
         if cfg.scene is None:
-            raise SplatkitError(f"{cfg.model}: rendering a .ply needs --scene to give the cameras")
+            raise SplatkitError(f"{cfg.model}: rendering a model file needs --scene to give the cameras")
         scene_name, factor, ply = cfg.scene, cfg.data_factor or 1, cfg.model
     scene = load_scene(resolve_scene_path(scene_name), data_factor=factor)
-    model = _model_in_scene_frame(load_ply(ply), scene)
+    model = _model_in_scene_frame(read_splats(ply), scene)
     ids = {"test": scene.test_ids, "train": scene.train_ids, "all": list(range(len(scene.cameras)))}[cfg.split]
     written = []
     for i in ids:

@@ -13,11 +13,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from scipy.spatial import cKDTree
 
 from splatkit.cli import main
 from splatkit.data import load_scene
 from splatkit.errors import SplatkitError
-from splatkit.io.ply import save_ply
+from splatkit.io.formats import write_splats
+from splatkit.io.ply import load_ply, save_ply
 from splatkit.model.gaussians import init_from_points
 from splatkit.render import rasterize
 from splatkit.viewer.app import check_port_free
@@ -291,6 +293,21 @@ def test_live_source_renders_on_the_training_thread(tiny_scene):
 def test_load_run_folder_in_training_frame(tiny_run):
     source = load_source(tiny_run)
     assert len(source.cameras) == 10 and len(source.snapshot().gaussians) > 0
+
+
+def test_view_reads_every_splat_format(tiny_run, tmp_path, capsys):
+    model = load_ply(tiny_run / "point_cloud.ply")
+    for name, fmt in [("m.compressed.ply", "compressed-ply"), ("m.spz", "spz"), ("m.splat", "splat")]:
+        write_splats(model, tmp_path / name, fmt)
+        shown = load_source(tmp_path / name).snapshot().gaussians
+        assert len(shown) == len(model)
+        gaps, _ = cKDTree(model.means.numpy()).query(shown.means.numpy())  # the formats may reorder splats
+        assert gaps.max() < 0.05, (fmt, gaps.max())
+    bad = tmp_path / "bad.spz"
+    bad.write_bytes(b"\x1f\x8b\x08\x00garbage")
+    assert main(["view", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.spz" in err and len(err.strip().splitlines()) == 1
 
 
 def test_view_missing_and_corrupt_files(tmp_path, capsys):

@@ -14,7 +14,8 @@ class ViewConfig:
     """Look at a trained model in the browser (rendered here and streamed, or drawn by the browser)."""
 
     model: tyro.conf.Positional[Path]
-    """Run folder written by `splatkit train` (shows its training cameras too), or an INRIA .ply file."""
+    """Run folder written by `splatkit train` (shows its training cameras too), or a splat file: INRIA .ply,
+    PlayCanvas .compressed.ply, .spz or .splat."""
     host: str = "127.0.0.1"
     """Address to listen on. The default accepts connections from this computer only; `--host 0.0.0.0`
     shares the viewer with every machine that can reach this one on the network (there is no password)."""

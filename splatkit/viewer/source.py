@@ -18,6 +18,7 @@ from splatkit.data import load_scene
 from splatkit.data.cameras import Camera
 from splatkit.data.scene import Scene, Similarity
 from splatkit.errors import SplatkitError, file_error
+from splatkit.io.formats import read_splats
 from splatkit.io.ply import load_ply
 from splatkit.model.gaussians import Gaussians
 from splatkit.train import checkpoint
@@ -112,7 +113,7 @@ def load_source(path: Path) -> ModelSource:
     if not path.exists():
         raise file_error(path, "no such file or folder")
     if not path.is_dir():
-        return ModelSource(load_ply(path), name=path.name)
+        return ModelSource(read_splats(path), name=path.name)  # any format splatkit reads
     record = _read_run_record(path)
     ply = path / "point_cloud.ply"
     checkpoints = checkpoint.list_checkpoints(path / "checkpoints")
