@@ -84,7 +84,8 @@ class ExportConfig:
     spz_version: Literal[3, 4] = 3
     """SPZ container: 3 (gzip, read by every SPZ player) or 4 (zstd, newer readers only)."""
     player: Optional[Path] = None
-    """Also write a PlayCanvas web page that shows the export into this folder, ready to host (needs npm once)."""
+    """Also write a web page that shows the export into this folder, ready to host: PlayCanvas for .ply and
+    compressed.ply, Spark for .spz and .splat (their JavaScript comes from npm the first time)."""
 
 
 @dataclass
@@ -100,6 +101,7 @@ class ConvertConfig:
     prune_opacity: float = 0.0
     """Drop splats less opaque than this."""
     spz_version: Literal[3, 4] = 3
+    """SPZ container when writing .spz: 3 (gzip, read by every SPZ player) or 4 (zstd, newer readers only)."""
 
 
 @dataclass
