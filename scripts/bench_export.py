@@ -12,17 +12,17 @@ checkpoint; `runs/demo` is trained here for 2,000 steps when it does not exist y
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from splatkit.data import ImageStore, load_scene
+from splatkit.data import ImageStore
 from splatkit.io.export import slimmed, write_model
 from splatkit.io.formats import read_splats
 from splatkit.train.evaluate import evaluate
+from splatkit.train.run_record import load_run_scene, read_run_record
 from splatkit.train.trainer import image_cache_dir
 from splatkit.viewer.source import load_source
 
@@ -46,10 +46,9 @@ def best_of(n: int, fn) -> tuple[float, object]:
 
 
 def bench_run(run: Path, tmp: Path) -> None:
-    record = json.loads((run / "config.json").read_text())
-    settings = record["config"]
+    record = read_run_record(run)
     scene_path = Path(record["scene_path"])
-    scene = load_scene(scene_path, data_factor=settings["data_factor"], test_every=settings["test_every"])
+    scene = load_run_scene(record)
     views = scene.test_ids or scene.train_ids  # a run trained on every view has no held-out ones
     images = ImageStore(scene.cameras, cache_dir=image_cache_dir(run, scene_path), background=scene.background)
     model = load_source(run).snapshot().gaussians  # in the training frame, where the scene's cameras are

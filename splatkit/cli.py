@@ -26,6 +26,7 @@ from splatkit.model.gaussians import Gaussians
 from splatkit.render import rasterize
 from splatkit.render.camera_path import CameraPath, render_video
 from splatkit.train.config import TrainConfig
+from splatkit.train.run_record import load_run_scene, read_run_record
 from splatkit.train.evaluate import evaluate, save_png, to_uint8
 from splatkit.train.trainer import console, image_cache_dir, resolve_scene_path, train
 from splatkit.viewer.camera import up_from_cameras
@@ -111,26 +112,14 @@ class InfoConfig:
     file: tyro.conf.Positional[Path]
 
 
-def _read_run(run_dir: Path) -> dict:
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise file_error(run_dir, "not a splatkit run folder (no config.json)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise file_error(path, f"corrupt run config ({exc})") from None
-
-
 def _model_in_scene_frame(model: Gaussians, scene: Scene) -> Gaussians:
     t = scene.to_normalized
     return model.transformed(t)
 
 
 def run_eval(cfg: EvalConfig) -> dict:
-    record = _read_run(cfg.run)
-    settings = record["config"]
-    scene = load_scene(Path(record["scene_path"]), data_factor=settings["data_factor"],
-                       test_every=settings["test_every"])
+    record = read_run_record(cfg.run)
+    scene = load_run_scene(record)
     if not scene.test_ids:
         raise SplatkitError(f"{cfg.run}: the run has no held-out views (test_every=0)")
     images = ImageStore(scene.cameras, cache_dir=image_cache_dir(cfg.run, Path(record["scene_path"])),
@@ -152,7 +141,7 @@ def _model_file(model: Path) -> Path:
     if not model.exists():
         raise file_error(model, "no such file or folder")
     if model.is_dir():
-        _read_run(model)
+        read_run_record(model)
         if not (model / "point_cloud.ply").is_file():
             raise file_error(model, "the run has no point_cloud.ply yet (it is written when training ends)")
         return model / "point_cloud.ply"
@@ -177,7 +166,7 @@ def run_render(cfg: RenderConfig) -> list[Path]:
     if cfg.path is not None:
         return [run_render_path(cfg)]
     if cfg.model.is_dir():
-        record = _read_run(cfg.model)
+        record = read_run_record(cfg.model)
         scene_name = cfg.scene or record["scene_path"]
         factor = cfg.data_factor or record["config"]["data_factor"]
         ply = cfg.model / "point_cloud.ply"
@@ -204,12 +193,10 @@ def _extension(fmt: str) -> str:
 
 
 def _run_scene(record: dict) -> Scene | None:
-    """The run's scene (cameras in the training frame), or None when it can no longer be read."""
-    settings = record.get("config", {})
+    """The run's scene, or None when it can no longer be read (the export goes on without its cameras)."""
     try:
-        return load_scene(Path(record["scene_path"]), data_factor=settings.get("data_factor", 1),
-                          test_every=settings.get("test_every", 8))
-    except (SplatkitError, KeyError):
+        return load_run_scene(record)
+    except SplatkitError:
         return None
 
 
@@ -228,7 +215,7 @@ def _file_to_export(frame: str, scene: Scene | None, to_normalized: Similarity, 
 
 
 def run_export(cfg: ExportConfig) -> Path:
-    record = _read_run(cfg.model) if cfg.model.is_dir() else None
+    record = read_run_record(cfg.model) if cfg.model.is_dir() else None
     source = _model_file(cfg.model)
     model = read_splats(source)
     if cfg.frame != "original" and record is None:

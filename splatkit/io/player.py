@@ -40,7 +40,6 @@ ENGINES = {
                "node_modules/three/examples/jsm/postprocessing/Pass.js": "Pass.js"}),
 }
 ENGINE_BUILD = Path(next(iter(ENGINES["playcanvas"][2])))
-ENGINE_NAME = ENGINES["playcanvas"][2][str(ENGINE_BUILD)]  # what main.js imports, next to index.html
 
 
 def engine_for(model_file: str | Path) -> str:

@@ -3,7 +3,6 @@ in progress. Every source hands out immutable snapshots (Gaussians + a version n
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from concurrent.futures import Future
@@ -14,7 +13,6 @@ from typing import Callable, TypeVar
 import numpy as np
 import torch
 
-from splatkit.data import load_scene
 from splatkit.data.cameras import Camera
 from splatkit.data.scene import Scene, Similarity
 from splatkit.errors import SplatkitError, file_error
@@ -22,6 +20,7 @@ from splatkit.io.formats import read_splats
 from splatkit.io.ply import load_ply
 from splatkit.model.gaussians import Gaussians
 from splatkit.train import checkpoint
+from splatkit.train.run_record import load_run_scene, read_run_record
 
 T = TypeVar("T")
 
@@ -78,27 +77,12 @@ class ModelSource:
         return work()
 
 
-def _read_run_record(run_dir: Path) -> dict:
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise file_error(run_dir, "not a splatkit run folder (no config.json) and not a .ply file")
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise file_error(path, f"corrupt run config ({exc})") from None
-    if not isinstance(record, dict):
-        raise file_error(path, "corrupt run config (not a JSON object)")
-    return record
-
-
 def _load_run_scene(record: dict, run_dir: Path) -> Scene | None:
-    scene_path = record.get("scene_path")
-    if not scene_path or "to_normalized" not in record:
+    """The run's scene for its cameras; without it (moved or deleted) the model is still shown."""
+    if "to_normalized" not in record:
         return None
-    settings = record.get("config", {})
     try:
-        return load_scene(Path(scene_path), data_factor=settings.get("data_factor", 1),
-                          test_every=settings.get("test_every", 8))
+        return load_run_scene(record)
     except SplatkitError as exc:
         print(f"splatkit view: showing {run_dir} without its cameras ({exc})")
         return None
@@ -114,7 +98,7 @@ def load_source(path: Path) -> ModelSource:
         raise file_error(path, "no such file or folder")
     if not path.is_dir():
         return ModelSource(read_splats(path), name=path.name)  # any format splatkit reads
-    record = _read_run_record(path)
+    record = read_run_record(path)
     ply = path / "point_cloud.ply"
     checkpoints = checkpoint.list_checkpoints(path / "checkpoints")
     scene = _load_run_scene(record, path)
