@@ -22,7 +22,7 @@ from splatkit.data import ImageStore
 from splatkit.io.export import slimmed, write_model
 from splatkit.io.formats import read_splats
 from splatkit.train.evaluate import evaluate
-from splatkit.train.run_record import load_run_scene, read_run_record
+from splatkit.train.run_record import read_run
 from splatkit.train.trainer import image_cache_dir
 from splatkit.viewer.source import load_source
 
@@ -46,9 +46,9 @@ def best_of(n: int, fn) -> tuple[float, object]:
 
 
 def bench_run(run: Path, tmp: Path) -> None:
-    record = read_run_record(run)
-    scene_path = Path(record["scene_path"])
-    scene = load_run_scene(record)
+    record = read_run(run)
+    scene_path = record.scene_path
+    scene = record.load_scene()
     views = scene.test_ids or scene.train_ids  # a run trained on every view has no held-out ones
     images = ImageStore(scene.cameras, cache_dir=image_cache_dir(run, scene_path), background=scene.background)
     model = load_source(run).snapshot().gaussians  # in the training frame, where the scene's cameras are

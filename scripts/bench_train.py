@@ -22,25 +22,25 @@ CUP = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cup_colmap"
 
 def measure(factor: int, backend: str, steps: int, warmup: int, tmp: Path) -> tuple[float, int]:
     cfg = TrainConfig(scene=str(CUP), out=tmp / f"{backend}-{factor}", data_factor=factor, backend=backend,
-                      steps=30_000)
+                      steps=30_000, device="cpu")
     scene = load_scene(CUP, data_factor=factor)
     images = ImageStore(scene.cameras, cache_dir=tmp / "cache")
     for i in scene.train_ids:  # decode once so the timing is the optimisation, not JPEG decoding
         images[i]
-    trainer = Trainer(cfg, scene, images, tmp, device="cpu")
+    trainer = Trainer(cfg, scene, images, tmp)
     for _ in range(warmup):
         trainer.train_step()
     start = time.perf_counter()
     for _ in range(steps):
         trainer.train_step()
-    return steps / (time.perf_counter() - start), len(trainer.params["means"])
+    return steps / (time.perf_counter() - start), len(trainer.model)
 
 
 def profile_step(factor: int, tmp: Path) -> None:
     """Where one native training step's time goes (torch profiler, top operators)."""
-    cfg = TrainConfig(scene=str(CUP), out=tmp / "profile", data_factor=factor, backend="native")
+    cfg = TrainConfig(scene=str(CUP), out=tmp / "profile", data_factor=factor, backend="native", device="cpu")
     scene = load_scene(CUP, data_factor=factor)
-    trainer = Trainer(cfg, scene, ImageStore(scene.cameras), tmp, device="cpu")
+    trainer = Trainer(cfg, scene, ImageStore(scene.cameras), tmp)
     for _ in range(3):
         trainer.train_step()
     with torch.profiler.profile() as prof:

@@ -16,6 +16,7 @@ import tyro
 from scipy.spatial.transform import Rotation
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from splatkit.atomic import write_text_atomic
 from splatkit.data import ImageStore, Scene, load_scene
 from splatkit.data.scene import Similarity
 from splatkit.errors import SplatkitError, file_error
@@ -23,10 +24,11 @@ from splatkit.io.export import describe, slimmed, write_model
 from splatkit.io.formats import EXTENSIONS, detect_format, format_from_extension, read_splats
 from splatkit.io.ply import load_ply
 from splatkit.model.gaussians import Gaussians
-from splatkit.render import rasterize
+from splatkit.render import rasterize, resolve_device
+from splatkit.render.api import Device
 from splatkit.render.camera_path import CameraPath, render_video
 from splatkit.train.config import TrainConfig
-from splatkit.train.run_record import load_run_scene, read_run_record
+from splatkit.train.run_record import RunRecord, read_run
 from splatkit.train.evaluate import evaluate, save_png, to_uint8
 from splatkit.train.trainer import console, image_cache_dir, resolve_scene_path, train
 from splatkit.viewer.camera import up_from_cameras
@@ -39,6 +41,8 @@ class EvalConfig:
 
     run: tyro.conf.Positional[Path]
     """Run folder written by `splatkit train`."""
+    device: Device = "auto"
+    """auto (CUDA when torch sees a GPU), cpu or cuda."""
     backend: str = "auto"
 
 
@@ -57,6 +61,8 @@ class RenderConfig:
     out: Path = Path("renders")
     data_factor: Optional[int] = None
     """Image downsampling (default: the run's, else 1)."""
+    device: Device = "auto"
+    """auto (CUDA when torch sees a GPU), cpu or cuda."""
     backend: str = "auto"
 
 
@@ -118,20 +124,19 @@ def _model_in_scene_frame(model: Gaussians, scene: Scene) -> Gaussians:
 
 
 def run_eval(cfg: EvalConfig) -> dict:
-    record = read_run_record(cfg.run)
-    scene = load_run_scene(record)
+    record = read_run(cfg.run)
+    scene = record.load_scene()
     if not scene.test_ids:
         raise SplatkitError(f"{cfg.run}: the run has no held-out views (test_every=0)")
-    images = ImageStore(scene.cameras, cache_dir=image_cache_dir(cfg.run, Path(record["scene_path"])),
+    images = ImageStore(scene.cameras, cache_dir=image_cache_dir(cfg.run, record.scene_path),
                         background=scene.background)
-    model = _model_in_scene_frame(load_ply(cfg.run / "point_cloud.ply"), scene)
+    model = _model_in_scene_frame(load_ply(cfg.run / "point_cloud.ply"), scene).to(resolve_device(cfg.device))
     result = evaluate(model, scene, images, scene.test_ids, backend=cfg.backend,
                       side_by_side_dir=cfg.run / "eval")
     for view in result["views"]:
         console.print(f"{view['name']:>24}  PSNR {view['psnr']:6.2f}  SSIM {view['ssim']:.4f}")
     console.print(f"{'mean':>24}  PSNR {result['mean']['psnr']:6.2f}  SSIM {result['mean']['ssim']:.4f}")
-    (cfg.run / "eval").mkdir(exist_ok=True)
-    (cfg.run / "eval" / "metrics.json").write_text(json.dumps(result, indent=2))
+    write_text_atomic(cfg.run / "eval" / "metrics.json", json.dumps(result, indent=2))
     console.print(f"wrote {cfg.run / 'eval'}")
     return result
 
@@ -141,7 +146,7 @@ def _model_file(model: Path) -> Path:
     if not model.exists():
         raise file_error(model, "no such file or folder")
     if model.is_dir():
-        read_run_record(model)
+        read_run(model)
         if not (model / "point_cloud.ply").is_file():
             raise file_error(model, "the run has no point_cloud.ply yet (it is written when training ends)")
         return model / "point_cloud.ply"
@@ -150,7 +155,7 @@ def _model_file(model: Path) -> Path:
 
 def run_render_path(cfg: RenderConfig) -> Path:
     path = CameraPath.load(cfg.path)
-    model = read_splats(_model_file(cfg.model))
+    model = read_splats(_model_file(cfg.model)).to(resolve_device(cfg.device))
     out = cfg.out if cfg.out.suffix else cfg.out / f"{cfg.path.stem}.mp4"
     with Progress(TextColumn("[bold]video"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as progress:
@@ -166,16 +171,14 @@ def run_render(cfg: RenderConfig) -> list[Path]:
     if cfg.path is not None:
         return [run_render_path(cfg)]
     if cfg.model.is_dir():
-        record = read_run_record(cfg.model)
-        scene_name = cfg.scene or record["scene_path"]
-        factor = cfg.data_factor or record["config"]["data_factor"]
-        ply = cfg.model / "point_cloud.ply"
+        record = read_run(cfg.model)
+        scene = record.load_scene(cfg.scene and resolve_scene_path(cfg.scene), cfg.data_factor)
+        ply = _model_file(cfg.model)
     else:
         if cfg.scene is None:
             raise SplatkitError(f"{cfg.model}: rendering a model file needs --scene to give the cameras")
-        scene_name, factor, ply = cfg.scene, cfg.data_factor or 1, cfg.model
-    scene = load_scene(resolve_scene_path(scene_name), data_factor=factor)
-    model = _model_in_scene_frame(read_splats(ply), scene)
+        scene, ply = load_scene(resolve_scene_path(cfg.scene), data_factor=cfg.data_factor or 1), cfg.model
+    model = _model_in_scene_frame(read_splats(ply), scene).to(resolve_device(cfg.device))
     ids = {"test": scene.test_ids, "train": scene.train_ids, "all": list(range(len(scene.cameras)))}[cfg.split]
     written = []
     for i in ids:
@@ -192,10 +195,10 @@ def _extension(fmt: str) -> str:
     return next(ext for ext, f in EXTENSIONS.items() if f == fmt)
 
 
-def _run_scene(record: dict) -> Scene | None:
+def _run_scene(record: RunRecord) -> Scene | None:
     """The run's scene, or None when it can no longer be read (the export goes on without its cameras)."""
     try:
-        return load_run_scene(record)
+        return record.load_scene()
     except SplatkitError:
         return None
 
@@ -215,7 +218,7 @@ def _file_to_export(frame: str, scene: Scene | None, to_normalized: Similarity, 
 
 
 def run_export(cfg: ExportConfig) -> Path:
-    record = read_run_record(cfg.model) if cfg.model.is_dir() else None
+    record = read_run(cfg.model) if cfg.model.is_dir() else None
     source = _model_file(cfg.model)
     model = read_splats(source)
     if cfg.frame != "original" and record is None:
@@ -223,7 +226,7 @@ def run_export(cfg: ExportConfig) -> Path:
     scene = _run_scene(record) if record is not None and (cfg.frame == "upright" or cfg.player) else None
     cameras_to_export = None  # scene cameras (training frame) -> exported frame
     if record is not None:
-        to_normalized = Similarity.from_json(record["to_normalized"])
+        to_normalized = record.to_normalized
         file_to_export = _file_to_export(cfg.frame, scene, to_normalized, cfg.model)
         if not file_to_export.is_identity:
             model = model.transformed(file_to_export)
@@ -287,6 +290,16 @@ def run_info(cfg: InfoConfig):
     return info
 
 
+def resume_config(cfg: TrainConfig, args: list[str]) -> TrainConfig:
+    """On --resume, the run's saved settings with the flags given on this command line laid over them (tyro
+    parses `args` again with the saved config as its defaults), so `--resume --steps 20000` trains further."""
+    if not cfg.resume or not (cfg.run_dir() / "config.json").is_file():
+        return cfg  # nothing saved to lay flags over; train() explains what is missing
+    saved = read_run(cfg.run_dir()).config
+    defaults = dataclasses.replace(saved, scene=cfg.scene, out=cfg.out, resume=True)
+    return tyro.cli(TrainConfig, args=args, default=defaults, config=(tyro.conf.CascadeSubcommandArgs,))
+
+
 def run_train(cfg: TrainConfig) -> dict:
     watch = None
     if cfg.viewer:  # viser is imported only when asked for
@@ -314,9 +327,14 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = tyro.extras.subcommand_cli_from_dict({name: cls for name, (cls, _) in COMMANDS.items()}, args=argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Cascade: flags may follow a plug-in subcommand (`strategy:mcmc --strategy.cap-max 300000 --steps 7000`).
+    cfg = tyro.extras.subcommand_cli_from_dict({name: cls for name, (cls, _) in COMMANDS.items()}, args=argv,
+                                               config=(tyro.conf.CascadeSubcommandArgs,))
     handler = next(run for cls, run in COMMANDS.values() if isinstance(cfg, cls))
     try:
+        if isinstance(cfg, TrainConfig):
+            cfg = resume_config(cfg, argv[argv.index("train") + 1:])
         handler(cfg)
     except SplatkitError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)

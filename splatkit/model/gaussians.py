@@ -1,7 +1,10 @@
-"""Raw Gaussian parameters with their activations declared in one place (as INRIA's GaussianModel does).
+"""Gaussians in two forms: raw parameters as files store them (`Gaussians`) and activated values as rasterizers
+consume them (`ActivatedGaussians`), with the activations between them declared in one place.
 
-Raw tensors are what the optimiser sees: log-scales, unnormalised wxyz quaternions, opacity logits, and SH
-coefficients split into the DC term `sh0` (N, 1, 3) and the rest `shN` (N, K-1, 3).
+Raw tensors are what the INRIA .ply layout stores and plain 3DGS optimises: log-scales, unnormalised wxyz
+quaternions, opacity logits, and SH coefficients split into the DC term `sh0` (N, 1, 3) and the rest `shN`
+(N, K-1, 3). Training parameterisations other than plain 3DGS (quantized latents, per-level scale bounds) produce
+`ActivatedGaussians` directly.
 """
 
 from __future__ import annotations
@@ -18,6 +21,44 @@ from splatkit.data.scene import Similarity
 from splatkit.model.sh import num_sh_bases, rgb_to_sh, sh_degree_from_bases, sh_rotation
 
 PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
+# The most opaque value a file's logit can hold: sigmoid(logit(1 - 1e-6)) in float32 stays below 1.
+_MAX_OPACITY = 1.0 - 1e-6
+
+
+@dataclass
+class ActivatedGaussians:
+    """What a rasterizer consumes (the inputs of gsplat's `rasterization()`): N Gaussians in world units.
+
+    means (N, 3) float32 world positions; quats (N, 4) unit wxyz rotations (local-to-world); scales (N, 3)
+    standard deviations along the rotated axes, in world units; opacities (N,) in [0, 1]; sh0 (N, 1, 3) and
+    shN (N, K-1, 3) real SH coefficients (INRIA's basis and order) of RGB - 0.5, K = (degree + 1)^2.
+    Tensors may carry autograd graphs back to whatever parameters produced them.
+    """
+
+    means: torch.Tensor
+    quats: torch.Tensor
+    scales: torch.Tensor
+    opacities: torch.Tensor
+    sh0: torch.Tensor
+    shN: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def sh_degree(self) -> int:
+        return sh_degree_from_bases(1 + self.shN.shape[1])
+
+    @property
+    def sh(self) -> torch.Tensor:
+        """All SH coefficients, (N, K, 3)."""
+        return torch.cat([self.sh0, self.shN], dim=1)
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def detach(self) -> "ActivatedGaussians":
+        return ActivatedGaussians(**{k: v.detach() for k, v in self.as_dict().items()})
 
 
 @dataclass
@@ -72,6 +113,18 @@ class Gaussians:
     @classmethod
     def from_dict(cls, d: dict[str, torch.Tensor]) -> "Gaussians":
         return cls(**{name: d[name] for name in PARAM_NAMES})
+
+    def activated(self) -> ActivatedGaussians:
+        """The values a rasterizer consumes; differentiable with respect to these raw tensors."""
+        return ActivatedGaussians(self.means, self.activated_quats, self.activated_scales, self.activated_opacities,
+                                  self.sh0, self.shN)
+
+    @classmethod
+    def from_activated(cls, g: ActivatedGaussians) -> "Gaussians":
+        """The raw form of activated values (log-scales, logits), e.g. to save a plug-in model as INRIA .ply.
+        Opacities are clipped to [1e-6, 1 - 1e-6] and scales to >= 1e-30 so the logs stay finite."""
+        opacities = g.opacities.clamp(1.0 - _MAX_OPACITY, _MAX_OPACITY)
+        return cls(g.means, torch.log(g.scales.clamp(min=1e-30)), g.quats, torch.logit(opacities), g.sh0, g.shN)
 
     def detach(self) -> "Gaussians":
         return Gaussians.from_dict({k: v.detach() for k, v in self.as_dict().items()})

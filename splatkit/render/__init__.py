@@ -4,6 +4,6 @@
 from splatkit.render import gsplat_backend as _gsplat_backend  # noqa: F401
 from splatkit.render import native_backend as _native_backend  # noqa: F401
 from splatkit.render import torch_backend as _torch_backend  # noqa: F401
-from splatkit.render.api import RenderOutput, backend_names, rasterize, register_backend, resolve_backend
+from splatkit.render.api import RenderOutput, backend_names, rasterize, register_backend, resolve_backend, resolve_device
 
-__all__ = ["RenderOutput", "backend_names", "rasterize", "register_backend", "resolve_backend"]
+__all__ = ["RenderOutput", "backend_names", "rasterize", "register_backend", "resolve_backend", "resolve_device"]

@@ -1,34 +1,54 @@
-"""The one rendering entry point, `rasterize()`, and the registry of backends behind it."""
+"""The one rendering entry point, `rasterize()`, and the registry of backends behind it.
+
+`rasterize()` does everything the backends share once: it activates raw Gaussians, picks the backend (checking
+its availability once per device), and composites the backend's premultiplied colour over the background and
+normalises its depth. A backend only projects, shades and blends.
+"""
 
 from __future__ import annotations
 
+import functools
+import sys
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Literal, Protocol
 
 import torch
 
 from splatkit.data.cameras import Camera
 from splatkit.errors import SplatkitError
-from splatkit.model.gaussians import Gaussians
+from splatkit.model.gaussians import ActivatedGaussians, Gaussians
+
+Device = Literal["auto", "cpu", "cuda"]
 
 
 @dataclass(frozen=True)
 class RenderSettings:
     sh_degree: int
-    background: tuple[float, float, float] = (0.0, 0.0, 0.0)
     antialiased: bool = False  # Mip-Splatting opacity compensation
 
 
 @dataclass
+class Rasterized:
+    """What a backend returns: sums over each pixel's blended Gaussians, without any background."""
+
+    color: torch.Tensor  # (H, W, 3) sum of w * colour, w = alpha * T
+    alpha: torch.Tensor  # (H, W) sum of w
+    depth_sum: torch.Tensor  # (H, W) sum of w * z (camera-space z)
+    means2d: torch.Tensor  # projected centres, (N, 2) ((1, N, 2) from gsplat)
+    radii: torch.Tensor  # (N, 2) int per-axis screen radius in pixels; 0 = not visible
+    weight_sums: torch.Tensor | None  # (N,) sum over pixels of w, detached (None: the backend lacks it)
+    absgrad: torch.Tensor | None = None  # (N, 2) sum of per-pixel |dL/dmeans2d|, filled by backward
+
+
+@dataclass
 class RenderOutput:
-    rgb: torch.Tensor  # (H, W, 3), composited over the background
+    rgb: torch.Tensor  # (H, W, 3) float32, composited over the background, linear in [0, 1] (may overshoot)
     alpha: torch.Tensor  # (H, W) accumulated opacity
-    depth: torch.Tensor  # (H, W) expected depth sum(w z) / alpha; 0 where nothing was hit
-    means2d: torch.Tensor  # projected centres, (N, 2) ((1, N, 2) from gsplat); .retain_grad() before backward
+    depth: torch.Tensor  # (H, W) expected camera-space z, sum(w z) / alpha; 0 where nothing was hit
+    means2d: torch.Tensor  # projected centres in pixels, (N, 2) ((1, N, 2) from gsplat); .retain_grad() first
     radii: torch.Tensor  # (N, 2) int per-axis screen radius; 0 = not visible
     weight_sums: torch.Tensor | None  # (N,) sum over pixels of alpha * T, detached (None: backend lacks it)
     absgrad: torch.Tensor | None = None  # (N, 2) sum of per-pixel |dL/dmeans2d|, filled by backward (native only)
-
 
     @property
     def means2d_grad(self) -> torch.Tensor:
@@ -37,13 +57,13 @@ class RenderOutput:
 
 
 class Backend(Protocol):
-    def __call__(self, gaussians: Gaussians, camera: Camera, settings: RenderSettings) -> RenderOutput: ...
+    def __call__(self, gaussians: ActivatedGaussians, camera: Camera, settings: RenderSettings) -> Rasterized: ...
 
 
 @dataclass(frozen=True)
 class _Registered:
     render: Backend
-    available: Callable[[torch.device], bool]
+    unavailable: Callable[[torch.device], str | None]  # why it cannot run on a device, or None when it can
 
 
 _BACKENDS: dict[str, _Registered] = {}
@@ -51,31 +71,61 @@ _BACKENDS: dict[str, _Registered] = {}
 AUTO_ORDER = ("gsplat", "native", "torch")
 
 
-def register_backend(name: str, render: Backend, available: Callable[[torch.device], bool]) -> None:
-    _BACKENDS[name] = _Registered(render, available)
+def register_backend(name: str, render: Backend, unavailable: Callable[[torch.device], str | None]) -> None:
+    _BACKENDS[name] = _Registered(render, unavailable)
+    _resolve.cache_clear()
 
 
 def backend_names() -> list[str]:
     return ["auto", *_BACKENDS]
 
 
-def resolve_backend(name: str, device: torch.device | str = "cpu") -> str:
-    """The concrete backend `name` stands for on `device`; a clear error if it cannot run there."""
-    device = torch.device(device)
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto`: the first CUDA device when torch sees one, else the CPU; `cpu`/`cuda[:i]` as given.
+    Raises SplatkitError for CUDA on a machine where torch sees none."""
     if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SplatkitError(f"unknown device {name!r}; choose auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SplatkitError("--device cuda: torch sees no CUDA device here (a CPU-only torch build, or no driver)")
+    return device
+
+
+@functools.lru_cache(maxsize=None)
+def _resolve(name: str, device: torch.device) -> str:
+    if name == "auto":
+        reasons = []
         for candidate in AUTO_ORDER:
-            if candidate in _BACKENDS and _BACKENDS[candidate].available(device):
+            if candidate not in _BACKENDS:
+                continue
+            reason = _BACKENDS[candidate].unavailable(device)
+            if reason is None:
+                if candidate == "torch" and reasons:  # never slow down in silence
+                    print(f"splatkit: rendering with the slow torch reference on {device}: {'; '.join(reasons)}",
+                          file=sys.stderr, flush=True)
                 return candidate
-        raise SplatkitError(f"no render backend can run on {device}")
+            reasons.append(f"{candidate}: {reason}")
+        raise SplatkitError(f"no render backend can run on {device}: {'; '.join(reasons)}")
     if name not in _BACKENDS:
         raise SplatkitError(f"unknown render backend {name!r}; choose from {', '.join(backend_names())}")
-    if not _BACKENDS[name].available(device):
-        raise SplatkitError(f"render backend {name!r} is not available on {device}")
+    reason = _BACKENDS[name].unavailable(device)
+    if reason is not None:
+        raise SplatkitError(f"render backend {name!r} cannot run on {device}: {reason}")
     return name
 
 
+def resolve_backend(name: str, device: torch.device | str = "cpu") -> str:
+    """The concrete backend `name` stands for on `device` (decided once per pair); a SplatkitError saying why
+    if it cannot run there. `auto` says on stderr, once, when it falls back to the torch reference."""
+    return _resolve(name, torch.device(device))
+
+
+
 def rasterize(
-    gaussians: Gaussians,
+    gaussians: Gaussians | ActivatedGaussians,
     camera: Camera,
     *,
     sh_degree: int | None = None,
@@ -83,17 +133,23 @@ def rasterize(
     antialiased: bool = False,
     backend: str = "auto",
 ) -> RenderOutput:
-    """Render `gaussians` (raw parameters) from `camera`.
+    """Render N Gaussians from `camera` (OpenCV pinhole, `world_to_cam` 4x4, pixel centres at +0.5).
 
-    `sh_degree` defaults to the model's; lower values ignore the higher bands (used while SH degrees are
-    switched on during training). Example::
+    `gaussians` are raw parameters (`Gaussians`, activated here) or already activated values (what a training
+    parameterisation produces). `sh_degree` defaults to the model's; lower values ignore the higher bands (used
+    while SH degrees are switched on during training). `background` is an RGB triple in [0, 1] (or a (3,)
+    tensor) the image is composited over. Outputs are differentiable with respect to the Gaussians' tensors.
+    Raises SplatkitError for an unknown backend or one that cannot run on the Gaussians' device. Example::
 
         out = rasterize(gaussians, scene.cameras[0], backend="torch")
         out.rgb  # (H, W, 3)
     """
-    degree = gaussians.sh_degree if sh_degree is None else min(sh_degree, gaussians.sh_degree)
-    if isinstance(background, torch.Tensor):
-        background = tuple(float(v) for v in background)
-    settings = RenderSettings(degree, tuple(background), antialiased)
-    name = resolve_backend(backend, gaussians.means.device)
-    return _BACKENDS[name].render(gaussians, camera, settings)
+    activated = gaussians.activated() if isinstance(gaussians, Gaussians) else gaussians
+    degree = activated.sh_degree if sh_degree is None else min(sh_degree, activated.sh_degree)
+    device = activated.means.device
+    name = resolve_backend(backend, device)
+    out = _BACKENDS[name].render(activated, camera, RenderSettings(degree, antialiased))
+    bg = torch.as_tensor(background, dtype=out.color.dtype).to(device)
+    rgb = out.color + (1.0 - out.alpha[..., None]) * bg
+    depth = out.depth_sum / out.alpha.clamp(min=1e-10)
+    return RenderOutput(rgb, out.alpha, depth, out.means2d, out.radii, out.weight_sums, out.absgrad)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from splatkit.data.cameras import Camera
-from splatkit.model.gaussians import Gaussians
-from splatkit.render.api import RenderOutput, RenderSettings, register_backend
+from splatkit.model.gaussians import ActivatedGaussians
+from splatkit.render.api import Rasterized, RenderSettings, register_backend
 from splatkit.render.native_build import compiler_available, load_extension, with_cuda
 from splatkit.render.projection import EPS2D, FAR_PLANE, NEAR_PLANE
 from splatkit.render.torch_backend import camera_tensors
@@ -57,28 +57,28 @@ class _Blend(torch.autograd.Function):
         return v_means2d, v_conics, v_opacities, v_features, None, None, None, None, None
 
 
-def render_native(gaussians: Gaussians, camera: Camera, settings: RenderSettings) -> RenderOutput:
-    device = gaussians.means.device
-    viewmat, K = camera_tensors(camera, device)
+def render_native(gaussians: ActivatedGaussians, camera: Camera, settings: RenderSettings) -> Rasterized:
+    viewmat, K = camera_tensors(camera, gaussians.means.device)
     width, height = camera.width, camera.height
     means2d, conics, depths, radii, compensation, colors = _Preprocess.apply(
-        gaussians.means.contiguous(), gaussians.quats.contiguous(), gaussians.activated_scales.contiguous(),
+        gaussians.means.contiguous(), gaussians.quats.contiguous(), gaussians.scales.contiguous(),
         gaussians.sh0.contiguous(), gaussians.shN.contiguous(), viewmat, K, width, height, settings.sh_degree)
-    opacities = gaussians.activated_opacities
-    if settings.antialiased:
-        opacities = opacities * compensation
+    opacities = gaussians.opacities * compensation if settings.antialiased else gaussians.opacities
     features = torch.cat([colors, depths[:, None]], dim=-1)
     absgrad = torch.zeros_like(means2d.detach())
     image, alpha, weight_sums = _Blend.apply(means2d, conics, opacities.contiguous(), features, depths.detach(),
                                              radii, width, height, absgrad)
-    background = torch.tensor(settings.background, dtype=image.dtype, device=device)
-    rgb = image[..., :3] + (1.0 - alpha[..., None]) * background
-    depth = image[..., 3] / alpha.clamp(min=1e-10)
-    return RenderOutput(rgb, alpha, depth, means2d, radii, weight_sums, absgrad)
+    return Rasterized(image[..., :3], alpha, image[..., 3], means2d, radii, weight_sums, absgrad)
 
 
-def _available(device: torch.device) -> bool:
-    return compiler_available() and (device.type == "cpu" or (device.type == "cuda" and with_cuda()))
+def _unavailable(device: torch.device) -> str | None:
+    if not compiler_available():
+        return "no C++ compiler to build it (install g++ or clang, or set CXX)"
+    if device.type == "cuda" and not with_cuda():
+        return "this torch cannot build CUDA extensions (a CPU-only torch, or no CUDA toolkit: set CUDA_HOME)"
+    if device.type not in ("cpu", "cuda"):
+        return f"runs on the CPU and CUDA devices, not {device.type}"
+    return None
 
 
-register_backend("native", render_native, available=_available)
+register_backend("native", render_native, unavailable=_unavailable)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from splatkit.data.cameras import Camera
-from splatkit.model.gaussians import Gaussians
-from splatkit.render.api import RenderOutput, RenderSettings, register_backend
+from splatkit.model.gaussians import ActivatedGaussians
+from splatkit.render.api import Rasterized, RenderSettings, register_backend
 from splatkit.render.composite import composite
 from splatkit.render.projection import covariance_3d, project
 from splatkit.render.sh import eval_sh
@@ -19,23 +19,17 @@ def camera_tensors(camera: Camera, device: torch.device) -> tuple[torch.Tensor, 
     return viewmat, K
 
 
-def render_torch(gaussians: Gaussians, camera: Camera, settings: RenderSettings) -> RenderOutput:
-    device = gaussians.means.device
-    viewmat, K = camera_tensors(camera, device)
-    covars = covariance_3d(gaussians.quats, gaussians.activated_scales)
+def render_torch(gaussians: ActivatedGaussians, camera: Camera, settings: RenderSettings) -> Rasterized:
+    viewmat, K = camera_tensors(camera, gaussians.means.device)
+    covars = covariance_3d(gaussians.quats, gaussians.scales)
     proj = project(gaussians.means, covars, viewmat, K, camera.width, camera.height)
-    opacities = gaussians.activated_opacities
-    if settings.antialiased:
-        opacities = opacities * proj.compensation
+    opacities = gaussians.opacities * proj.compensation if settings.antialiased else gaussians.opacities
     campos = torch.linalg.inv(viewmat)[:3, 3]
     rgb = torch.clamp_min(eval_sh(settings.sh_degree, gaussians.means - campos, gaussians.sh) + 0.5, 0.0)
     features = torch.cat([rgb, proj.depths[:, None]], dim=-1)
     out = composite(proj.means2d, proj.conics, opacities, features, proj.depths, proj.radii,
                     camera.width, camera.height)
-    background = torch.tensor(settings.background, dtype=rgb.dtype, device=device)
-    image = out.color[..., :3] + (1.0 - out.alpha[..., None]) * background
-    depth = out.color[..., 3] / out.alpha.clamp(min=1e-10)
-    return RenderOutput(image, out.alpha, depth, proj.means2d, proj.radii, out.weight_sums)
+    return Rasterized(out.color[..., :3], out.alpha, out.color[..., 3], proj.means2d, proj.radii, out.weight_sums)
 
 
-register_backend("torch", render_torch, available=lambda device: True)
+register_backend("torch", render_torch, unavailable=lambda device: None)

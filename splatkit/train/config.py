@@ -1,4 +1,4 @@
-"""`splatkit train` settings: one flat dataclass whose field docstrings are the CLI help."""
+"""`splatkit train` settings: one dataclass whose field docstrings are the CLI help; plug-ins nest as subcommands."""
 
 from __future__ import annotations
 
@@ -8,20 +8,17 @@ from typing import Optional
 
 import tyro
 
-from splatkit.train.strategies import ADCStrategy
+from splatkit.render.api import Device
+from splatkit.train.learning_rates import LearningRates
+from splatkit.train.parameterisations import PARAMETERISATIONS, Plain3DGS
+from splatkit.train.strategies import STRATEGIES, ADCStrategy
 
+# Types of the plug-in fields: one tyro subcommand per registered name (`strategy:mcmc`).
+StrategyChoice = STRATEGIES.choice()
+ParameterisationChoice = PARAMETERISATIONS.choice()
 
-@dataclass
-class LearningRates:
-    """Adam learning rates per parameter group (gsplat's simple_trainer defaults)."""
-
-    means: float = 1.6e-4
-    """Times the scene extent; decays exponentially to 1% over the run."""
-    scales: float = 5e-3
-    quats: float = 1e-3
-    opacities: float = 5e-2
-    sh0: float = 2.5e-3
-    shN: float = 2.5e-3 / 20
+# Settings that make a run what it is: a resume may change anything else, never these.
+RUN_DEFINING = ("scene", "data_factor", "test_every", "seed", "strategy.name", "parameterisation.name")
 
 
 @dataclass
@@ -33,29 +30,37 @@ class TrainConfig:
     out: Optional[Path] = None
     """Run folder (default: runs/<scene name>)."""
     steps: int = 30_000
-    """Number of optimisation steps."""
+    """Number of optimisation steps (on --resume: raise it to train a finished run further)."""
     data_factor: int = 1
     """Downsample images by this factor (cached on disk beside the run)."""
     test_every: int = 8
     """Hold out every N-th image for evaluation (0: no test split)."""
+    device: Device = "auto"
+    """Where to train: auto (CUDA when torch sees a GPU, else the CPU), cpu or cuda."""
     backend: str = "auto"
-    """Render backend: auto, torch, or any other registered one."""
+    """Render backend: auto (gsplat or our CUDA build on a GPU, our native build on the CPU), native, gsplat,
+    torch (the slow reference)."""
     resume: bool = False
-    """Continue the run in --out from its last checkpoint."""
+    """Continue the run in --out from its last checkpoint; flags given with it override the saved settings
+    (except scene, data factor, test split, seed and plug-in kinds)."""
     seed: int = 0
     sh_degree: int = 3
     """Final spherical-harmonics degree."""
     sh_degree_interval: int = 1000
     """Switch on one more SH band every this many steps."""
-    init_opacity: float = 0.1
-    init_scale: float = 1.0
-    """Multiplier on the 3-nearest-neighbour initial scale."""
+    init_opacity: Optional[float] = None
+    """Initial opacity of every Gaussian (default: the strategy's: 0.1 for ADC, 0.5 for MCMC)."""
+    init_scale: Optional[float] = None
+    """Multiplier on the 3-nearest-neighbour initial scale (default: the strategy's: 1 for ADC, 0.1 for MCMC)."""
     ssim_lambda: float = 0.2
     """Loss = (1 - lambda) L1 + lambda (1 - SSIM)."""
     random_background: bool = False
     """Composite each render over a random colour (discourages transparent 'holes')."""
     lr: LearningRates = field(default_factory=LearningRates)
-    strategy: ADCStrategy = field(default_factory=ADCStrategy)
+    parameterisation: ParameterisationChoice = field(default_factory=Plain3DGS)
+    """How parameters become Gaussians."""
+    strategy: StrategyChoice = field(default_factory=ADCStrategy)
+    """How Gaussians are added, removed and relocated."""
     checkpoint_every: int = 1000
     """Write a checkpoint every N steps (and at the end)."""
     eval_steps: tuple[int, ...] = (7_000, 30_000)

@@ -1,33 +1,74 @@
-"""A run folder's `config.json` (written by `train.prepare`): reading it, and loading the scene it trained on,
-with one set of errors for every command that opens a run (eval, render, export, view)."""
+"""The one reader of a run folder (`config.json`, written by `train.prepare`, and its checkpoints) for every
+command that opens a run (train --resume, eval, render, export, view), with one set of one-line errors."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from splatkit.config_json import from_json
 from splatkit.data import load_scene
-from splatkit.data.scene import Scene
-from splatkit.errors import SplatkitError, file_error
+from splatkit.data.scene import Scene, Similarity
+from splatkit.errors import file_error
+from splatkit.model.gaussians import Gaussians
+from splatkit.model.sh import num_sh_bases
+from splatkit.train import checkpoint
+from splatkit.train.config import TrainConfig
+from splatkit.train.gaussian_model import GaussianModel
 
 
-def read_run_record(run_dir: Path) -> dict:
+@dataclass
+class RunRecord:
+    """A run folder's settings: the decoded `TrainConfig`, the resolved scene path and the map from the scene's
+    original frame to the training frame."""
+
+    run_dir: Path
+    config: TrainConfig
+    scene_path: Path
+    to_normalized: Similarity
+
+    def load_scene(self, scene: str | Path | None = None, data_factor: int | None = None) -> Scene:
+        """The run's scene with its held-out split (`test_every`) and data factor, cameras in the training
+        frame; `scene`/`data_factor` override the run's (e.g. render another capture's cameras)."""
+        return load_scene(Path(scene) if scene is not None else self.scene_path,
+                          data_factor=data_factor or self.config.data_factor, test_every=self.config.test_every)
+
+    def checkpoint_gaussians(self, path: Path) -> Gaussians:
+        """The model saved in checkpoint `path`, through the run's parameterisation (training frame, CPU)."""
+        state = checkpoint.load_checkpoint(path)
+        model = GaussianModel(self.config.parameterisation, "cpu")
+        empty = Gaussians(torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0, 4), torch.zeros(0),
+                          torch.zeros(0, 1, 3), torch.zeros(0, num_sh_bases(self.config.sh_degree) - 1, 3))
+        self.config.parameterisation.create(model, empty, self.config.lr, 1.0)
+        try:
+            model.load_state_dict(state)
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise file_error(path, f"does not match the run's parameterisation ({exc})") from None
+        return model.gaussians()
+
+
+def read_run(run_dir: Path) -> RunRecord:
+    """Read `run_dir/config.json`. Raises SplatkitError (one line naming the file and the problem) for a folder
+    that is no run, a corrupt file, or settings this version does not know."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise file_error(run_dir, "not a splatkit run folder (no config.json)")
     try:
         record = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise file_error(path, f"corrupt run config ({exc})") from None
     if not isinstance(record, dict):
         raise file_error(path, "corrupt run config (not a JSON object)")
-    return record
+    for key in ("config", "scene_path", "to_normalized"):
+        if key not in record:
+            raise file_error(path, f"corrupt run config (no '{key}')")
+    config = from_json(TrainConfig, record["config"], source=path)
+    try:
+        to_normalized = Similarity.from_json(record["to_normalized"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise file_error(path, f"corrupt run config (to_normalized: {exc})") from None
+    return RunRecord(Path(run_dir), config, Path(record["scene_path"]), to_normalized)
 
-
-def load_run_scene(record: dict) -> Scene:
-    """The scene the run trained on, with its data factor and held-out split (cameras in the training frame)."""
-    if "scene_path" not in record:
-        raise SplatkitError("the run's config.json names no scene")
-    settings = record.get("config", {})
-    return load_scene(Path(record["scene_path"]), data_factor=settings.get("data_factor", 1),
-                      test_every=settings.get("test_every", 8))

@@ -1,5 +1,6 @@
-"""The 3DGS training loop. It reads top to bottom as the algorithm: pick a view, render, L1 + D-SSIM loss,
-backward, Adam step, and let the strategy grow/prune/reset. Strategies plug in through one interface."""
+"""The 3DGS training loop. It reads top to bottom as the algorithm: pick a view, render, L1 + D-SSIM loss (plus
+any plug-in's terms), backward, Adam step, and let the plug-ins grow/prune/relocate. The parameterisation and the
+strategy plug in through the same hooks (`splatkit.train.plugin`); the loop never asks which ones run."""
 
 from __future__ import annotations
 
@@ -18,16 +19,20 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from splatkit.atomic import write_text_atomic
+from splatkit.config_json import to_json
 from splatkit.data import ImageStore, Scene, load_scene
 from splatkit.data.demo_scene import demo_scene_path
-from splatkit.errors import SplatkitError
+from splatkit.errors import SplatkitError, file_error
 from splatkit.io.ply import save_ply
-from splatkit.model.gaussians import PARAM_NAMES, Gaussians, init_from_points
-from splatkit.render import rasterize, resolve_backend
+from splatkit.model.gaussians import Gaussians, init_from_points
+from splatkit.render import rasterize, resolve_backend, resolve_device
 from splatkit.train import checkpoint
-from splatkit.train.config import TrainConfig
+from splatkit.train.config import RUN_DEFINING, TrainConfig
 from splatkit.train.evaluate import evaluate
+from splatkit.train.gaussian_model import GaussianModel
 from splatkit.train.metrics import psnr, ssim
+from splatkit.train.plugin import SetupContext, StepInfo
+from splatkit.train.run_record import read_run
 
 console = Console(stderr=True)
 
@@ -49,43 +54,29 @@ def image_cache_dir(run_dir: Path, scene_path: Path) -> Path:
     return run_dir.resolve().parent / ".cache" / f"{scene_path.name}-{key}"
 
 
-def config_to_json(cfg: TrainConfig) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-
-
-def config_from_json(d: dict) -> TrainConfig:
-    from splatkit.train.config import LearningRates
-    from splatkit.train.strategies import ADCStrategy
-
-    d = dict(d)
-    d["lr"] = LearningRates(**d["lr"])
-    d["strategy"] = ADCStrategy(**d["strategy"])
-    d["out"] = Path(d["out"]) if d.get("out") else None
-    d["eval_steps"] = tuple(d["eval_steps"])
-    return TrainConfig(**d)
-
-
 class Trainer:
-    """Owns the parameters, their optimisers, the strategy state and the random generator of one run."""
+    """Owns the model (parameters, optimisers, per-Gaussian buffers), the plug-ins' states and the random
+    generator of one run, on the device the config names."""
 
-    def __init__(self, cfg: TrainConfig, scene: Scene, images: ImageStore, run_dir: Path,
-                 device: str = "cpu") -> None:
+    def __init__(self, cfg: TrainConfig, scene: Scene, images: ImageStore, run_dir: Path) -> None:
         self.cfg, self.scene, self.images, self.run_dir = cfg, scene, images, run_dir
-        self.device = torch.device(device)
+        self.device = resolve_device(cfg.device)
         self.backend = resolve_backend(cfg.backend, self.device)
         self.extent = scene.extent * 1.1
-        self.strategy = cfg.strategy
+        self.plugins = {"parameterisation": cfg.parameterisation, "strategy": cfg.strategy}
+        self.model = GaussianModel(cfg.parameterisation, self.device)
+        init = init_from_points(
+            scene.points, scene.colors, sh_degree=cfg.sh_degree, seed=cfg.seed,
+            init_opacity=cfg.strategy.init_opacity if cfg.init_opacity is None else cfg.init_opacity,
+            init_scale=cfg.strategy.init_scale if cfg.init_scale is None else cfg.init_scale)
+        cfg.parameterisation.create(self.model, init, cfg.lr, self.extent)
+        latest = checkpoint.list_checkpoints(self.checkpoint_dir)[-1:] if cfg.resume else []
+        ctx = SetupContext(scene, self.model, run_dir, cfg.steps, self.extent, cfg.seed, resumed=bool(latest))
+        self.states = {key: plugin.setup(ctx) for key, plugin in self.plugins.items()}
+        self.generator = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
-        latest = checkpoint.list_checkpoints(self.checkpoint_dir)
-        if cfg.resume and latest:
-            self._restore(checkpoint.load_checkpoint(latest[-1]))
-        else:
-            gaussians = init_from_points(scene.points, scene.colors, sh_degree=cfg.sh_degree,
-                                         init_opacity=cfg.init_opacity, init_scale=cfg.init_scale, seed=cfg.seed)
-            self.params = {k: torch.nn.Parameter(v.to(self.device)) for k, v in gaussians.as_dict().items()}
-            self.optimizers = self._make_optimizers()
-            self.strategy_state = self.strategy.initialize_state()
-            self.generator = torch.Generator().manual_seed(cfg.seed)
+        if latest:
+            self._restore(latest[0])
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -93,46 +84,32 @@ class Trainer:
 
     @property
     def gaussians(self) -> Gaussians:
-        return Gaussians.from_dict(self.params)
+        """The current model, detached, in raw INRIA form (training frame, on the training device)."""
+        return self.model.gaussians()
 
-    def _make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        lrs = dataclasses.asdict(self.cfg.lr)
-        lrs["means"] *= self.extent
-        # fused: one kernel per step instead of a dozen element-wise passes (~7x faster on the CPU).
-        return {name: torch.optim.Adam([self.params[name]], lr=lrs[name], eps=1e-15, fused=True)
-                for name in PARAM_NAMES}
-
-    def _means_lr(self, step: int) -> float:
-        """Exponential decay from the initial rate to 1% of it at the last step."""
-        return self.cfg.lr.means * self.extent * 0.01 ** (step / max(1, self.cfg.steps))
-
-    def _restore(self, state: dict[str, Any]) -> None:
+    def _restore(self, path: Path) -> None:
+        state = checkpoint.load_checkpoint(path)
+        try:
+            self.model.load_state_dict(state)
+            for key in self.plugins:
+                self.states[key] = state["plugins"][key]
+        except KeyError as exc:
+            raise file_error(path, f"checkpoint lacks {exc} (written by another splatkit version or plug-in); "
+                                   "start a new run with another --out") from None
         self.step = state["step"]
-        self.params = {k: torch.nn.Parameter(v.to(self.device)) for k, v in state["params"].items()}
-        self.optimizers = self._make_optimizers()
-        for name, opt_state in state["optimizers"].items():
-            self.optimizers[name].load_state_dict(opt_state)
-            for group in self.optimizers[name].param_groups:  # older checkpoints saved unfused settings
-                group["fused"] = True
-        self.strategy_state = state["strategy"]
         self.generator = state["generator"]
         torch.set_rng_state(state["torch_rng"])
 
     def save_checkpoint(self) -> Path:
         self._check_finite()
-        payload = {
-            "params": {k: v.detach().cpu() for k, v in self.params.items()},
-            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "strategy": self.strategy_state,
-            "generator": self.generator,
-            "torch_rng": torch.get_rng_state(),
-        }
+        payload = {**self.model.state_dict(), "plugins": self.states, "generator": self.generator,
+                   "torch_rng": torch.get_rng_state()}
         return checkpoint.save_checkpoint(self.checkpoint_dir, self.step, payload)
 
     def _check_finite(self, loss: torch.Tensor | None = None) -> None:
         # A sum is finite exactly when every element is (or it overflowed, which is divergence too), and
         # summing is ~20x cheaper than an element-wise isfinite over millions of values.
-        bad = [k for k, v in self.params.items() if not torch.isfinite(v.detach().sum())]
+        bad = [k for k, v in self.model.params.items() if not torch.isfinite(v.detach().sum())]
         if loss is not None and not torch.isfinite(loss):
             bad.insert(0, "loss")
         if bad:
@@ -140,11 +117,13 @@ class Trainer:
             where = f"the last good checkpoint is {kept[-1]}" if kept else "no checkpoint was written yet"
             raise SplatkitError(f"training diverged at step {self.step}: non-finite {', '.join(bad)}; {where}")
 
+    def _hook(self, name: str, info: StepInfo) -> None:
+        for key, plugin in self.plugins.items():
+            getattr(plugin, name)(self.model, self.states[key], info)
+
     def train_step(self) -> dict[str, float]:
         cfg, step = self.cfg, self.step
-        sh_degree = min(step // cfg.sh_degree_interval, cfg.sh_degree)
-        for group in self.optimizers["means"].param_groups:
-            group["lr"] = self._means_lr(step)
+        self.model.set_progress(step / max(1, cfg.steps))
         train_ids = self.scene.train_ids
         index = train_ids[int(torch.randint(len(train_ids), (1,), generator=self.generator))]
         camera = self.scene.cameras[index]
@@ -154,32 +133,35 @@ class Trainer:
         else:
             background = self.scene.background or (0.0, 0.0, 0.0)
 
-        render = rasterize(self.gaussians, camera, sh_degree=sh_degree, background=background,
-                           backend=self.backend)
-        info = {"render": render, "width": camera.width, "height": camera.height,
-                "scene_extent": self.extent, "steps": cfg.steps}
-        self.strategy.pre_backward(self.params, self.optimizers, self.strategy_state, step, info)
+        gaussians = self.model.activated()
+        render = rasterize(gaussians, camera, sh_degree=min(step // cfg.sh_degree_interval, cfg.sh_degree),
+                           background=background, backend=self.backend)
+        error = (render.rgb.detach() - target).abs().sum(dim=-1)
+        info = StepInfo(step, cfg.steps, camera, index, target, gaussians, render, error, self.extent)
+        self._hook("pre_backward", info)
         l1 = torch.abs(render.rgb - target).mean()
         loss = (1 - cfg.ssim_lambda) * l1 + cfg.ssim_lambda * (1 - ssim(render.rgb, target))
+        extra = {name: term for key, plugin in self.plugins.items()
+                 for name, term in plugin.losses(self.model, self.states[key], info).items()}
+        loss = loss + sum(extra.values())
         self._check_finite(loss)
         loss.backward()
-        self.strategy.post_backward(self.params, self.optimizers, self.strategy_state, step, info)
-        for optimizer in self.optimizers.values():
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        self.strategy.after_step(self.params, self.optimizers, self.strategy_state, step, info)
+        self._hook("post_backward", info)
+        self.model.step()
+        self._hook("after_step", info)
         self.step += 1
-        return {"loss": loss.item(), "psnr": psnr(render.rgb.detach(), target)}
+        return {"loss": loss.item(), "psnr": psnr(render.rgb.detach(), target),
+                **{name: term.item() for name, term in extra.items()}}
 
     def evaluate(self, side_by_side_dir: Path | None = None) -> dict:
-        return evaluate(self.gaussians.detach(), self.scene, self.images, self.scene.test_ids,
+        return evaluate(self.gaussians, self.scene, self.images, self.scene.test_ids,
                         backend=self.backend, side_by_side_dir=side_by_side_dir)
 
     def export_ply(self) -> Path:
         """The model in the scene's original (e.g. COLMAP) frame."""
         back = self.scene.to_normalized.inverse()
         path = self.run_dir / "point_cloud.ply"
-        save_ply(self.gaussians.detach().to("cpu").transformed(back), path)
+        save_ply(self.gaussians.to("cpu").transformed(back), path)
         return path
 
 
@@ -191,27 +173,49 @@ def _progress() -> Progress:
 
 
 def prepare(cfg: TrainConfig) -> tuple[TrainConfig, Scene, ImageStore, Path]:
-    """Resolve the run folder (reloading its config on --resume), load the scene and its image store."""
+    """Check the run folder (on --resume: that the settings which define the run are unchanged), load the scene
+    and its image store, and write the run's config.json."""
     run_dir = cfg.run_dir()
     config_path = run_dir / "config.json"
+    scene_path = resolve_scene_path(cfg.scene)
     if cfg.resume:
         if not config_path.is_file():
             raise SplatkitError(f"{run_dir}: nothing to resume (no config.json); start it without --resume")
-        cfg = dataclasses.replace(config_from_json(json.loads(config_path.read_text())["config"]), resume=True)
+        saved = read_run(run_dir)
+        _refuse_changes(config_path, saved.config, cfg, saved.scene_path, scene_path)
     elif checkpoint.list_checkpoints(run_dir / "checkpoints"):
         raise SplatkitError(f"{run_dir}: a run already lives here; add --resume to continue it or pick another --out")
-    scene_path = resolve_scene_path(cfg.scene)
     scene = load_scene(scene_path, data_factor=cfg.data_factor, test_every=cfg.test_every)
     images = ImageStore(scene.cameras, cache_dir=image_cache_dir(run_dir, scene_path),
                         background=scene.background, max_cached=cfg.max_cached_images)
     run_dir.mkdir(parents=True, exist_ok=True)
-    record = {"config": config_to_json(cfg), "scene_path": str(scene_path),
+    record = {"config": to_json(cfg), "scene_path": str(scene_path),
               "to_normalized": scene.to_normalized.to_json()}
     write_text_atomic(config_path, json.dumps(record, indent=2))
     return cfg, scene, images, run_dir
 
 
-def train(cfg: TrainConfig, *, device: str = "cpu", show_progress: bool = True,
+def _setting(cfg: TrainConfig, dotted: str) -> Any:
+    value: Any = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _refuse_changes(config_path: Path, saved: TrainConfig, cfg: TrainConfig, saved_scene: Path,
+                    scene_path: Path) -> None:
+    """One line naming the first run-defining setting a resume would change (the scene compares by path)."""
+    if saved_scene != scene_path:
+        raise file_error(config_path, f"--resume cannot change the scene ({saved_scene} -> {scene_path}); "
+                                      "train it into another --out")
+    for name in RUN_DEFINING[1:]:
+        before, after = _setting(saved, name), _setting(cfg, name)
+        if before != after:
+            raise file_error(config_path, f"--resume cannot change {name} ({before!r} -> {after!r}); "
+                                          "train it into another --out")
+
+
+def train(cfg: TrainConfig, *, show_progress: bool = True,
           watch: Callable[[Trainer], ContextManager[Any]] | None = None) -> dict:
     """Run (or resume) training; returns the final held-out metrics, also written to <run>/metrics.json.
 
@@ -219,9 +223,10 @@ def train(cfg: TrainConfig, *, device: str = "cpu", show_progress: bool = True,
     the loop; what it yields, if not None, is called as `after_step(trainer, stats, steps_per_s, stop_requested)`.
     """
     cfg, scene, images, run_dir = prepare(cfg)
-    trainer = Trainer(cfg, scene, images, run_dir, device=device)
+    trainer = Trainer(cfg, scene, images, run_dir)
     console.print(f"splatkit: {len(scene.train_ids)} training / {len(scene.test_ids)} held-out views, "
-                  f"{len(trainer.params['means']):,} initial Gaussians, backend {trainer.backend}, "
+                  f"{len(trainer.model):,} initial Gaussians, strategy {cfg.strategy.name}, "
+                  f"{trainer.device.type} backend {trainer.backend}, "
                   f"run folder {run_dir}" + (f", resuming at step {trainer.step}" if trainer.step else ""))
     log_path = run_dir / "metrics.jsonl"
     smoothed: dict[str, float] = {}
@@ -238,7 +243,7 @@ def train(cfg: TrainConfig, *, device: str = "cpu", show_progress: bool = True,
                 stats = trainer.train_step()
                 smoothed = {k: 0.9 * smoothed.get(k, v) + 0.1 * v for k, v in stats.items()}
                 step = trainer.step
-                n = len(trainer.params["means"])
+                n = len(trainer.model)
                 rate = (step - start_step) / (time.perf_counter() - started)
                 line = f"loss {smoothed['loss']:.4f}  PSNR {smoothed['psnr']:.2f}  #G {n:,}  {rate:.1f} it/s"
                 progress.update(task, completed=step, stats=line)
@@ -256,7 +261,7 @@ def train(cfg: TrainConfig, *, device: str = "cpu", show_progress: bool = True,
                     trainer.save_checkpoint()
     ply_path = trainer.export_ply()
     result = trainer.evaluate(run_dir / "eval") if scene.test_ids else {"mean": {}, "views": []}
-    metrics = {"step": trainer.step, "num_gaussians": len(trainer.params["means"]), **result["mean"],
+    metrics = {"step": trainer.step, "num_gaussians": len(trainer.model), **result["mean"],
                "views": result["views"]}
     write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     summary = f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f} on {len(scene.test_ids)} held-out views" \

@@ -13,6 +13,7 @@ from typing import Iterator
 
 
 from splatkit.errors import SplatkitError
+from splatkit.render import resolve_backend, resolve_device
 from splatkit.viewer.camera import frame_camera, frame_points, pose_from_camera, up_from_cameras, up_from_points
 from splatkit.viewer.config import ViewConfig
 from splatkit.viewer.pacing import RenderShare
@@ -108,11 +109,9 @@ class Viewer:
 
 def run_view(cfg: ViewConfig) -> None:
     """`splatkit view`: load (errors before any server starts), serve, block until Ctrl-C."""
-    source = load_source(cfg.model)
+    source = load_source(cfg.model, resolve_device(cfg.device))
     settings = SessionSettings(mode=cfg.mode, backend=cfg.backend, max_height=cfg.max_height,
                                target_fps=cfg.target_fps, output_dir=cfg.output_dir)
-    from splatkit.render import resolve_backend
-
     resolve_backend(cfg.backend, source.snapshot().gaussians.means.device)  # unknown backend: fail now
     viewer = Viewer(source, host=cfg.host, port=cfg.port, settings=settings)
     n = len(source.snapshot().gaussians)

@@ -8,6 +8,8 @@ from typing import Literal
 
 import tyro
 
+from splatkit.render.api import Device
+
 
 @dataclass
 class ViewConfig:
@@ -24,6 +26,8 @@ class ViewConfig:
     mode: Literal["streamed", "splats"] = "streamed"
     """Initial render mode: `streamed` renders here and sends images; `splats` sends the Gaussians to the
     browser, which draws them itself (fast to move, SH degree 0 colours only). Switchable in the GUI."""
+    device: Device = "auto"
+    """Where streamed renders run: auto (CUDA when torch sees a GPU), cpu or cuda."""
     backend: str = "auto"
     """Render backend for streamed mode: auto, torch, native, gsplat."""
     max_height: int = 1080

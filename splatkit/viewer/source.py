@@ -20,7 +20,7 @@ from splatkit.io.formats import read_splats
 from splatkit.io.ply import load_ply
 from splatkit.model.gaussians import Gaussians
 from splatkit.train import checkpoint
-from splatkit.train.run_record import load_run_scene, read_run_record
+from splatkit.train.run_record import RunRecord, read_run
 
 T = TypeVar("T")
 
@@ -77,18 +77,16 @@ class ModelSource:
         return work()
 
 
-def _load_run_scene(record: dict, run_dir: Path) -> Scene | None:
+def _load_run_scene(record: RunRecord, run_dir: Path) -> Scene | None:
     """The run's scene for its cameras; without it (moved or deleted) the model is still shown."""
-    if "to_normalized" not in record:
-        return None
     try:
-        return load_run_scene(record)
+        return record.load_scene()
     except SplatkitError as exc:
         print(f"splatkit view: showing {run_dir} without its cameras ({exc})")
         return None
 
 
-def load_source(path: Path) -> ModelSource:
+def load_source(path: Path, device: torch.device | str = "cpu") -> ModelSource:
     """Load a .ply or a run folder; every problem is a one-line `SplatkitError`, raised before any server starts.
 
     A run folder's model is shown in the training (normalised) frame, where its scene's cameras are; a run
@@ -97,8 +95,8 @@ def load_source(path: Path) -> ModelSource:
     if not path.exists():
         raise file_error(path, "no such file or folder")
     if not path.is_dir():
-        return ModelSource(read_splats(path), name=path.name)  # any format splatkit reads
-    record = read_run_record(path)
+        return ModelSource(read_splats(path).to(device), name=path.name)  # any format splatkit reads
+    record = read_run(path)
     ply = path / "point_cloud.ply"
     checkpoints = checkpoint.list_checkpoints(path / "checkpoints")
     scene = _load_run_scene(record, path)
@@ -110,20 +108,15 @@ def load_source(path: Path) -> ModelSource:
             model = model.transformed(t)
             to_file_frame = t.inverse()
     elif checkpoints:
-        try:
-            params = checkpoint.load_checkpoint(checkpoints[-1])["params"]
-            model = Gaussians.from_dict({k: v.detach().float().cpu() for k, v in params.items()})
-        except Exception as exc:  # torch.load raises many types for damaged files
-            raise file_error(checkpoints[-1], f"not a readable checkpoint ({exc})") from None
+        model = record.checkpoint_gaussians(checkpoints[-1])
         if scene is None:
             print(f"splatkit view: {path} has no point_cloud.ply yet; showing {checkpoints[-1].name}")
-        if "to_normalized" in record:
-            to_file_frame = Similarity.from_json(record["to_normalized"]).inverse()
+        to_file_frame = record.to_normalized.inverse()
     else:
         raise file_error(path, "the run has no point_cloud.ply and no checkpoint yet")
     if len(model) == 0:
         raise file_error(path, "the model has no Gaussians")
-    return ModelSource(model, cameras=scene.cameras if scene else None, name=path.name,
+    return ModelSource(model.to(device), cameras=scene.cameras if scene else None, name=path.name,
                        background=scene.background if scene else None, to_file_frame=to_file_frame)
 
 
@@ -144,7 +137,7 @@ class LiveSource(ModelSource):
         self.watching = 0  # number of clients connected; nothing is copied without one
         self._last_copy = time.perf_counter()
         self.stats = TrainingStats(step=trainer.step, total_steps=trainer.cfg.steps,
-                                   num_gaussians=len(trainer.params["means"]))
+                                   num_gaussians=len(trainer.model))
         self.busy_seconds = 0.0  # time the training thread spent on the viewer (copies, renders)
         self.renders = 0
         self._jobs: list[tuple[Callable[[], object], Future]] = []
@@ -154,12 +147,12 @@ class LiveSource(ModelSource):
     @staticmethod
     def _copy(trainer) -> Gaussians:
         with torch.no_grad():
-            return Gaussians.from_dict({k: v.detach().clone() for k, v in trainer.params.items()})
+            return Gaussians.from_dict({k: v.clone() for k, v in trainer.gaussians.as_dict().items()})
 
     def after_step(self, trainer, stats: dict[str, float], steps_per_second: float,
                    stop_requested=lambda: False) -> None:
         self.stats = TrainingStats(step=trainer.step, total_steps=trainer.cfg.steps, loss=stats.get("loss", 0.0),
-                                   psnr=stats.get("psnr", 0.0), num_gaussians=len(trainer.params["means"]),
+                                   psnr=stats.get("psnr", 0.0), num_gaussians=len(trainer.model),
                                    steps_per_second=steps_per_second)
         now = time.perf_counter()
         if self.watching and (now - self._last_copy >= self.interval or self.paused.is_set()):

@@ -13,12 +13,17 @@ from typing import Any
 
 import torch
 
+from splatkit.train.gaussian_model import GaussianModel
+from splatkit.train.plugin import SetupContext, StepInfo
 from splatkit.train.strategies import ops
-from splatkit.train.strategies.base import Optimizers, Params, Strategy
+from splatkit.train.strategies.base import STRATEGIES, Strategy
 
 
+@STRATEGIES.register("adc")
 @dataclass
 class ADCStrategy(Strategy):
+    """Adaptive density control (3DGS): clone, split and prune by screen-space gradient, periodic opacity reset."""
+
     prune_opa: float = 0.005
     """Prune Gaussians whose opacity falls below this."""
     grow_grad2d: float = 2e-4
@@ -34,52 +39,50 @@ class ADCStrategy(Strategy):
     seed: int = 0
     """Seed of the split sampler (its state is checkpointed)."""
 
-    def initialize_state(self) -> dict[str, Any]:
-        generator = torch.Generator().manual_seed(self.seed)
-        return {"grad2d": None, "count": None, "generator": generator}
+    def setup(self, ctx: SetupContext) -> dict[str, Any]:
+        n = len(ctx.model)
+        # Per-Gaussian gradient statistics since the last refinement: they follow every edit of the set.
+        ctx.model.add_buffer("grad2d", torch.zeros(n), new_rows="zero")
+        ctx.model.add_buffer("grad2d_count", torch.zeros(n), new_rows="zero")
+        return {"generator": torch.Generator().manual_seed(self.seed)}
 
-    def pre_backward(self, params: Params, optimizers: Optimizers, state: dict, step: int, info: dict) -> None:
-        info["render"].means2d.retain_grad()
+    def pre_backward(self, model: GaussianModel, state: dict, info: StepInfo) -> None:
+        info.render.means2d.retain_grad()
 
     @torch.no_grad()
-    def post_backward(self, params: Params, optimizers: Optimizers, state: dict, step: int, info: dict) -> None:
-        if step >= self.refine_stop:
+    def post_backward(self, model: GaussianModel, state: dict, info: StepInfo) -> None:
+        if info.step >= self.refine_stop:
             return
-        render = info["render"]
-        n = params["means"].shape[0]
-        if state["grad2d"] is None or state["grad2d"].shape[0] != n:
-            state["grad2d"] = torch.zeros(n, device=params["means"].device)
-            state["count"] = torch.zeros(n, device=params["means"].device)
+        render = info.render
         visible = (render.radii > 0).all(dim=-1)
         # Gradients in NDC units (x W/2, x H/2) so the threshold does not depend on the image size.
-        grad = render.means2d_grad[visible]
-        grad = grad * grad.new_tensor([info["width"] / 2, info["height"] / 2])
-        state["grad2d"][visible] += grad.norm(dim=-1)
-        state["count"][visible] += 1
+        grad = render.means2d_grad[visible] * render.means2d.new_tensor([info.width / 2, info.height / 2])
+        model.buffers["grad2d"][visible] += grad.norm(dim=-1)
+        model.buffers["grad2d_count"][visible] += 1
 
     @torch.no_grad()
-    def after_step(self, params: Params, optimizers: Optimizers, state: dict, step: int, info: dict) -> None:
-        extent = info["scene_extent"]
+    def after_step(self, model: GaussianModel, state: dict, info: StepInfo) -> None:
+        step, extent = info.step, info.scene_extent
         if self.refine_start < step < self.refine_stop and step % self.refine_every == 0:
-            self._grow(params, optimizers, state, extent)
-            self._prune(params, optimizers, step, extent)
-            state["grad2d"] = state["count"] = None
+            self._grow(model, state, extent)
+            self._prune(model, step, extent)
+            model.buffers["grad2d"].zero_()
+            model.buffers["grad2d_count"].zero_()
         if step > 0 and step % self.reset_every == 0 and step < self.refine_stop:
-            ops.reset_opacities(params, optimizers, 2 * self.prune_opa)
+            ops.reset_opacities(model, 2 * self.prune_opa)
 
-    def _grow(self, params: Params, optimizers: Optimizers, state: dict, extent: float) -> None:
-        if state["grad2d"] is None:
-            return
-        mean_grad = state["grad2d"] / state["count"].clamp(min=1)
+    def _grow(self, model: GaussianModel, state: dict, extent: float) -> None:
+        mean_grad = model.buffers["grad2d"] / model.buffers["grad2d_count"].clamp(min=1)
         high = mean_grad > self.grow_grad2d
-        small = torch.exp(params["scales"]).max(dim=-1).values <= self.grow_scale3d * extent
-        ops.duplicate(params, optimizers, high & small)
+        small = model.activated().scales.max(dim=-1).values <= self.grow_scale3d * extent
+        ops.duplicate(model, high & small)
         # Clones were appended at the end; they are never split in the same round.
-        to_split = torch.cat([high & ~small, torch.zeros(int((high & small).sum()), dtype=torch.bool, device=high.device)])
-        ops.split(params, optimizers, to_split, state["generator"])
+        clones = torch.zeros(int((high & small).sum()), dtype=torch.bool, device=high.device)
+        ops.split(model, torch.cat([high & ~small, clones]), state["generator"])
 
-    def _prune(self, params: Params, optimizers: Optimizers, step: int, extent: float) -> None:
-        prune = torch.sigmoid(params["opacities"]) < self.prune_opa
+    def _prune(self, model: GaussianModel, step: int, extent: float) -> None:
+        current = model.activated()
+        prune = current.opacities < self.prune_opa
         if step > self.reset_every:
-            prune |= torch.exp(params["scales"]).max(dim=-1).values > self.prune_scale3d * extent
-        ops.remove(params, optimizers, prune)
+            prune |= current.scales.max(dim=-1).values > self.prune_scale3d * extent
+        ops.remove(model, prune)

@@ -1,32 +1,20 @@
-"""The interface every densification / point-management strategy implements.
-
-A strategy is a dataclass of hyper-parameters (it doubles as its CLI config). Its mutable state is a plain dict
-the trainer owns, passes back at each call and saves in checkpoints. Every callback has the same signature;
-anything extra a strategy needs (the render output, image size, scene extent, step count) arrives in `info`,
-so the trainer never has to know which strategy it runs.
-"""
+"""The strategy plug-in: how Gaussians are added, removed, relocated and reset while training."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
-import torch
-
-Params = dict[str, torch.nn.Parameter]
-Optimizers = dict[str, torch.optim.Optimizer]
+from splatkit.train.plugin import Plugin, Registry
 
 
-@dataclass
-class Strategy:
-    def initialize_state(self) -> dict[str, Any]:
-        return {}
+class Strategy(Plugin):
+    """A densification / point-management strategy: a config dataclass whose hooks edit the `GaussianModel`.
 
-    def pre_backward(self, params: Params, optimizers: Optimizers, state: dict, step: int, info: dict) -> None:
-        """Before `loss.backward()`: e.g. ask for gradients of intermediate tensors."""
+    `init_opacity` and `init_scale` are the initialisation its recipe assumes (the trainer's `--init-opacity` and
+    `--init-scale` override them)."""
 
-    def post_backward(self, params: Params, optimizers: Optimizers, state: dict, step: int, info: dict) -> None:
-        """After `loss.backward()`, before the optimiser step: gradients are available."""
+    init_opacity: ClassVar[float] = 0.1
+    init_scale: ClassVar[float] = 1.0
 
-    def after_step(self, params: Params, optimizers: Optimizers, state: dict, step: int, info: dict) -> None:
-        """After the optimiser step: the place to add, remove or reset Gaussians."""
+
+STRATEGIES: Registry[Strategy] = Registry("strategy")

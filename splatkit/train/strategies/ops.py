@@ -1,84 +1,144 @@
-"""Edits to the Gaussian set that keep parameters and Adam's moment estimates in step.
+"""Edits of the Gaussian set that strategies compose: clone, split, prune, opacity reset, MCMC relocation.
 
-Everything goes through `update_params`, so clone, split, prune and reset are a few lines each.
+Each is a few lines over `GaussianModel.append/keep/assign/relocate`, which carry every per-Gaussian tensor (and
+its Adam moments) along, and over the parameterisation's `raw()`, which turns a wanted scale or opacity into the
+parameters that produce it. Randomness comes from a CPU `torch.Generator` (the run's seed, checkpointed) and is
+moved to the model's device, so a run draws the same numbers on every device.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+import math
 
 import torch
 
-from splatkit.model.gaussians import Gaussians
 from splatkit.render.projection import quat_to_rotmat
-from splatkit.train.strategies.base import Optimizers, Params
-
-ParamFn = Callable[[str, torch.Tensor], torch.Tensor]
-StateFn = Callable[[str, torch.Tensor], torch.Tensor]
+from splatkit.train.gaussian_model import GaussianModel
 
 
-@torch.no_grad()
-def update_params(params: Params, optimizers: Optimizers, param_fn: ParamFn, state_fn: StateFn,
-                  names: list[str] | None = None) -> None:
-    """Replace each named parameter by `param_fn(name, p)` and each of its Adam moments by `state_fn(key, m)`."""
-    for name in list(params) if names is None else names:
-        new = torch.nn.Parameter(param_fn(name, params[name].data), requires_grad=params[name].requires_grad)
-        optimizer = optimizers[name]
-        old = optimizer.param_groups[0]["params"][0]
-        state = optimizer.state.pop(old, {})
-        for key, value in state.items():
-            if key != "step" and isinstance(value, torch.Tensor) and value.dim() > 0:
-                state[key] = state_fn(key, value)
-        optimizer.param_groups[0]["params"] = [new]
-        optimizer.state[new] = state
-        params[name] = new
+def _rows(mask: torch.Tensor) -> torch.Tensor:
+    return mask.nonzero(as_tuple=True)[0]
 
 
-def append(params: Params, optimizers: Optimizers, new_values: dict[str, torch.Tensor]) -> None:
-    """Append Gaussians; their Adam moments start at zero."""
-    for name, rows in new_values.items():
-        update_params(
-            params, optimizers,
-            lambda _, p, rows=rows: torch.cat([p, rows]),
-            lambda _, m, count=rows.shape[0]: torch.cat([m, m.new_zeros((count, *m.shape[1:]))]),
-            names=[name],
-        )
-
-
-def remove(params: Params, optimizers: Optimizers, mask: torch.Tensor) -> None:
-    """Delete the Gaussians where `mask` is True."""
-    keep = ~mask
-    update_params(params, optimizers, lambda _, p: p[keep], lambda _, m: m[keep])
-
-
-def duplicate(params: Params, optimizers: Optimizers, mask: torch.Tensor) -> None:
-    """Clone the selected Gaussians unchanged (3DGS 'clone' for small Gaussians with large gradients)."""
-    append(params, optimizers, {name: p.data[mask] for name, p in params.items()})
+def randn(generator: torch.Generator, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Standard normal samples drawn on the CPU from `generator`, on `device`."""
+    return torch.randn(shape, generator=generator).to(device)
 
 
 @torch.no_grad()
-def split(params: Params, optimizers: Optimizers, mask: torch.Tensor, generator: torch.Generator,
-          shrink: float = 1.6) -> None:
-    """Replace each selected Gaussian by two, drawn from it and shrunk by `shrink` (3DGS 'split')."""
-    sel = {name: p.data[mask] for name, p in params.items()}
-    scales = torch.exp(sel["scales"])
-    rot = quat_to_rotmat(sel["quats"])
-    noise = torch.randn((2, *scales.shape), generator=generator, dtype=scales.dtype)
-    offsets = torch.einsum("nij,bnj->bni", rot, scales * noise)
-    children = {name: torch.cat([v, v]) for name, v in sel.items()}
-    children["means"] = (sel["means"][None] + offsets).reshape(-1, 3)
-    children["scales"] = torch.log(scales / shrink).repeat(2, 1)
-    remove(params, optimizers, mask)
-    append(params, optimizers, children)
+def duplicate(model: GaussianModel, mask: torch.Tensor) -> None:
+    """Clone the selected Gaussians unchanged (3DGS 'clone' for small Gaussians with large gradients); the
+    copies are appended at the end."""
+    model.append(_rows(mask))
 
 
 @torch.no_grad()
-def reset_opacities(params: Params, optimizers: Optimizers, value: float) -> None:
-    """Clamp every opacity to at most `value` and forget its Adam moments (the 3DGS opacity reset)."""
-    logit = torch.logit(torch.tensor(value)).item()
-    update_params(params, optimizers, lambda _, p: p.clamp(max=logit), lambda _, m: torch.zeros_like(m),
-                  names=["opacities"])
+def remove(model: GaussianModel, mask: torch.Tensor) -> None:
+    """Delete the Gaussians where `mask` (N,) is True."""
+    model.keep(~mask)
 
 
-def as_gaussians(params: Params) -> Gaussians:
-    return Gaussians.from_dict(params)
+@torch.no_grad()
+def split(model: GaussianModel, mask: torch.Tensor, generator: torch.Generator, shrink: float = 1.6) -> None:
+    """Replace each selected Gaussian by two whose centres are drawn from it and whose scales are its own divided
+    by `shrink` (3DGS 'split'); the children are appended at the end, the parents removed."""
+    rows = _rows(mask)
+    parents = model.activated()
+    scales, rot = parents.scales[rows], quat_to_rotmat(parents.quats[rows])
+    noise = randn(generator, (2, len(rows), 3), scales.device)
+    offsets = torch.einsum("nij,bnj->bni", rot, scales * noise).reshape(-1, 3)
+    sources = rows.repeat(2)
+    values = model.parameterisation.raw(model, sources, scales=(scales / shrink).repeat(2, 1))
+    model.append(sources, {**values, "means": model.params["means"][sources] + offsets})
+    model.keep(torch.cat([~mask, mask.new_ones(len(sources))]))
+
+
+@torch.no_grad()
+def reset_opacities(model: GaussianModel, value: float, mask: torch.Tensor | None = None) -> None:
+    """Lower every opacity above `value` to `value` and restart the opacity parameters' Adam moments (the 3DGS
+    opacity reset); with `mask` (N,), only the selected Gaussians (LPM resets one error zone)."""
+    rows = torch.arange(len(model), device=model.device) if mask is None else _rows(mask)
+    high = model.activated().opacities[rows] > value
+    wanted = model.parameterisation.raw(model, rows[high], opacities=torch.full((int(high.sum()),), value,
+                                                                                  device=model.device))
+    values = {}
+    for name, raw in wanted.items():
+        values[name] = model.params[name][rows].clone()
+        values[name][high] = raw
+    model.assign(rows, values)
+
+
+_N_MAX = 51  # most copies one Gaussian is split into per relocation (gsplat's table size)
+
+
+@functools.cache
+def _relocation_coefficients(device: torch.device) -> torch.Tensor:
+    """c[n, k] = sum over i = 1..n of binom(i-1, k) (-1)^k / sqrt(k+1): the scale correction's inner sums for a
+    Gaussian shared by n copies, as a table (n_max+1, n_max) in float64."""
+    table = torch.zeros(_N_MAX + 1, _N_MAX, dtype=torch.float64)
+    for i in range(1, _N_MAX + 1):
+        for k in range(i):
+            table[i, k] = math.comb(i - 1, k) * (-1) ** k / math.sqrt(k + 1)
+    return table.cumsum(0).to(device)
+
+
+def relocation(opacities: torch.Tensor, scales: torch.Tensor, copies: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Opacity and scale of each of `copies` (R,) identical Gaussians that together stand for one with
+    `opacities` (R,) and `scales` (R, 3) (3DGS as MCMC, Kheradmand et al. 2024, eq. 9): new opacity
+    1 - (1 - o)^(1/N), so the N copies composited at the centre give back o; scales times
+    o / sum_{i=1..N} sum_{k=0..i-1} binom(i-1, k) (-1)^k o_new^(k+1) / sqrt(k+1), which keeps the integral of
+    the composited opacity. Computed in float64 (the alternating sum cancels); N is capped at 51."""
+    n = copies.clamp(1, _N_MAX).long()
+    o = opacities.double()
+    new_o = 1.0 - torch.pow(1.0 - o, 1.0 / n.double())
+    powers = new_o[:, None] ** torch.arange(1, _N_MAX + 1, dtype=torch.float64, device=o.device)
+    denominator = (_relocation_coefficients(o.device)[n] * powers).sum(-1)
+    new_scales = scales * (o / denominator).to(scales.dtype)[:, None]
+    return new_o.to(opacities.dtype), new_scales
+
+
+def _sample_by_opacity(opacities: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    probs = opacities.detach().double().cpu()
+    return torch.multinomial(probs / probs.sum(), count, replacement=True, generator=generator).to(opacities.device)
+
+
+@torch.no_grad()
+def _shared_values(model: GaussianModel, opacities: torch.Tensor, scales: torch.Tensor, sampled: torch.Tensor,
+                   copies: torch.Tensor, min_opacity: float) -> dict[str, torch.Tensor]:
+    new_o, new_s = relocation(opacities[sampled], scales[sampled], copies)
+    new_o = new_o.clamp(min_opacity, 1.0 - torch.finfo(torch.float32).eps)
+    return model.parameterisation.raw(model, sampled, scales=new_s, opacities=new_o)
+
+
+@torch.no_grad()
+def relocate_dead(model: GaussianModel, dead: torch.Tensor, generator: torch.Generator,
+                  min_opacity: float = 0.005) -> int:
+    """Move the Gaussians where `dead` (N,) is True onto live ones sampled in proportion to opacity; each sampled
+    Gaussian and its new copies share its opacity and size by `relocation()`. Returns how many moved."""
+    dead_rows, alive_rows = _rows(dead), _rows(~dead)
+    if len(dead_rows) == 0 or len(alive_rows) == 0:
+        return 0
+    current = model.activated()
+    sampled = alive_rows[_sample_by_opacity(current.opacities[alive_rows], len(dead_rows), generator)]
+    copies = torch.bincount(sampled, minlength=len(model))[sampled] + 1
+    values = _shared_values(model, current.opacities, current.scales, sampled, copies, min_opacity)
+    model.relocate(sampled, sampled, values)
+    model.relocate(dead_rows, sampled)
+    return len(dead_rows)
+
+
+@torch.no_grad()
+def add_by_opacity(model: GaussianModel, count: int, generator: torch.Generator, min_opacity: float = 0.005) -> int:
+    """Append `count` Gaussians copied from ones sampled in proportion to opacity, sharing opacity and size with
+    them by `relocation()` (MCMC growth). Returns `count`."""
+    if count <= 0:
+        return 0
+    current = model.activated()
+    sampled = _sample_by_opacity(current.opacities, count, generator)
+    copies = torch.bincount(sampled, minlength=len(model))[sampled] + 1
+    values = _shared_values(model, current.opacities, current.scales, sampled, copies, min_opacity)
+    model.assign(sampled, values)
+    model.append(sampled)
+    return count

@@ -1,0 +1,6 @@
+"""Parameterisations: how a model's raw parameters become the Gaussians handed to `rasterize()`."""
+
+from splatkit.train.parameterisations.base import PARAMETERISATIONS, Parameterisation
+from splatkit.train.parameterisations.plain import Plain3DGS
+
+__all__ = ["PARAMETERISATIONS", "Parameterisation", "Plain3DGS"]

@@ -1,0 +1,131 @@
+"""What the trainer and its plug-ins (parameterisations and strategies) exchange, and the registry they join.
+
+A plug-in is a config dataclass (its fields are CLI flags and config.json entries) with a registered `name`.
+Its mutable state lives elsewhere: per-Gaussian tensors in the `GaussianModel` (so every edit carries them) and
+everything else in a plain dict the trainer owns, checkpoints and hands back at every hook. The trainer calls
+the same hooks on every plug-in, in order, and never asks which one it runs:
+
+    setup(ctx) -> state                 once per process: declare buffers, read caches (fresh runs and resumes)
+    losses(model, state, info)          extra loss terms, added to the photometric loss
+    pre_backward(model, state, info)    e.g. retain gradients of intermediate tensors
+    post_backward(model, state, info)   gradients are available, parameters not yet stepped
+    after_step(model, state, info)      after the optimiser step: grow, prune, relocate, reset
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, TypeVar, Union
+
+import torch
+import tyro
+
+from splatkit.data.cameras import Camera
+from splatkit.data.scene import Scene
+from splatkit.errors import SplatkitError
+from splatkit.model.gaussians import ActivatedGaussians
+from splatkit.render import RenderOutput
+
+if TYPE_CHECKING:
+    from splatkit.train.gaussian_model import GaussianModel
+
+
+@dataclass
+class SetupContext:
+    """What a plug-in may read when a run starts or resumes."""
+
+    scene: Scene  # cameras, points and held-out split, in the training frame
+    model: "GaussianModel"
+    run_dir: Path  # where a plug-in may cache what it computes once (atomic writes)
+    steps: int  # total optimisation steps of the run
+    scene_extent: float  # radius of the camera rig in training units; scales learning rates and thresholds
+    seed: int
+    resumed: bool  # True when the state dict will be replaced by the checkpoint's after setup
+
+
+@dataclass
+class StepInfo:
+    """One training step as the plug-ins see it. Images are (H, W, 3) float32 in [0, 1] on the model's device."""
+
+    step: int  # the step being taken, 0-based
+    steps: int  # total steps of the run
+    camera: Camera
+    camera_index: int  # index into scene.cameras
+    target: torch.Tensor  # the photo
+    gaussians: ActivatedGaussians  # what was rendered, with autograd graph back to the parameters
+    render: RenderOutput  # with autograd graph
+    error: torch.Tensor  # (H, W) per-pixel L1 error summed over RGB, detached
+    scene_extent: float
+
+    @property
+    def width(self) -> int:
+        return self.camera.width
+
+    @property
+    def height(self) -> int:
+        return self.camera.height
+
+
+class Plugin:
+    """Hooks shared by parameterisations and strategies; every default does nothing."""
+
+    name: ClassVar[str]
+
+    def setup(self, ctx: SetupContext) -> dict[str, Any]:
+        """Declare per-Gaussian buffers on `ctx.model` and return the initial state dict (checkpointed)."""
+        return {}
+
+    def losses(self, model: "GaussianModel", state: dict, info: StepInfo) -> dict[str, torch.Tensor]:
+        """Named scalar loss terms added to the photometric loss (e.g. MCMC's opacity and scale regularisers)."""
+        return {}
+
+    def pre_backward(self, model: "GaussianModel", state: dict, info: StepInfo) -> None:
+        """Before `loss.backward()`."""
+
+    def post_backward(self, model: "GaussianModel", state: dict, info: StepInfo) -> None:
+        """After `loss.backward()`, before the optimiser step: gradients are available."""
+
+    def after_step(self, model: "GaussianModel", state: dict, info: StepInfo) -> None:
+        """After the optimiser step: the place to add, remove, relocate or reset Gaussians."""
+
+
+P = TypeVar("P", bound=Plugin)
+
+
+class Registry(Generic[P]):
+    """Named plug-ins of one kind. `choice()` is the type of a config field that selects one: on the command line
+    a tyro subcommand per name (`strategy:mcmc --strategy.cap-max 300000`), in config.json `{"name": ...}`."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._classes: dict[str, type[P]] = {}
+
+    def register(self, name: str):
+        def add(cls: type[P]) -> type[P]:
+            if not dataclasses.is_dataclass(cls):
+                raise TypeError(f"{self.kind} {name!r}: plug-ins are config dataclasses")
+            cls.name = name
+            self._classes[name] = cls
+            return cls
+
+        return add
+
+    def names(self) -> list[str]:
+        return list(self._classes)
+
+    def get(self, name: str) -> type[P]:
+        if name not in self._classes:
+            raise SplatkitError(f"unknown {self.kind} {name!r}; choose from {', '.join(self._classes)}")
+        return self._classes[name]
+
+    def choice(self) -> Any:
+        """Union of the registered configs, each annotated as a tyro subcommand named after it."""
+        options = tuple(Annotated[cls, tyro.conf.subcommand(name, description=_summary(cls))]
+                        for name, cls in self._classes.items())
+        return Union[options] if len(options) > 1 else options[0]
+
+
+def _summary(cls: type) -> str:
+    return (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
