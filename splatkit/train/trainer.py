@@ -206,7 +206,7 @@ def _refuse_changes(config_path: Path, saved: TrainConfig, cfg: TrainConfig, sav
                     scene_path: Path) -> None:
     """One line naming the first run-defining setting a resume would change (the scene compares by path)."""
     if saved_scene != scene_path:
-        raise file_error(config_path, f"--resume cannot change the scene ({saved_scene} -> {scene_path}); "
+        raise file_error(config_path, f"--resume cannot change scene ({saved_scene} -> {scene_path}); "
                                       "train it into another --out")
     for name in RUN_DEFINING[1:]:
         before, after = _setting(saved, name), _setting(cfg, name)

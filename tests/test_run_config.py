@@ -1,0 +1,135 @@
+"""Plug-ins chosen by name on the command line, saved in config.json, read back by one decoder, resumed bitwise;
+resume flags override the saved settings except those that define the run; damaged configs get one line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from splatkit.cli import main
+from splatkit.config_json import from_json, to_json
+from splatkit.errors import SplatkitError
+from splatkit.train import checkpoint
+from splatkit.train.config import TrainConfig
+from splatkit.train.run_record import read_run
+from splatkit.train.strategies import STRATEGIES, ADCStrategy, MCMCStrategy
+from splatkit.train.trainer import train
+
+pytestmark = pytest.mark.xdist_group("tiny_scene")
+
+# Settings under which each registered strategy adds, removes or relocates Gaussians within 40 steps.
+STRATEGY_CASES = {
+    "adc": ADCStrategy(refine_start=5, refine_every=10, reset_every=25, grow_grad2d=2e-5),
+    "mcmc": MCMCStrategy(refine_start=5, refine_every=10, cap_max=5000),
+}
+
+
+def test_every_registered_strategy_has_a_resume_case():
+    assert sorted(STRATEGY_CASES) == sorted(STRATEGIES.names())
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGY_CASES))
+def test_strategy_round_trips_through_config_json(name, tiny_scene, tmp_path):
+    cfg = TrainConfig(scene=str(tiny_scene), out=tmp_path / "run", strategy=STRATEGY_CASES[name], steps=7)
+    assert from_json(TrainConfig, json.loads(json.dumps(to_json(cfg))), source="mem") == cfg
+    assert to_json(cfg)["strategy"]["name"] == name
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGY_CASES))
+def test_each_strategy_resumes_bitwise(name, tiny_scene, tmp_path):
+    cfg = TrainConfig(scene=str(tiny_scene), out=tmp_path / "full", steps=40, checkpoint_every=20,
+                      sh_degree_interval=15, eval_steps=(), backend="native", strategy=STRATEGY_CASES[name],
+                      log_every=10, device="cpu")
+    train(cfg, show_progress=False)
+    shutil.copytree(tmp_path / "full", tmp_path / "killed")  # killed after its step-20 checkpoint
+    (tmp_path / "killed" / "checkpoints" / "step_0000040.pt").unlink()
+    train(dataclasses.replace(cfg, out=tmp_path / "killed", resume=True), show_progress=False)
+    full = checkpoint.load_checkpoint(tmp_path / "full" / "checkpoints" / "step_0000040.pt")
+    resumed = checkpoint.load_checkpoint(tmp_path / "killed" / "checkpoints" / "step_0000040.pt")
+    start = checkpoint.load_checkpoint(tmp_path / "killed" / "checkpoints" / "step_0000020.pt")
+    assert len(full["params"]["means"]) != len(start["params"]["means"])  # the set changed after the checkpoint
+    for group in ("params", "buffers"):
+        assert full[group].keys() == resumed[group].keys()
+        for key, value in full[group].items():
+            assert torch.equal(value, resumed[group][key]), f"{group}.{key}"
+    for key, state in full["optimizers"].items():
+        for moment in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(state["state"][0][moment], resumed["optimizers"][key]["state"][0][moment])
+
+
+def test_cli_picks_a_strategy_by_name_and_resume_extends_steps(tiny_scene, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", str(tiny_scene), "--out", str(run), "strategy:mcmc", "--strategy.cap-max", "1234",
+                 "--steps", "6", "--backend", "native", "--eval-steps", "--device", "cpu"]) == 0
+    saved = read_run(run).config
+    assert isinstance(saved.strategy, MCMCStrategy) and saved.strategy.cap_max == 1234 and saved.steps == 6
+    # Resume: the saved strategy and backend stay; --steps extends the run.
+    assert main(["train", str(tiny_scene), "--out", str(run), "--resume", "--steps", "9"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["step"] == 9
+    resumed = read_run(run).config
+    assert resumed.strategy == saved.strategy and resumed.backend == "native" and resumed.steps == 9
+
+
+def test_resume_refuses_to_change_what_defines_the_run(tiny_scene, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(tiny_scene), "--out", str(run), "--steps", "3", "--backend", "native",
+                 "--eval-steps"]) == 0
+    other = tmp_path / "other"
+    shutil.copytree(tiny_scene, other)
+    capsys.readouterr()
+    for args, field in [([str(other)], "scene"), ([str(tiny_scene), "--data-factor", "2"], "data_factor"),
+                        ([str(tiny_scene), "--seed", "1"], "seed"),
+                        ([str(tiny_scene), "strategy:mcmc"], "strategy.name")]:
+        assert main(["train", *args, "--out", str(run), "--resume", "--steps", "5"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "config.json" in err and f"cannot change {field}" in err, err
+    assert checkpoint.list_checkpoints(run / "checkpoints")[-1].name == "step_0000003.pt"
+
+
+@pytest.mark.parametrize("edit,field", [
+    (lambda c: c["strategy"].update(grow_grad2d_typo=1e-4), "strategy.grow_grad2d_typo"),
+    (lambda c: c["strategy"].update(name="lpm-from-the-future"), "strategy.name"),
+    (lambda c: c.update(steps="many"), "steps"),
+    (lambda c: c["lr"].update(means=[1]), "lr.means"),
+    (lambda c: c.update(eval_steps=[1, "x"]), "eval_steps[1]"),
+])
+def test_an_edited_config_gets_one_line_naming_the_file_and_field(edit, field, tiny_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    record = json.loads((run / "config.json").read_text())
+    edit(record["config"])
+    (run / "config.json").write_text(json.dumps(record))
+    with pytest.raises(SplatkitError, match=re.escape(f"config.json: field '{field}'")):
+        read_run(run)
+    for argv in (["eval", str(run)], ["train", record["config"]["scene"], "--out", str(run), "--resume"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"field '{field}'" in err and str(run) in err, err
+
+
+def test_a_config_from_before_named_plugins_reads_as_adc(tiny_run, tmp_path):
+    """Configs written before strategies had names (and before newer settings existed) still load."""
+    record = json.loads((tiny_run / "config.json").read_text())
+    old = record["config"]
+    del old["strategy"]["name"], old["parameterisation"], old["device"], old["lr"]["means_final"]
+    old["init_opacity"], old["init_scale"] = 0.1, 1.0
+    run = tmp_path / "old"
+    shutil.copytree(tiny_run, run)
+    (run / "config.json").write_text(json.dumps(record))
+    config = read_run(run).config
+    assert isinstance(config.strategy, ADCStrategy) and config.strategy.refine_every == 10
+    assert config.init_opacity == 0.1 and config.lr.means_final == 0.01
+
+
+def test_cli_help_lists_the_strategies(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "strategy:adc" in out and "strategy:mcmc" in out
