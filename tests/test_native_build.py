@@ -37,7 +37,7 @@ def test_import_and_torch_backend_do_not_build(tmp_path):
 
 def test_failed_build_is_one_clear_error_with_compiler_output(tmp_path, monkeypatch):
     broken = tmp_path / "cuda"
-    shutil.copytree(REPO / "cuda", broken)
+    shutil.copytree(native_build.CUDA_DIR, broken)
     source = broken / "cpu" / "rasterize_cpu.cpp"
     source.write_text(source.read_text() + "\nthis is not C++;\n")
     monkeypatch.setattr(native_build, "CUDA_DIR", broken)
@@ -53,3 +53,35 @@ def test_failed_build_is_one_clear_error_with_compiler_output(tmp_path, monkeypa
     message = str(info.value)
     assert message.startswith(f"{broken}: the native rasterizer failed to build")
     assert "rasterize_cpu.cpp" in message and "error" in message  # the compiler's own words come along
+
+
+def _tools_path(folder: Path, *tools: str) -> str:
+    """A PATH holding stand-ins for `tools`: unavailable_reason only looks them up."""
+    folder.mkdir()
+    for tool in tools:
+        (folder / tool).write_text("#!/bin/sh\n")
+        (folder / tool).chmod(0o755)
+    return str(folder)
+
+
+def test_unavailable_reason_names_what_is_missing(tmp_path, monkeypatch):
+    """One line for `--backend auto` to print when it falls back to the torch reference, and what an explicit
+    `--backend native` fails with instead of a build that cannot work."""
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("PATH", _tools_path(tmp_path / "no-ninja", "c++"))
+    assert native_build.unavailable_reason().startswith("ninja is not on PATH")
+    monkeypatch.setenv("PATH", _tools_path(tmp_path / "bin", "c++", "ninja"))
+    assert native_build.unavailable_reason() is None
+    monkeypatch.setenv("CXX", "no-such-c++")
+    assert "no C++ compiler (no-such-c++ is not on PATH" in native_build.unavailable_reason()
+    monkeypatch.delenv("CXX")
+    monkeypatch.setattr(native_build, "CUDA_DIR", tmp_path / "cuda")
+    reason = native_build.unavailable_reason()
+    assert reason.startswith("native sources missing: ") and str(tmp_path / "cuda" / "include") in reason
+    assert "\n" not in reason
+    native_build.load_extension.cache_clear()
+    try:
+        with pytest.raises(SplatkitError, match="cannot build the native rasterizer: native sources missing"):
+            native_build.load_extension()
+    finally:
+        native_build.load_extension.cache_clear()

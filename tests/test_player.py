@@ -75,6 +75,7 @@ def test_build_player_says_what_is_missing(tmp_path, monkeypatch):
                  "package-lock.json"):
         shutil.copyfile(APP_DIR / name, app / name)
     monkeypatch.setenv("PATH", str(tmp_path / "no-such-bin"))
+    monkeypatch.setenv("SPLATKIT_CACHE", str(tmp_path / "cache"))  # not the engines another test installed
     with pytest.raises(SplatkitError, match="npm not found"):
         build_player(app)
 

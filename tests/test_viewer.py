@@ -22,6 +22,9 @@ from splatkit.io.formats import write_splats
 from splatkit.io.ply import load_ply, save_ply
 from splatkit.model.gaussians import init_from_points
 from splatkit.render import rasterize
+from splatkit.train.gaussian_model import GaussianModel
+from splatkit.train.learning_rates import LearningRates
+from splatkit.train.parameterisations import Plain3DGS
 from splatkit.viewer.app import check_port_free
 from splatkit.viewer.camera import (camera_from_pose, frame_points, matrix_to_wxyz, pose_from_camera,
                                     robust_bounds, up_from_cameras, wxyz_to_matrix)
@@ -225,20 +228,32 @@ def test_session_previews_while_moving_then_one_full_render(tiny_scene, tmp_path
         session.close()
 
 
+class _FakeTrainer:
+    """What LiveSource reads of a Trainer: its model, scene, run folder, step and config."""
+
+    def __init__(self, scene) -> None:
+        self.model = GaussianModel(Plain3DGS())
+        Plain3DGS().create(self.model, _model(scene), LearningRates(), scene_extent=1.0)
+        self.scene, self.run_dir, self.step, self.cfg = scene, Path("run"), 3, SimpleNamespace(steps=10)
+
+    @property
+    def gaussians(self):
+        return self.model.gaussians()
+
+
 def test_live_source_copies_only_when_watched_and_pauses(tiny_scene):
     scene = load_scene(tiny_scene)
-    trainer = SimpleNamespace(params={k: torch.nn.Parameter(v) for k, v in _model(scene).as_dict().items()},
-                              scene=scene, run_dir=Path("run"), step=3, cfg=SimpleNamespace(steps=10))
+    trainer = _FakeTrainer(scene)
     live = LiveSource(trainer, interval=0.0)
     live.after_step(trainer, {"loss": 0.5, "psnr": 20.0}, 4.0)
     assert live.snapshot().version == 0 and live.stats.step == 3  # nobody watching: no copy
     live.watching = 1
     with torch.no_grad():
-        trainer.params["means"] += 1.0
+        trainer.model.params["means"] += 1.0
     live.after_step(trainer, {"loss": 0.5, "psnr": 20.0}, 4.0)
     snap = live.snapshot()
-    assert snap.version == 1 and torch.equal(snap.gaussians.means, trainer.params["means"].detach())
-    assert snap.gaussians.means.data_ptr() != trainer.params["means"].data_ptr()
+    assert snap.version == 1 and torch.equal(snap.gaussians.means, trainer.model.params["means"].detach())
+    assert snap.gaussians.means.data_ptr() != trainer.model.params["means"].data_ptr()
     live.paused.set()
     done = threading.Event()
     worker = threading.Thread(target=lambda: (live.after_step(trainer, {}, 0.0), done.set()))
@@ -254,8 +269,7 @@ def test_live_source_renders_on_the_training_thread(tiny_scene):
     """A viewer thread's render waits for the training thread's next step boundary and runs there (never beside
     a step, which would oversubscribe the cores); while paused it runs at once; after training, on the caller."""
     scene = load_scene(tiny_scene)
-    trainer = SimpleNamespace(params={k: torch.nn.Parameter(v) for k, v in _model(scene).as_dict().items()},
-                              scene=scene, run_dir=Path("run"), step=3, cfg=SimpleNamespace(steps=10))
+    trainer = _FakeTrainer(scene)
     live = LiveSource(trainer)
     results: list = []
     viewer_thread = threading.Thread(target=lambda: results.append(live.compute(threading.current_thread)))

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
+from splatkit._resources import user_cache
 from splatkit.errors import file_error
 
 # Bump when the generator's output changes, so cached scenes from older versions are not reused.
@@ -489,17 +490,9 @@ def generate_demo_scene(out_dir: Path, *, seed: int = 0, n_cameras: int = 60, wi
     return out_dir
 
 
-def default_cache_root() -> Path:
-    """$SPLATKIT_CACHE, else $XDG_CACHE_HOME/splatkit, else ~/.cache/splatkit."""
-    if os.environ.get("SPLATKIT_CACHE"):
-        return Path(os.environ["SPLATKIT_CACHE"])
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "splatkit"
-
-
 def demo_scene_path(cache_root: Path | None = None, *, seed: int = 0) -> Path:
     """The cached demo scene folder, generated on first use (a few seconds)."""
-    root = Path(cache_root) if cache_root is not None else default_cache_root()
+    root = Path(cache_root) if cache_root is not None else user_cache()
     out = root / f"demo_scene_v{GENERATOR_VERSION}_seed{seed}"
     if out.is_dir() and (out / "sparse" / "0" / "points3D.txt").is_file():
         return out

@@ -3,13 +3,15 @@ the URL, ready to host next to the file (e.g. for phones).
 
 Two pages share one URL scheme: `index.html` (PlayCanvas engine: INRIA and compressed .ply) and `spark.html`
 (Spark on three.js: .spz and .splat). The engines are never committed: `apps/player/package.json` and its lock file
-name them, and `build_player` installs them with `npm ci` when they are missing. `write_player` copies a page
-and its engine modules next to an exported model; `camera_query` turns a splatkit `Camera` (OpenCV axes, in
-the model file's frame) into the page's URL parameters."""
+name them, and `build_player` installs them with `npm ci`, when they are missing, into a cache folder per lock
+file (never into an installed package). `write_player` copies a page and its engine modules next to an exported
+model; `camera_query` turns a splatkit `Camera` (OpenCV axes, in the model file's frame) into the page's URL
+parameters."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import shutil
@@ -21,15 +23,18 @@ from urllib.parse import quote
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from splatkit._resources import resource_dir, user_cache
 from splatkit.atomic import atomic_path
 from splatkit.data.cameras import Camera
 from splatkit.errors import SplatkitError
 
-APP_DIR = Path(__file__).resolve().parents[2] / "apps" / "player"
+APP_DIR = resource_dir("apps/player")
+NPM_FILES = ("package.json", "package-lock.json")
 NPM_TIMEOUT = 600.0
 SHARED_FILES = ("params.js", "player.css")
-# Per engine: its page, the app's own files, and the npm build files copied beside them (source -> name the
-# page imports). PlayCanvas reads .ply (INRIA and compressed); Spark on three.js reads .spz and .splat.
+# Per engine: its page, the app's own files, and the npm build files copied beside them (source in the engine
+# folder -> name the page imports). PlayCanvas reads .ply (INRIA and compressed); Spark on three.js reads .spz
+# and .splat.
 ENGINES = {
     "playcanvas": ("index.html", ("index.html", "main.js"),
                    {"node_modules/playcanvas/build/playcanvas.min.mjs": "playcanvas.mjs"}),
@@ -39,7 +44,6 @@ ENGINES = {
                "node_modules/three/build/three.core.min.js": "three.core.min.js",
                "node_modules/three/examples/jsm/postprocessing/Pass.js": "Pass.js"}),
 }
-ENGINE_BUILD = Path(next(iter(ENGINES["playcanvas"][2])))
 
 
 def engine_for(model_file: str | Path) -> str:
@@ -62,22 +66,31 @@ def _locked_versions(app_dir: Path) -> dict[str, str] | None:
         return None
 
 
-def _installed_version(app_dir: Path, name: str) -> str | None:
+def _engine_dir(app_dir: Path) -> Path:
+    """Where `npm ci` installs the engines of `app_dir`: one cache folder per package.json and lock file, shared
+    by every copy of the app (a checkout, installed wheels), since site-packages may be read-only."""
+    digest = hashlib.sha256()
+    for name in NPM_FILES:
+        digest.update((app_dir / name).read_bytes())
+    return user_cache() / "player" / digest.hexdigest()[:16]
+
+
+def _installed_version(engine_dir: Path, name: str) -> str | None:
     try:
-        return json.loads((app_dir / "node_modules" / name / "package.json").read_text())["version"]
+        return json.loads((engine_dir / "node_modules" / name / "package.json").read_text())["version"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
 @contextlib.contextmanager
-def _install_lock(app_dir: Path) -> Iterator[None]:
+def _install_lock(engine_dir: Path) -> Iterator[None]:
     """Serialise `npm ci` between processes (parallel test workers) where the platform allows."""
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks; installs are rare enough
         yield
         return
-    with open(app_dir / ".install.lock", "a") as f:
+    with open(engine_dir / ".install.lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
@@ -87,31 +100,34 @@ def _install_lock(app_dir: Path) -> Iterator[None]:
 
 def _engine_ready(app_dir: Path) -> bool:
     """Every locked package is installed at its locked version and every build file is there."""
-    locked = _locked_versions(app_dir)
-    return bool(locked) and all(_installed_version(app_dir, n) == v for n, v in locked.items()) and \
-        all((app_dir / src).is_file() for _, _, builds in ENGINES.values() for src in builds)
+    locked, engine_dir = _locked_versions(app_dir), _engine_dir(app_dir)
+    return bool(locked) and all(_installed_version(engine_dir, n) == v for n, v in locked.items()) and \
+        all((engine_dir / src).is_file() for _, _, builds in ENGINES.values() for src in builds)
 
 
 def build_player(app_dir: Path = APP_DIR) -> Path:
     """Make sure the player's npm dependencies are installed (`npm ci` when they are missing or differ from
-    the lock file) and return the PlayCanvas engine module that `write_player` copies beside index.html."""
+    the lock file) and return the folder they are in, which holds the `ENGINES` build files."""
     app_dir = Path(app_dir)
-    missing = [name for name in (*_app_files(), "package.json", "package-lock.json") if not (app_dir / name).is_file()]
+    missing = [name for name in (*_app_files(), *NPM_FILES) if not (app_dir / name).is_file()]
     if missing:
-        raise SplatkitError(f"{app_dir}: not the splatkit player (missing {', '.join(missing)}); "
-                            "it ships in the source tree under apps/player")
+        raise SplatkitError(f"{app_dir}: not the splatkit player (missing {', '.join(missing)})")
+    engine_dir = _engine_dir(app_dir)
     if _engine_ready(app_dir):
-        return app_dir / ENGINE_BUILD
+        return engine_dir
     npm = shutil.which("npm")
     if npm is None:
         raise SplatkitError("npm not found: install Node.js (which brings npm) to build the web player")
-    with _install_lock(app_dir):
+    engine_dir.mkdir(parents=True, exist_ok=True)
+    with _install_lock(engine_dir):
         if not _engine_ready(app_dir):  # another process may have installed it meanwhile
+            for name in NPM_FILES:
+                shutil.copyfile(app_dir / name, engine_dir / name)
             try:
-                proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=app_dir, capture_output=True,
+                proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=engine_dir, capture_output=True,
                                       text=True, timeout=NPM_TIMEOUT)
             except subprocess.TimeoutExpired:
-                raise SplatkitError(f"npm ci in {app_dir} took over {NPM_TIMEOUT:.0f} s (no network?)") from None
+                raise SplatkitError(f"npm ci in {engine_dir} took over {NPM_TIMEOUT:.0f} s (no network?)") from None
             except OSError as exc:
                 raise SplatkitError(f"cannot run npm ({exc.strerror})") from None
             if proc.returncode != 0:
@@ -119,10 +135,10 @@ def build_player(app_dir: Path = APP_DIR) -> Path:
                          if ln.strip() and "Unknown user config" not in ln]
                 errors = [ln for ln in lines if "ERR" in ln] or lines
                 detail = errors[-1] if errors else f"exit code {proc.returncode}"
-                raise SplatkitError(f"npm ci in {app_dir} failed: {detail}")
+                raise SplatkitError(f"npm ci in {engine_dir} failed: {detail}")
     if not _engine_ready(app_dir):
-        raise SplatkitError(f"npm ci in {app_dir} did not install what package-lock.json names")
-    return app_dir / ENGINE_BUILD
+        raise SplatkitError(f"npm ci in {engine_dir} did not install what package-lock.json names")
+    return engine_dir
 
 
 def _numbers(values) -> str:
@@ -185,9 +201,9 @@ def write_player(out_dir: Path, model_file: Path, camera: Camera | None = None, 
                 raise SplatkitError(f"{model_file}: the Spark player reads gzip SPZ (versions 2 and 3) only; "
                                     "export with --spz-version 3")
     page, own_files, builds = ENGINES[engine]
-    build_player(app_dir)
+    engine_dir = build_player(app_dir)
     copies = {app_dir / name: name for name in (*own_files, *SHARED_FILES)}
-    copies.update({app_dir / src: name for src, name in builds.items()})
+    copies.update({engine_dir / src: name for src, name in builds.items()})
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         relative = model_file.resolve().relative_to(out_dir.resolve())

@@ -12,7 +12,7 @@ import torch
 from splatkit.data.cameras import Camera
 from splatkit.model.gaussians import ActivatedGaussians
 from splatkit.render.api import Rasterized, RenderSettings, register_backend
-from splatkit.render.native_build import compiler_available, load_extension, with_cuda
+from splatkit.render.native_build import load_extension, unavailable_reason, with_cuda
 from splatkit.render.projection import EPS2D, FAR_PLANE, NEAR_PLANE
 from splatkit.render.torch_backend import camera_tensors
 
@@ -72,8 +72,9 @@ def render_native(gaussians: ActivatedGaussians, camera: Camera, settings: Rende
 
 
 def _unavailable(device: torch.device) -> str | None:
-    if not compiler_available():
-        return "no C++ compiler to build it (install g++ or clang, or set CXX)"
+    reason = unavailable_reason()
+    if reason is not None:
+        return reason
     if device.type == "cuda" and not with_cuda():
         return "this torch cannot build CUDA extensions (a CPU-only torch, or no CUDA toolkit: set CUDA_HOME)"
     if device.type not in ("cpu", "cuda"):

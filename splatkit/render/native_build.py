@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import os
 import platform
 import shutil
@@ -19,18 +20,17 @@ from types import ModuleType
 import torch
 
 import splatkit
+from splatkit._resources import resource_dir, user_cache
 from splatkit.errors import SplatkitError
 
-CUDA_DIR = Path(__file__).resolve().parents[2] / "cuda"
+CUDA_DIR = resource_dir("cuda")
 CPU_SOURCES = ("bindings/bindings.cpp", "cpu/rasterize_cpu.cpp")
 CUDA_SOURCES = ("gpu/rasterize_cuda.cu",)
 CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-march=native"]
 
 
 def cache_root() -> Path:
-    root = os.environ.get("SPLATKIT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "splatkit")
-    return Path(root) / "native"
+    return user_cache() / "native"
 
 
 def _cpu_signature() -> str:
@@ -63,23 +63,48 @@ def source_hash() -> str:
     return digest.hexdigest()[:16]
 
 
+def unavailable_reason() -> str | None:
+    """Why the native rasterizer cannot be built here, in one line; None when the compiler, ninja and the
+    sources are all there (whether they compile only the build tells)."""
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        return f"no C++ compiler ({cxx} is not on PATH: install g++ or clang, or set CXX)"
+    if shutil.which("ninja") is None:  # torch's extension builder runs it from PATH
+        return "ninja is not on PATH (pip install ninja, and run splatkit from that environment)"
+    missing = [str(path) for path in (CUDA_DIR / "include", *sources()) if not path.exists()]
+    if missing:
+        return f"native sources missing: {', '.join(missing)}"
+    return None
+
+
 def compiler_available() -> bool:
-    return shutil.which(os.environ.get("CXX", "c++")) is not None and CUDA_DIR.is_dir()
+    return unavailable_reason() is None
 
 
 @functools.cache
 def load_extension() -> ModuleType:
     """The compiled extension, building it first if this source/torch/CPU combination has not been built yet."""
-    if not CUDA_DIR.is_dir():
-        raise SplatkitError(f"{CUDA_DIR}: native sources not found (install splatkit from a source checkout)")
+    reason = unavailable_reason()
+    if reason is not None:
+        raise SplatkitError(f"cannot build the native rasterizer: {reason}")
     from torch.utils import cpp_extension
 
     tag = source_hash()
     build_dir = cache_root() / tag
     build_dir.mkdir(parents=True, exist_ok=True)
     name = f"splatkit_native_{tag}"
-    fresh = not any(build_dir.glob(f"{name}*.so"))
-    if fresh:
+    built = build_dir / f"{name}.so"
+    if built.is_file():
+        # The tag hashes the sources' contents, not their folder; ninja would rebuild when the same sources
+        # come from another folder (a checkout, then an installed wheel), as its commands name the paths.
+        spec = importlib.util.spec_from_file_location(name, built)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+            return module
+        except ImportError:  # half-written by a build in progress elsewhere: torch waits for that build
+            pass
+    else:
         print("splatkit: building the native rasterizer (first use only, about a minute)...", file=sys.stderr,
               flush=True)
     try:
