@@ -7,7 +7,6 @@ import dataclasses
 import json
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 import torch

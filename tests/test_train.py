@@ -156,3 +156,15 @@ def test_image_cache_folder_is_stable_across_processes(tmp_path):
     names = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
              for _ in range(2)}
     assert len(names) == 1
+
+
+def test_render_and_eval_read_the_runs_split(tiny_scene, tmp_path):
+    """`render --split test` and `eval` hold out what training held out (every 3rd of 10 views: 0, 3, 6, 9)."""
+    run = tmp_path / "run"
+    assert main(["train", str(tiny_scene), "--out", str(run), "--steps", "2", "--backend", "native",
+                 "--test-every", "3", "--eval-steps"]) == 0
+    assert main(["render", str(run), "--split", "test", "--out", str(tmp_path / "renders")]) == 0
+    assert sorted(p.name for p in (tmp_path / "renders").glob("*.png")) == ["000.png", "003.png", "006.png",
+                                                                            "009.png"]
+    assert main(["eval", str(run)]) == 0
+    assert len(json.loads((run / "eval" / "metrics.json").read_text())["views"]) == 4

@@ -5,7 +5,6 @@ strategy plug in through the same hooks (`splatkit.train.plugin`); the loop neve
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import signal
