@@ -17,8 +17,8 @@ from splatkit.train.strategies import STRATEGIES, ADCStrategy
 StrategyChoice = STRATEGIES.choice()
 ParameterisationChoice = PARAMETERISATIONS.choice()
 
-# Settings that make a run what it is: a resume may change anything else, never these.
-RUN_DEFINING = ("scene", "data_factor", "test_every", "seed", "strategy.name", "parameterisation.name")
+# Settings that make a run what it is, besides its scene: a resume may change anything else, never these.
+RUN_DEFINING = ("data_factor", "test_every", "seed", "strategy.name", "parameterisation.name")
 
 
 @dataclass

@@ -207,7 +207,7 @@ def _refuse_changes(config_path: Path, saved: TrainConfig, cfg: TrainConfig, sav
     if saved_scene != scene_path:
         raise file_error(config_path, f"--resume cannot change scene ({saved_scene} -> {scene_path}); "
                                       "train it into another --out")
-    for name in RUN_DEFINING[1:]:
+    for name in RUN_DEFINING:
         before, after = _setting(saved, name), _setting(cfg, name)
         if before != after:
             raise file_error(config_path, f"--resume cannot change {name} ({before!r} -> {after!r}); "
