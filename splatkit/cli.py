@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,7 +131,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         raise SplatkitError(f"{cfg.run}: the run has no held-out views (test_every=0)")
     images = ImageStore(scene.cameras, cache_dir=image_cache_dir(cfg.run, record.scene_path),
                         background=scene.background)
-    model = _model_in_scene_frame(load_ply(cfg.run / "point_cloud.ply"), scene).to(resolve_device(cfg.device))
+    model = _model_in_scene_frame(load_ply(_model_file(cfg.run)), scene).to(resolve_device(cfg.device))
     result = evaluate(model, scene, images, scene.test_ids, backend=cfg.backend,
                       side_by_side_dir=cfg.run / "eval")
     for view in result["views"]:
@@ -170,6 +171,8 @@ def run_render_path(cfg: RenderConfig) -> Path:
 def run_render(cfg: RenderConfig) -> list[Path]:
     if cfg.path is not None:
         return [run_render_path(cfg)]
+    if not cfg.model.exists():
+        raise file_error(cfg.model, "no such file or folder")
     if cfg.model.is_dir():
         record = read_run(cfg.model)
         scene = record.load_scene(cfg.scene and resolve_scene_path(cfg.scene), cfg.data_factor)
@@ -180,6 +183,9 @@ def run_render(cfg: RenderConfig) -> list[Path]:
         scene, ply = load_scene(resolve_scene_path(cfg.scene), data_factor=cfg.data_factor or 1), cfg.model
     model = _model_in_scene_frame(read_splats(ply), scene).to(resolve_device(cfg.device))
     ids = {"test": scene.test_ids, "train": scene.train_ids, "all": list(range(len(scene.cameras)))}[cfg.split]
+    if not ids:
+        raise SplatkitError(f"{cfg.model}: no {cfg.split} views to render (the run holds none out); "
+                            "try --split train or --split all")
     written = []
     for i in ids:
         camera = scene.cameras[i]
@@ -290,14 +296,26 @@ def run_info(cfg: InfoConfig):
     return info
 
 
-def resume_config(cfg: TrainConfig, args: list[str]) -> TrainConfig:
-    """On --resume, the run's saved settings with the flags given on this command line laid over them (tyro
-    parses `args` again with the saved config as its defaults), so `--resume --steps 20000` trains further."""
+# Flags may follow a plug-in subcommand (`strategy:mcmc --strategy.cap-max 300000 --steps 7000`).
+CASCADE = (tyro.conf.CascadeSubcommandArgs,)
+
+
+def parse_train(args: list[str]) -> TrainConfig:
+    """`splatkit train` flags. On --resume they are laid over the run's saved settings (tyro parses them again
+    with the saved config as its defaults), so `--resume --steps 20000` trains further and
+    `--resume --strategy.cap-max 500000` changes one setting of the saved strategy."""
+    cfg, unknown = tyro.cli(TrainConfig, args=args, prog="splatkit train", config=CASCADE, return_unknown_args=True)
     if not cfg.resume or not (cfg.run_dir() / "config.json").is_file():
-        return cfg  # nothing saved to lay flags over; train() explains what is missing
+        # Nothing saved to lay flags over (train() explains what is missing); tyro reports unknown flags.
+        return tyro.cli(TrainConfig, args=args, prog="splatkit train", config=CASCADE) if unknown else cfg
     saved = read_run(cfg.run_dir()).config
     defaults = dataclasses.replace(saved, scene=cfg.scene, out=cfg.out, resume=True)
-    return tyro.cli(TrainConfig, args=args, default=defaults, config=(tyro.conf.CascadeSubcommandArgs,))
+    # tyro reads a subcommand's flags after its name only: `--strategy.x` alone means the saved strategy's.
+    given = [a.split("=")[0] for a in args]
+    if any(a.startswith("--strategy.") for a in given) and not any(a.startswith("strategy:") for a in given):
+        first = next(i for i, a in enumerate(given) if a.startswith("--strategy."))
+        args = [*args[:first], f"strategy:{saved.strategy.name}", *args[first:]]
+    return tyro.cli(TrainConfig, args=args, default=defaults, prog="splatkit train", config=CASCADE)
 
 
 def run_train(cfg: TrainConfig) -> dict:
@@ -326,21 +344,29 @@ COMMANDS = {
 }
 
 
+def parse(argv: list[str]):
+    """The config dataclass of the subcommand `argv` names (tyro exits with its own message on bad flags)."""
+    if argv[:1] == ["train"]:
+        return parse_train(argv[1:])
+    return tyro.extras.subcommand_cli_from_dict({name: cls for name, (cls, _) in COMMANDS.items()}, args=argv,
+                                                config=CASCADE)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    # Cascade: flags may follow a plug-in subcommand (`strategy:mcmc --strategy.cap-max 300000 --steps 7000`).
-    cfg = tyro.extras.subcommand_cli_from_dict({name: cls for name, (cls, _) in COMMANDS.items()}, args=argv,
-                                               config=(tyro.conf.CascadeSubcommandArgs,))
-    handler = next(run for cls, run in COMMANDS.values() if isinstance(cfg, cls))
+    # pycolmap's glog installs a SIGTERM handler that dumps a native stack trace; a terminated splatkit just ends
+    # (training handles SIGTERM itself, between steps).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    cfg = None
     try:
-        if isinstance(cfg, TrainConfig):
-            cfg = resume_config(cfg, argv[argv.index("train") + 1:])
-        handler(cfg)
+        cfg = parse(argv)
+        next(run for cls, run in COMMANDS.values() if isinstance(cfg, cls))(cfg)
     except SplatkitError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
-        console.print("interrupted; continue with --resume (the last checkpoint is kept)")
+        hint = "; continue with --resume (the last checkpoint is kept)" if isinstance(cfg, TrainConfig) else ""
+        console.print(f"interrupted{hint}")
         return 130
     return 0
 

@@ -66,14 +66,23 @@ def _tools_path(folder: Path, *tools: str) -> str:
 
 def test_unavailable_reason_names_what_is_missing(tmp_path, monkeypatch):
     """One line for `--backend auto` to print when it falls back to the torch reference, and what an explicit
-    `--backend native` fails with instead of a build that cannot work."""
+    `--backend native` fails with instead of a build that cannot work. A build already in the cache needs no
+    tools; ninja beside this Python (an unactivated venv) counts as installed."""
+    monkeypatch.setenv("SPLATKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(native_build.sys, "executable", str(tmp_path / "python-without-ninja" / "python"))
     monkeypatch.setenv("PATH", _tools_path(tmp_path / "no-ninja", "c++"))
-    assert native_build.unavailable_reason().startswith("ninja is not on PATH")
+    assert native_build.unavailable_reason().startswith("ninja is not installed")
+    monkeypatch.setattr(native_build.sys, "executable", str(_tools_path(tmp_path / "venv-bin", "ninja")) + "/python")
+    assert native_build.unavailable_reason() is None
     monkeypatch.setenv("PATH", _tools_path(tmp_path / "bin", "c++", "ninja"))
     assert native_build.unavailable_reason() is None
     monkeypatch.setenv("CXX", "no-such-c++")
     assert "no C++ compiler (no-such-c++ is not on PATH" in native_build.unavailable_reason()
+    built = native_build._built(native_build.native_arch())
+    built.parent.mkdir(parents=True)
+    built.touch()
+    assert native_build.unavailable_reason() is None  # cached: no compiler needed
     monkeypatch.delenv("CXX")
     monkeypatch.setattr(native_build, "CUDA_DIR", tmp_path / "cuda")
     reason = native_build.unavailable_reason()

@@ -132,3 +132,63 @@ def test_cli_help_lists_the_strategies(capsys):
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert "strategy:adc" in out and "strategy:mcmc" in out
+
+
+def test_a_refused_resume_leaves_the_saved_settings_alone(tiny_scene, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(tiny_scene), "--out", str(run), "--steps", "6", "--backend", "native",
+                 "--eval-steps", "--checkpoint-every", "3"]) == 0
+    saved = (run / "config.json").read_text()
+    capsys.readouterr()
+    for extra, message in ((["--steps", "4"], "already at step 6"), (["--device", "cuda"], "cuda"),
+                           (["--init-opacity", "1.5"], "--init-opacity 1.5: must be in (0, 1)"),
+                           (["strategy:adc", "--strategy.refine-every", "0"], "--strategy.refine-every 0")):
+        assert main(["train", str(tiny_scene), "--out", str(run), "--resume", *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+        assert (run / "config.json").read_text() == saved
+
+
+def test_resume_takes_strategy_flags_without_naming_the_strategy_again(tiny_scene, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", str(tiny_scene), "--out", str(run), "strategy:mcmc", "--strategy.cap-max", "4100",
+                 "--steps", "3", "--backend", "native", "--eval-steps"]) == 0
+    assert main(["train", str(tiny_scene), "--out", str(run), "--resume", "--steps", "5",
+                 "--strategy.noise-lr", "1000"]) == 0
+    strategy = read_run(run).config.strategy
+    assert isinstance(strategy, MCMCStrategy) and strategy.cap_max == 4100 and strategy.noise_lr == 1000
+
+
+def test_resume_from_an_older_checkpoint_forgets_the_later_log(tiny_scene, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", str(tiny_scene), "--out", str(run), "--steps", "8", "--backend", "native",
+                 "--eval-steps", "--checkpoint-every", "4", "--log-every", "1"]) == 0
+    (run / "checkpoints" / "step_0000008.pt").unlink()
+    with open(run / "metrics.jsonl", "a") as log:
+        log.write('{"step": 9, "loss"')  # a line torn by a kill
+    assert main(["train", str(tiny_scene), "--out", str(run), "--resume"]) == 0
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+
+
+def test_mcmc_holds_its_cap_from_the_first_step(tiny_scene, tmp_path):
+    train(TrainConfig(scene=str(tiny_scene), out=tmp_path / "run", steps=2, backend="native", device="cpu",
+                      eval_steps=(), strategy=MCMCStrategy(cap_max=1000)), show_progress=False)
+    saved = checkpoint.load_checkpoint(checkpoint.list_checkpoints(tmp_path / "run" / "checkpoints")[-1])
+    assert len(saved["params"]["means"]) == 1000  # the tiny scene has 4,000 points
+
+
+def test_a_checkpoint_from_before_plugins_resumes(tiny_scene, tmp_path):
+    """Checkpoints written before the plug-in seams (params, optimizers and ADC's state at the top) resume."""
+    cfg = TrainConfig(scene=str(tiny_scene), out=tmp_path / "run", steps=10, checkpoint_every=5, backend="native",
+                      device="cpu", eval_steps=(), strategy=STRATEGY_CASES["adc"])
+    train(cfg, show_progress=False)
+    path = tmp_path / "run" / "checkpoints" / "step_0000005.pt"
+    new = torch.load(path, weights_only=False)
+    n = len(new["params"]["means"])
+    old = {key: new[key] for key in ("step", "params", "optimizers", "generator", "torch_rng")}
+    old["strategy"] = {"grad2d": torch.ones(n), "count": torch.ones(n), **new["plugins"]["strategy"]}
+    torch.save(old, path)
+    (tmp_path / "run" / "checkpoints" / "step_0000010.pt").unlink()
+    metrics = train(dataclasses.replace(cfg, resume=True), show_progress=False)
+    assert metrics["step"] == 10

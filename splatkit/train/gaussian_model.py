@@ -198,7 +198,9 @@ class GaussianModel:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore tensors saved by `state_dict` into the parameters and buffers this model declared (their
         counts may differ from the declared ones); learning rates stay as declared (the run's config decides)."""
-        missing = sorted((set(self.params) - set(state["params"])) | (set(self.buffers) - set(state["buffers"])))
+        restartable = {n for n in self.buffers if self._new_rows[n] == "zero"}  # accumulators may start afresh
+        missing = sorted((set(self.params) - set(state["params"])) |
+                         (set(self.buffers) - set(state["buffers"]) - restartable))
         if missing:
             raise KeyError(f"the checkpoint lacks {', '.join(missing)}")
         for name, value in state["params"].items():
@@ -217,4 +219,6 @@ class GaussianModel:
                     group["fused"] = True  # older checkpoints saved unfused settings
         for name, value in state["buffers"].items():
             self.buffers[name] = value.to(self.device)
+        for name in restartable - set(state["buffers"]):
+            self.buffers[name] = self.buffers[name].new_zeros((len(self), *self.buffers[name].shape[1:]))
 

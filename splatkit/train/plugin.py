@@ -5,6 +5,7 @@ Its mutable state lives elsewhere: per-Gaussian tensors in the `GaussianModel` (
 everything else in a plain dict the trainer owns, checkpoints and hands back at every hook. The trainer calls
 the same hooks on every plug-in, in order, and never asks which one it runs:
 
+    validate()                          before anything is loaded: refuse impossible settings
     setup(ctx) -> state                 once per process: declare buffers, read caches (fresh runs and resumes)
     losses(model, state, info)          extra loss terms, added to the photometric loss
     pre_backward(model, state, info)    e.g. retain gradients of intermediate tensors
@@ -72,6 +73,9 @@ class Plugin:
     """Hooks shared by parameterisations and strategies; every default does nothing."""
 
     name: ClassVar[str]
+
+    def validate(self) -> None:
+        """Raise SplatkitError (one line naming the flag) for settings no run can use; called before loading."""
 
     def setup(self, ctx: SetupContext) -> dict[str, Any]:
         """Declare per-Gaussian buffers on `ctx.model` and return the initial state dict (checkpointed)."""

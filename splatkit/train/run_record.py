@@ -66,9 +66,13 @@ def read_run(run_dir: Path) -> RunRecord:
         if key not in record:
             raise file_error(path, f"corrupt run config (no '{key}')")
     config = from_json(TrainConfig, record["config"], source=path)
+    if not isinstance(record["scene_path"], str):
+        raise file_error(path, f"corrupt run config (scene_path is {record['scene_path']!r}, not a path)")
     try:
         to_normalized = Similarity.from_json(record["to_normalized"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except KeyError as exc:
+        raise file_error(path, f"corrupt run config (to_normalized lacks {exc})") from None
+    except (TypeError, ValueError) as exc:
         raise file_error(path, f"corrupt run config (to_normalized: {exc})") from None
     return RunRecord(Path(run_dir), config, Path(record["scene_path"]), to_normalized)
 

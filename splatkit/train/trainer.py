@@ -87,14 +87,17 @@ class Trainer:
         return self.model.gaussians()
 
     def _restore(self, path: Path) -> None:
-        state = checkpoint.load_checkpoint(path)
+        state = _upgrade(checkpoint.load_checkpoint(path))
+        names = {key: plugin.name for key, plugin in self.plugins.items()}
+        if state["plugin_names"] != names:
+            raise file_error(path, f"written by plug-ins {state['plugin_names']}, not {names}; "
+                                   "start a new run with another --out")
         try:
             self.model.load_state_dict(state)
-            for key in self.plugins:
-                self.states[key] = state["plugins"][key]
         except KeyError as exc:
-            raise file_error(path, f"checkpoint lacks {exc} (written by another splatkit version or plug-in); "
+            raise file_error(path, f"{exc.args[0]} (written by another splatkit version or plug-in); "
                                    "start a new run with another --out") from None
+        self.states = state["plugins"]
         self.step = state["step"]
         self.generator = state["generator"]
         torch.set_rng_state(state["torch_rng"])
@@ -102,6 +105,7 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         self._check_finite()
         payload = {**self.model.state_dict(), "plugins": self.states, "generator": self.generator,
+                   "plugin_names": {key: plugin.name for key, plugin in self.plugins.items()},
                    "torch_rng": torch.get_rng_state()}
         return checkpoint.save_checkpoint(self.checkpoint_dir, self.step, payload)
 
@@ -164,6 +168,16 @@ class Trainer:
         return path
 
 
+def _upgrade(state: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoints written before plug-ins (ADC only, no buffers): ADC's generator moves under `plugins`; its
+    gradient accumulators, which restart at every refinement anyway, start at zero."""
+    if "plugins" in state:
+        return state
+    adc = {k: v for k, v in state.get("strategy", {}).items() if isinstance(v, torch.Generator)}
+    return {**state, "plugins": {"parameterisation": {}, "strategy": adc}, "buffers": {},
+            "plugin_names": {"parameterisation": "3dgs", "strategy": "adc"}}
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
@@ -172,8 +186,9 @@ def _progress() -> Progress:
 
 
 def prepare(cfg: TrainConfig) -> tuple[TrainConfig, Scene, ImageStore, Path]:
-    """Check the run folder (on --resume: that the settings which define the run are unchanged), load the scene
-    and its image store, and write the run's config.json."""
+    """Check everything a run needs before anything is written (settings, device, backend; on --resume, that the
+    settings which define the run are unchanged), load the scene and its image store, and make the run folder."""
+    check_settings(cfg)
     run_dir = cfg.run_dir()
     config_path = run_dir / "config.json"
     scene_path = resolve_scene_path(cfg.scene)
@@ -188,10 +203,42 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, Scene, ImageStore, Path]:
     images = ImageStore(scene.cameras, cache_dir=image_cache_dir(run_dir, scene_path),
                         background=scene.background, max_cached=cfg.max_cached_images)
     run_dir.mkdir(parents=True, exist_ok=True)
-    record = {"config": to_json(cfg), "scene_path": str(scene_path),
-              "to_normalized": scene.to_normalized.to_json()}
-    write_text_atomic(config_path, json.dumps(record, indent=2))
     return cfg, scene, images, run_dir
+
+
+def check_settings(cfg: TrainConfig) -> None:
+    """One line for a setting no run can use, before anything is loaded or written."""
+    for flag, value in (("--init-opacity", cfg.init_opacity), ("--init-scale", cfg.init_scale)):
+        if value is not None and not (0 < value and (flag != "--init-opacity" or value < 1)):
+            raise SplatkitError(f"{flag} {value}: must be in (0, 1)" if flag == "--init-opacity" else
+                                f"{flag} {value}: must be positive")
+    for plugin in (cfg.parameterisation, cfg.strategy):
+        plugin.validate()
+    resolve_backend(cfg.backend, resolve_device(cfg.device))
+
+
+def write_run_record(cfg: TrainConfig, scene: Scene, run_dir: Path) -> None:
+    """config.json: the settings, the resolved scene path and the map into the training frame (atomic)."""
+    record = {"config": to_json(cfg), "scene_path": str(resolve_scene_path(cfg.scene)),
+              "to_normalized": scene.to_normalized.to_json()}
+    write_text_atomic(run_dir / "config.json", json.dumps(record, indent=2))
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Forget logged steps after `step` (a resume from an older checkpoint repeats them)."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if _logged_step(line) <= step]
+    if len(kept) != len(lines):
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def _logged_step(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62  # a torn last line (a killed process): dropped
 
 
 def _setting(cfg: TrainConfig, dotted: str) -> Any:
@@ -223,11 +270,18 @@ def train(cfg: TrainConfig, *, show_progress: bool = True,
     """
     cfg, scene, images, run_dir = prepare(cfg)
     trainer = Trainer(cfg, scene, images, run_dir)
+    if trainer.step > cfg.steps:
+        raise SplatkitError(f"{run_dir}: the run is already at step {trainer.step}; --steps {cfg.steps} would "
+                            "end it before that (give at least that many)")
+    if cfg.resume and trainer.step == 0:
+        console.print(f"splatkit: {run_dir} has no checkpoint yet; starting it again from step 0")
+    write_run_record(cfg, scene, run_dir)  # only now: a refused resume leaves the saved settings as they were
+    log_path = run_dir / "metrics.jsonl"
+    _truncate_log(log_path, trainer.step)
     console.print(f"splatkit: {len(scene.train_ids)} training / {len(scene.test_ids)} held-out views, "
-                  f"{len(trainer.model):,} initial Gaussians, strategy {cfg.strategy.name}, "
+                  f"{len(trainer.model):,} Gaussians, strategy {cfg.strategy.name}, "
                   f"{trainer.device.type} backend {trainer.backend}, "
                   f"run folder {run_dir}" + (f", resuming at step {trainer.step}" if trainer.step else ""))
-    log_path = run_dir / "metrics.jsonl"
     smoothed: dict[str, float] = {}
     started, start_step = time.perf_counter(), trainer.step
     with _progress() if show_progress else _NullProgress() as progress, _StopRequests() as stop, \

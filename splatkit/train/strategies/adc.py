@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from splatkit.errors import SplatkitError
 from splatkit.train.gaussian_model import GaussianModel
 from splatkit.train.plugin import SetupContext, StepInfo
 from splatkit.train.strategies import ops
@@ -38,6 +39,11 @@ class ADCStrategy(Strategy):
     reset_every: int = 3_000
     seed: int = 0
     """Seed of the split sampler (its state is checkpointed)."""
+
+    def validate(self) -> None:
+        for flag in ("refine_every", "reset_every"):
+            if getattr(self, flag) < 1:
+                raise SplatkitError(f"--strategy.{flag.replace('_', '-')} {getattr(self, flag)}: must be at least 1")
 
     def setup(self, ctx: SetupContext) -> dict[str, Any]:
         n = len(ctx.model)

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from splatkit.errors import SplatkitError
 from splatkit.render.projection import covariance_3d
 from splatkit.train.gaussian_model import GaussianModel
 from splatkit.train.plugin import SetupContext, StepInfo
@@ -32,7 +33,7 @@ class MCMCStrategy(Strategy):
     init_scale: ClassVar[float] = 0.1
 
     cap_max: int = 1_000_000
-    """Most Gaussians the run may hold."""
+    """Most Gaussians the run may hold (more initial points than this are subsampled to it)."""
     noise_lr: float = 5e5
     """Langevin noise on the means, times the means' current learning rate."""
     refine_start: int = 500
@@ -49,8 +50,18 @@ class MCMCStrategy(Strategy):
     seed: int = 0
     """Seed of the relocation sampler and the noise (their state is checkpointed)."""
 
+    def validate(self) -> None:
+        for flag, ok in (("cap-max", self.cap_max >= 1), ("growth", self.growth >= 0),
+                         ("min-opacity", 0 <= self.min_opacity < 1), ("refine-every", self.refine_every >= 1)):
+            if not ok:
+                raise SplatkitError(f"--strategy.{flag} {getattr(self, flag.replace('-', '_'))}: out of range")
+
     def setup(self, ctx: SetupContext) -> dict[str, Any]:
-        return {"generator": torch.Generator().manual_seed(self.seed)}
+        generator = torch.Generator().manual_seed(self.seed)
+        if len(ctx.model) > self.cap_max:  # the cap holds from the first step: keep a random subset of the points
+            keep = torch.randperm(len(ctx.model), generator=generator)[:self.cap_max].sort().values
+            ctx.model.keep(keep.to(ctx.model.device))
+        return {"generator": generator}
 
     def losses(self, model: GaussianModel, state: dict, info: StepInfo) -> dict[str, torch.Tensor]:
         return {"opacity_reg": self.opacity_reg * info.gaussians.opacities.abs().mean(),
