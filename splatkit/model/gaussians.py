@@ -25,22 +25,8 @@ PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
 _MAX_OPACITY = 1.0 - 1e-6
 
 
-@dataclass
-class ActivatedGaussians:
-    """What a rasterizer consumes (the inputs of gsplat's `rasterization()`): N Gaussians in world units.
-
-    means (N, 3) float32 world positions; quats (N, 4) unit wxyz rotations (local-to-world); scales (N, 3)
-    standard deviations along the rotated axes, in world units; opacities (N,) in [0, 1]; sh0 (N, 1, 3) and
-    shN (N, K-1, 3) real SH coefficients (INRIA's basis and order) of RGB - 0.5, K = (degree + 1)^2.
-    Tensors may carry autograd graphs back to whatever parameters produced them.
-    """
-
-    means: torch.Tensor
-    quats: torch.Tensor
-    scales: torch.Tensor
-    opacities: torch.Tensor
-    sh0: torch.Tensor
-    shN: torch.Tensor
+class _PerGaussian:
+    """What both forms share; subclasses are dataclasses with fields means, ..., sh0, shN (N rows each)."""
 
     def __len__(self) -> int:
         return self.means.shape[0]
@@ -57,12 +43,30 @@ class ActivatedGaussians:
     def as_dict(self) -> dict[str, torch.Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+
+@dataclass
+class ActivatedGaussians(_PerGaussian):
+    """What a rasterizer consumes (the inputs of gsplat's `rasterization()`): N Gaussians in world units.
+
+    means (N, 3) float32 world positions; quats (N, 4) unit wxyz rotations (local-to-world); scales (N, 3)
+    standard deviations along the rotated axes, in world units; opacities (N,) in [0, 1]; sh0 (N, 1, 3) and
+    shN (N, K-1, 3) real SH coefficients (INRIA's basis and order) of RGB - 0.5, K = (degree + 1)^2.
+    Tensors may carry autograd graphs back to whatever parameters produced them.
+    """
+
+    means: torch.Tensor
+    quats: torch.Tensor
+    scales: torch.Tensor
+    opacities: torch.Tensor
+    sh0: torch.Tensor
+    shN: torch.Tensor
+
     def detach(self) -> "ActivatedGaussians":
         return ActivatedGaussians(**{k: v.detach() for k, v in self.as_dict().items()})
 
 
 @dataclass
-class Gaussians:
+class Gaussians(_PerGaussian):
     means: torch.Tensor  # (N, 3) world positions
     scales: torch.Tensor  # (N, 3) log of the standard deviations
     quats: torch.Tensor  # (N, 4) wxyz, not necessarily unit length
@@ -83,13 +87,6 @@ class Gaussians:
     def quat_activation(raw: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.normalize(raw, dim=-1)
 
-    def __len__(self) -> int:
-        return self.means.shape[0]
-
-    @property
-    def sh_degree(self) -> int:
-        return sh_degree_from_bases(1 + self.shN.shape[1])
-
     @property
     def activated_scales(self) -> torch.Tensor:
         return self.scale_activation(self.scales)
@@ -101,14 +98,6 @@ class Gaussians:
     @property
     def activated_quats(self) -> torch.Tensor:
         return self.quat_activation(self.quats)
-
-    @property
-    def sh(self) -> torch.Tensor:
-        """All SH coefficients, (N, K, 3)."""
-        return torch.cat([self.sh0, self.shN], dim=1)
-
-    def as_dict(self) -> dict[str, torch.Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, d: dict[str, torch.Tensor]) -> "Gaussians":
