@@ -15,7 +15,7 @@ from splatkit.train.config import TrainConfig
 from splatkit.train.gaussian_model import GaussianModel
 from splatkit.train.plugin import SetupContext, StepInfo
 from splatkit.train.strategies import ADCStrategy
-from splatkit.train.trainer import Trainer, prepare
+from splatkit.train.trainer import start
 
 pytestmark = pytest.mark.xdist_group("tiny_scene")
 
@@ -51,16 +51,11 @@ class TaggingADC(ADCStrategy):
         assert torch.equal(model.buffers["tag"].float(), model.params["shadow"][:, 0])
 
 
-def _trainer(cfg: TrainConfig) -> Trainer:
-    cfg, scene, images, run_dir = prepare(cfg)
-    return Trainer(cfg, scene, images, run_dir)
-
-
 def test_plugin_tensors_follow_real_edits_and_resume(tiny_scene, tmp_path):
     strategy = TaggingADC(refine_start=5, refine_every=10, reset_every=25, grow_grad2d=2e-5)
     cfg = TrainConfig(scene=str(tiny_scene), out=tmp_path / "run", steps=40, backend="native", device="cpu",
                       strategy=strategy, eval_steps=())
-    trainer = _trainer(cfg)
+    trainer = start(cfg)
     initial = len(trainer.model)
     for _ in range(20):
         trainer.train_step()
@@ -74,7 +69,7 @@ def test_plugin_tensors_follow_real_edits_and_resume(tiny_scene, tmp_path):
     assert not torch.equal(model.params["decoder"].detach(), torch.ones(4, 4))  # its own Adam stepped it
     assert trainer.states["strategy"]["seen"] == 40
     # A resume from step 20 restores every plug-in tensor and the plug-in's state dict.
-    resumed = _trainer(dataclasses.replace(cfg, resume=True))
+    resumed = start(dataclasses.replace(cfg, resume=True))
     assert resumed.step == 20 and resumed.states["strategy"]["seen"] == 20
     saved = torch.load(next((tmp_path / "run" / "checkpoints").glob("*.pt")), weights_only=False)
     assert torch.equal(resumed.model.buffers["tag"], saved["buffers"]["tag"])

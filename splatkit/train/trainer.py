@@ -261,13 +261,9 @@ def _refuse_changes(config_path: Path, saved: TrainConfig, cfg: TrainConfig, sav
                                           "train it into another --out")
 
 
-def train(cfg: TrainConfig, *, show_progress: bool = True,
-          watch: Callable[[Trainer], ContextManager[Any]] | None = None) -> dict:
-    """Run (or resume) training; returns the final held-out metrics, also written to <run>/metrics.json.
-
-    `watch(trainer)` (e.g. the live viewer, supplied by the CLI so this layer never imports it) is entered around
-    the loop; what it yields, if not None, is called as `after_step(trainer, stats, steps_per_s, stop_requested)`.
-    """
+def start(cfg: TrainConfig) -> Trainer:
+    """A trainer for a new run or a resumed one, its config.json written (only now: a refused resume leaves the
+    saved settings as they were) and its log cut back to the step it resumes from."""
     cfg, scene, images, run_dir = prepare(cfg)
     trainer = Trainer(cfg, scene, images, run_dir)
     if trainer.step > cfg.steps:
@@ -275,9 +271,21 @@ def train(cfg: TrainConfig, *, show_progress: bool = True,
                             "end it before that (give at least that many)")
     if cfg.resume and trainer.step == 0:
         console.print(f"splatkit: {run_dir} has no checkpoint yet; starting it again from step 0")
-    write_run_record(cfg, scene, run_dir)  # only now: a refused resume leaves the saved settings as they were
+    write_run_record(cfg, scene, run_dir)
+    _truncate_log(run_dir / "metrics.jsonl", trainer.step)
+    return trainer
+
+
+def train(cfg: TrainConfig, *, show_progress: bool = True,
+          watch: Callable[[Trainer], ContextManager[Any]] | None = None) -> dict:
+    """Run (or resume) training; returns the final held-out metrics, also written to <run>/metrics.json.
+
+    `watch(trainer)` (e.g. the live viewer, supplied by the CLI so this layer never imports it) is entered around
+    the loop; what it yields, if not None, is called as `after_step(trainer, stats, steps_per_s, stop_requested)`.
+    """
+    trainer = start(cfg)
+    cfg, scene, run_dir = trainer.cfg, trainer.scene, trainer.run_dir
     log_path = run_dir / "metrics.jsonl"
-    _truncate_log(log_path, trainer.step)
     console.print(f"splatkit: {len(scene.train_ids)} training / {len(scene.test_ids)} held-out views, "
                   f"{len(trainer.model):,} Gaussians, strategy {cfg.strategy.name}, "
                   f"{trainer.device.type} backend {trainer.backend}, "
