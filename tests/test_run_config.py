@@ -142,7 +142,7 @@ def test_a_refused_resume_leaves_the_saved_settings_alone(tiny_scene, tmp_path, 
     capsys.readouterr()
     for extra, message in ((["--steps", "4"], "already at step 6"), (["--device", "cuda"], "cuda"),
                            (["--init-opacity", "1.5"], "--init-opacity 1.5: must be in (0, 1)"),
-                           (["strategy:adc", "--strategy.refine-every", "0"], "--strategy.refine-every 0")):
+                           (["strategy:adc", "--strategy.refine-every", "0"], "--strategy.refine-every 0: out of range")):
         assert main(["train", str(tiny_scene), "--out", str(run), "--resume", *extra]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err

@@ -208,10 +208,10 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, Scene, ImageStore, Path]:
 
 def check_settings(cfg: TrainConfig) -> None:
     """One line for a setting no run can use, before anything is loaded or written."""
-    for flag, value in (("--init-opacity", cfg.init_opacity), ("--init-scale", cfg.init_scale)):
-        if value is not None and not (0 < value and (flag != "--init-opacity" or value < 1)):
-            raise SplatkitError(f"{flag} {value}: must be in (0, 1)" if flag == "--init-opacity" else
-                                f"{flag} {value}: must be positive")
+    if cfg.init_opacity is not None and not 0 < cfg.init_opacity < 1:
+        raise SplatkitError(f"--init-opacity {cfg.init_opacity}: must be in (0, 1)")
+    if cfg.init_scale is not None and not cfg.init_scale > 0:
+        raise SplatkitError(f"--init-scale {cfg.init_scale}: must be positive")
     for plugin in (cfg.parameterisation, cfg.strategy):
         plugin.validate()
     resolve_backend(cfg.backend, resolve_device(cfg.device))

@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 
-from splatkit.errors import SplatkitError
 from splatkit.train.gaussian_model import GaussianModel
 from splatkit.train.plugin import SetupContext, StepInfo
 from splatkit.train.strategies import ops
@@ -41,9 +40,7 @@ class ADCStrategy(Strategy):
     """Seed of the split sampler (its state is checkpointed)."""
 
     def validate(self) -> None:
-        for flag in ("refine_every", "reset_every"):
-            if getattr(self, flag) < 1:
-                raise SplatkitError(f"--strategy.{flag.replace('_', '-')} {getattr(self, flag)}: must be at least 1")
+        self.require(refine_every=self.refine_every >= 1, reset_every=self.reset_every >= 1)
 
     def setup(self, ctx: SetupContext) -> dict[str, Any]:
         n = len(ctx.model)

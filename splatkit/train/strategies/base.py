@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from splatkit.errors import SplatkitError
 from splatkit.train.plugin import Plugin, Registry
 
 
@@ -15,6 +16,12 @@ class Strategy(Plugin):
 
     init_opacity: ClassVar[float] = 0.1
     init_scale: ClassVar[float] = 1.0
+
+    def require(self, **valid: bool) -> None:
+        """Raise one line naming the first setting whose check is False (`refine_every=self.refine_every >= 1`)."""
+        for name, ok in valid.items():
+            if not ok:
+                raise SplatkitError(f"--strategy.{name.replace('_', '-')} {getattr(self, name)}: out of range")
 
 
 STRATEGIES: Registry[Strategy] = Registry("strategy")

@@ -16,7 +16,6 @@ from typing import Any, ClassVar
 
 import torch
 
-from splatkit.errors import SplatkitError
 from splatkit.render.projection import covariance_3d
 from splatkit.train.gaussian_model import GaussianModel
 from splatkit.train.plugin import SetupContext, StepInfo
@@ -51,10 +50,8 @@ class MCMCStrategy(Strategy):
     """Seed of the relocation sampler and the noise (their state is checkpointed)."""
 
     def validate(self) -> None:
-        for flag, ok in (("cap-max", self.cap_max >= 1), ("growth", self.growth >= 0),
-                         ("min-opacity", 0 <= self.min_opacity < 1), ("refine-every", self.refine_every >= 1)):
-            if not ok:
-                raise SplatkitError(f"--strategy.{flag} {getattr(self, flag.replace('-', '_'))}: out of range")
+        self.require(cap_max=self.cap_max >= 1, growth=self.growth >= 0, min_opacity=0 <= self.min_opacity < 1,
+                     refine_every=self.refine_every >= 1)
 
     def setup(self, ctx: SetupContext) -> dict[str, Any]:
         generator = torch.Generator().manual_seed(self.seed)
