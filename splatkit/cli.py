@@ -23,7 +23,6 @@ from splatkit.data.scene import Similarity
 from splatkit.errors import SplatkitError, file_error
 from splatkit.io.export import describe, slimmed, write_model
 from splatkit.io.formats import EXTENSIONS, detect_format, format_from_extension, read_splats
-from splatkit.io.ply import load_ply
 from splatkit.model.gaussians import Gaussians
 from splatkit.render import rasterize, resolve_device
 from splatkit.render.api import Device
@@ -131,7 +130,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         raise SplatkitError(f"{cfg.run}: the run has no held-out views (test_every=0)")
     images = ImageStore(scene.cameras, cache_dir=image_cache_dir(cfg.run, record.scene_path),
                         background=scene.background)
-    model = _model_in_scene_frame(load_ply(_model_file(cfg.run)), scene).to(resolve_device(cfg.device))
+    model = _model_in_scene_frame(read_splats(_model_file(cfg.run)), scene).to(resolve_device(cfg.device))
     result = evaluate(model, scene, images, scene.test_ids, backend=cfg.backend,
                       side_by_side_dir=cfg.run / "eval")
     for view in result["views"]:
@@ -187,12 +186,17 @@ def run_render(cfg: RenderConfig) -> list[Path]:
         raise SplatkitError(f"{cfg.model}: no {cfg.split} views to render (the run holds none out); "
                             "try --split train or --split all")
     written = []
-    for i in ids:
-        camera = scene.cameras[i]
-        image = rasterize(model, camera, background=scene.background or (0.0, 0.0, 0.0), backend=cfg.backend).rgb
-        path = cfg.out / f"{Path(camera.name).stem}.png"
-        save_png(path, to_uint8(image))
-        written.append(path)
+    try:
+        for i in ids:
+            camera = scene.cameras[i]
+            image = rasterize(model, camera, background=scene.background or (0.0, 0.0, 0.0),
+                              backend=cfg.backend).rgb
+            path = cfg.out / scene.output_names[i]
+            save_png(path, to_uint8(image))
+            written.append(path)
+    except KeyboardInterrupt:
+        raise SplatkitError(f"stopped after {len(written)} of {len(ids)} renders in {cfg.out} "
+                            "(each written file is complete)") from None
     console.print(f"wrote {len(written)} renders to {cfg.out}")
     return written
 
@@ -352,11 +356,15 @@ def parse(argv: list[str]):
                                                 config=CASCADE)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    # pycolmap's glog installs a SIGTERM handler that dumps a native stack trace; a terminated splatkit just ends
-    # (training handles SIGTERM itself, between steps).
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # SIGTERM (a service manager, `docker stop`, `kill`) stops a command as Ctrl-C does, through the same clean
+    # path; it also replaces the handler pycolmap's glog installs on import, which dumps a native stack trace.
+    signal.signal(signal.SIGTERM, _interrupt)
     cfg = None
     try:
         cfg = parse(argv)
@@ -365,8 +373,9 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
-        hint = "; continue with --resume (the last checkpoint is kept)" if isinstance(cfg, TrainConfig) else ""
-        console.print(f"interrupted{hint}")
+        hint = "; continue with --resume (the last checkpoint is kept)" if isinstance(cfg, TrainConfig) else \
+            "; files are written atomically, so none is left half-written"
+        console.print(f"stopped{hint}")
         return 130
     return 0
 

@@ -94,8 +94,9 @@ def test_unsupported_camera_model(tmp_path: Path, model: str, params: str) -> No
 def test_empty_models(tmp_path: Path) -> None:
     _text_model(tmp_path / "a", images=0)
     _raises(tmp_path / "a" / "sparse" / "0" / "images.txt", "no registered images", load_scene, tmp_path / "a")
-    _text_model(tmp_path / "b", points=False)
-    _raises(tmp_path / "b" / "sparse" / "0" / "points3D.txt", "no 3D points", load_scene, tmp_path / "b")
+    _text_model(tmp_path / "b", points=False)  # cameras but no points: start from what the cameras see
+    scene = load_scene(tmp_path / "b", test_every=0)
+    assert len(scene.points) > 1000 and np.all(np.isfinite(scene.points))
 
 
 def test_missing_sparse_folder_and_unknown_folders(tmp_path: Path) -> None:
@@ -112,3 +113,34 @@ def test_transforms_json_errors(tmp_path: Path) -> None:
     (tmp_path / "transforms.json").write_text('{"camera_angle_x": 0.7, "frames": '
                                                '[{"file_path": "img/a", "transform_matrix": [[1,0,0,0]]}]}')
     _raises(tmp_path / "img" / "a", "missing", load_scene, tmp_path)
+
+
+def test_no_training_views_is_one_line_before_any_work(shared_datasets: Path, tmp_path: Path, capsys) -> None:
+    from scene_variants import cup_variant
+    from splatkit.cli import main
+
+    scene = cup_variant(shared_datasets, tmp_path / "cup", keep=6)
+    _raises(scene, "no training views: all 6 views are held out with --test-every 1", load_scene, scene,
+            test_every=1)
+    capsys.readouterr()
+    assert main(["train", str(scene), "--test-every", "1", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no training views" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_one_image_scene_trains(shared_datasets: Path, tmp_path: Path) -> None:
+    """One photo: nothing is held out, and the scene's length unit comes from the points (the rig has no
+    spread), so learning rates and thresholds are not scaled to zero."""
+    from scene_variants import cup_variant
+    from splatkit.train.config import TrainConfig
+    from splatkit.train.trainer import train
+
+    root = cup_variant(shared_datasets, tmp_path / "cup", keep=1)
+    scene = load_scene(root, data_factor=8)
+    assert scene.train_ids == [0] and scene.test_ids == []
+    depth = np.median(np.linalg.norm(scene.points - scene.cameras[0].center, axis=1))
+    assert scene.extent == pytest.approx(1.0) and depth == pytest.approx(1.0, rel=1e-5)
+    metrics = train(TrainConfig(scene=str(root), out=tmp_path / "run", steps=3, data_factor=8, backend="torch",
+                                eval_steps=()), show_progress=False)
+    assert metrics["step"] == 3 and metrics["views"] == []

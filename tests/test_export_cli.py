@@ -133,3 +133,30 @@ def test_bad_input_is_one_line(tiny_run, tmp_path, capsys, argv, problem):
     err = captured.err + captured.out
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and problem in lines[0] and "Traceback" not in err
+
+
+def _inria_ply(path: Path, rows: np.ndarray) -> Path:
+    """An INRIA-layout .ply (SH degree 0) written with plyfile, independent of our writer."""
+    from plyfile import PlyData, PlyElement
+
+    names = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1",
+             "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    vertex = np.zeros(len(rows), [(n, "f4") for n in names])
+    for k, n in enumerate(names):
+        vertex[n] = rows[:, k]
+    PlyData([PlyElement.describe(vertex, "vertex")]).write(str(path))
+    return path
+
+
+@pytest.mark.parametrize("case", ["empty", "all NaN"])
+def test_every_command_on_a_model_with_nothing_to_show(tiny_scene, tmp_path, capsys, case):
+    rows = np.zeros((0, 17), np.float32) if case == "empty" else np.full((5, 17), np.nan, np.float32)
+    ply = _inria_ply(tmp_path / "model.ply", rows)
+    problem = "holds no splats" if case == "empty" else "NaN"
+    for argv in (["info", str(ply)], ["convert", str(ply), str(tmp_path / "out.spz")], ["export", str(ply)],
+                 ["render", str(ply), "--scene", str(tiny_scene), "--out", str(tmp_path / "r")], ["view", str(ply)]):
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and str(ply) in err and problem in err, (argv, err)
+    assert not (tmp_path / "out.spz").exists() and not (tmp_path / "r").exists()

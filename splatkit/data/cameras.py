@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-
+from collections import Counter
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Sequence
 
 import numpy as np
 
@@ -76,3 +77,26 @@ class Camera:
         K[0] *= sx
         K[1] *= sy
         return replace(self, width=width, height=height, K=K)
+
+
+def output_names(names: Sequence[str], suffix: str = ".png") -> list[str]:
+    """Relative file names for outputs named after input images (renders, side-by-sides), one per name.
+
+    Folders are kept, so `cam_a/5.jpg` and `cam_b/5.jpg` give `cam_a/5.png` and `cam_b/5.png`; the extension is
+    replaced by `suffix` unless two inputs would then meet (`5.jpg` and `5.png` in one folder), in which case
+    both keep it (`5.jpg.png`). Parts that would leave the output folder (`..`, a root) are dropped, and any
+    name still repeated gets `~k` before its suffix, so the names are always unique.
+    """
+    clean = [PurePosixPath(*[p for p in PurePosixPath(n.replace("\\", "/")).parts if p not in ("/", "..", ".")]
+                           or ["image"]) for n in names]
+    swapped = [p.with_suffix(suffix) if p.suffix else p.with_name(p.name + suffix) for p in clean]
+    clashes = Counter(swapped)
+    out = [str(s) if clashes[s] == 1 else f"{p}{suffix}" for p, s in zip(clean, swapped)]
+    used: set[str] = set()
+    for i, name in enumerate(out):
+        k = 0
+        while out[i] in used:
+            k += 1
+            out[i] = f"{name[: -len(suffix)]}~{k}{suffix}"
+        used.add(out[i])
+    return out

@@ -16,6 +16,7 @@ import pycolmap
 
 from splatkit.data.cameras import Camera
 from splatkit.data.images import image_size, make_undistortion
+from splatkit.data.init_points import random_points_in_view
 from splatkit.data.scene import Scene, Similarity
 from splatkit.errors import file_error
 
@@ -162,6 +163,7 @@ def _use_downsampled_folder(root: Path, cameras: list[Camera], factor: int) -> l
 def load_colmap(root: Path, data_factor: int = 1) -> Scene:
     """Cameras (scaled by `data_factor`, undistorted), 3D points and colours, in COLMAP's world frame.
 
+    A model without 3D points starts from random points the cameras see (as transforms.json scenes do).
     The returned Scene has an identity `to_normalized` and no split; `load_scene` does both.
     """
     root = Path(root)
@@ -175,8 +177,6 @@ def load_colmap(root: Path, data_factor: int = 1) -> Scene:
     images = [im for im in rec.images.values() if im.has_pose]
     if not images:
         raise file_error(model_dir / f"images{ext}", "COLMAP model has no registered images")
-    if rec.num_points3D() == 0:
-        raise file_error(model_dir / f"points3D{ext}", "COLMAP model has no 3D points")
 
     intrinsics: dict[int, tuple] = {}
     cameras: list[Camera] = []
@@ -197,10 +197,10 @@ def load_colmap(root: Path, data_factor: int = 1) -> Scene:
         cameras = _use_downsampled_folder(root, cameras, data_factor)
 
     pts = rec.points3D
-    points = np.empty((len(pts), 3), np.float64)
-    colors = np.empty((len(pts), 3), np.float32)
-    for k, p in enumerate(pts.values()):
-        points[k] = p.xyz
-        colors[k] = p.color
-    return Scene(root=root, cameras=cameras, points=points, colors=colors / 255.0,
+    if len(pts) == 0:  # e.g. poses from elsewhere with an empty points3D: start from what the cameras see
+        points, colors = random_points_in_view(cameras)
+    else:
+        points = np.array([p.xyz for p in pts.values()], np.float64)
+        colors = np.array([p.color for p in pts.values()], np.float32) / 255.0
+    return Scene(root=root, cameras=cameras, points=points, colors=colors,
                  to_normalized=Similarity(), train_ids=list(range(len(cameras))), test_ids=[])

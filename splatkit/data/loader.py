@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from splatkit.data.colmap import load_colmap
-from splatkit.data.scene import Scene, Similarity
+from splatkit.data.scene import Scene, Similarity, rig_radius
 from splatkit.data.transforms_json import load_transforms
 from splatkit.errors import SplatkitError, file_error
 
@@ -19,7 +19,10 @@ def load_scene(path: str | Path, *, data_factor: int = 1, test_every: int = 8) -
     The result lives in a normalised frame (centre = mean camera position, farthest camera at distance 1) so that
     learning rates and thresholds mean the same for every capture. Cameras are sorted by image name and every
     `test_every`-th one (index % test_every == 0, the Mip-NeRF 360 convention) is held out; `test_every=0` keeps
-    all for training. Blender scenes keep their own transforms_train/test split.
+    all for training, as does a scene of one view. Blender scenes keep their own transforms_train/test split.
+
+    Raises SplatkitError (one line naming the file) for a missing or unreadable scene, and when the split
+    leaves no view to train on.
     """
     path = Path(path)
     if isinstance(data_factor, bool) or not isinstance(data_factor, int) or data_factor < 1:
@@ -37,7 +40,12 @@ def load_scene(path: str | Path, *, data_factor: int = 1, test_every: int = 8) -
     else:
         raise file_error(path, "not a scene: expected a COLMAP folder (images/ + sparse/) or transforms.json "
                                "(or transforms_train.json)")
-    return _normalise_and_split(scene, test_every, predefined)
+    scene = _normalise_and_split(scene, test_every, predefined)
+    if not scene.train_ids:
+        why = "by the scene's own train/test files" if predefined else f"with --test-every {test_every}"
+        raise file_error(path, f"no training views: all {len(scene.cameras)} views are held out {why}; "
+                               "use --test-every 0 to train on every view, or a larger value")
+    return scene
 
 
 def _normalise_and_split(scene: Scene, test_every: int, predefined: bool) -> Scene:
@@ -46,15 +54,13 @@ def _normalise_and_split(scene: Scene, test_every: int, predefined: bool) -> Sce
     cameras = [scene.cameras[i] for i in order]
 
     centers = np.stack([c.center for c in cameras])
-    center = centers.mean(0)
-    radius = float(np.linalg.norm(centers - center, axis=1).max())
-    sim = Similarity(scale=1.0 / radius if radius > 0 else 1.0, center=center)
+    sim = Similarity(scale=1.0 / rig_radius(centers, scene.points), center=centers.mean(0))
     cameras = [replace(c, world_to_cam=sim.apply_camera(c.world_to_cam)) for c in cameras]
 
     if predefined:
         train_ids = sorted(new_index[i] for i in scene.train_ids)
         test_ids = sorted(new_index[i] for i in scene.test_ids)
-    elif test_every > 0:
+    elif test_every > 0 and len(cameras) > 1:  # a single view is trained on, not held out
         test_ids = [i for i in range(len(cameras)) if i % test_every == 0]
         train_ids = [i for i in range(len(cameras)) if i % test_every != 0]
     else:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from splatkit.data.cameras import Camera
+from splatkit.data.cameras import Camera, output_names
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,28 @@ class Scene:
     test_ids: list[int]
     background: tuple[float, float, float] | None = None  # for images with an alpha channel
 
+    @functools.cached_property
+    def output_names(self) -> list[str]:
+        """Per camera, the relative .png name of outputs made from its view (renders, side-by-sides): unique,
+        and keeping the image's folder (see `output_names`)."""
+        return output_names([c.name for c in self.cameras])
+
     @property
     def extent(self) -> float:
         """Radius of the camera rig, which sets the scale of learning rates and densification thresholds."""
-        centers = np.stack([c.center for c in self.cameras])
-        return float(np.linalg.norm(centers - centers.mean(0), axis=1).max())
+        return rig_radius(np.stack([c.center for c in self.cameras]), self.points)
+
+
+def rig_radius(centers: np.ndarray, points: np.ndarray) -> float:
+    """Distance of the farthest camera from the cameras' mean position: the scene's natural length unit.
+
+    When the cameras stand (nearly) in one place (a single photo, a panorama turned on a tripod) that is zero,
+    and the median distance from the cameras to the points is used instead; 1.0 if there are no points either.
+    """
+    centers = np.asarray(centers, np.float64)
+    mean = centers.mean(0)
+    spread = float(np.linalg.norm(centers - mean, axis=1).max())
+    depth = float(np.median(np.linalg.norm(np.asarray(points, np.float64) - mean, axis=1))) if len(points) else 0.0
+    if spread > 1e-6 * depth and spread > 0:
+        return spread
+    return depth if depth > 0 else 1.0

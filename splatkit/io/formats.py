@@ -68,7 +68,15 @@ def format_from_extension(path: str | Path) -> str:
 
 
 def read_splats(path: str | Path) -> Gaussians:
-    return READERS[detect_format(path)](path)
+    """The Gaussians of a splat file of any format above (raw INRIA form, the file's frame, on the CPU).
+
+    Raises SplatkitError (one line naming the file) when it cannot be read, holds a NaN or infinite value
+    (every reader checks), or holds no splats at all: there is nothing to show, convert or export.
+    """
+    g = READERS[detect_format(path)](path)
+    if len(g) == 0:
+        raise file_error(path, "holds no splats (an empty model)")
+    return g
 
 
 def write_options(fmt: str) -> list[str]:

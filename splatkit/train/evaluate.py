@@ -45,6 +45,6 @@ def evaluate(
         views.append({"name": camera.name, "psnr": psnr(render, target), "ssim": float(ssim(render, target))})
         if side_by_side_dir is not None:
             pair = torch.cat([target, render], dim=1)
-            save_png(side_by_side_dir / f"{Path(camera.name).stem}.png", to_uint8(pair))
+            save_png(side_by_side_dir / scene.output_names[i], to_uint8(pair))
     mean = {key: float(np.mean([v[key] for v in views])) if views else float("nan") for key in ("psnr", "ssim")}
     return {"mean": mean, "views": views}

@@ -115,12 +115,12 @@ def run_view(cfg: ViewConfig) -> None:
     resolve_backend(cfg.backend, source.snapshot().gaussians.means.device)  # unknown backend: fail now
     viewer = Viewer(source, host=cfg.host, port=cfg.port, settings=settings)
     n = len(source.snapshot().gaussians)
-    print(f"splatkit view: {n:,} Gaussians from {cfg.model}"
-          + (f" with {len(source.cameras)} training cameras" if source.cameras else ""))
-    print(f"splatkit view: open {viewer.url} in a browser (Ctrl-C to stop)", flush=True)
-    if cfg.host in ("0.0.0.0", "::"):
-        print("splatkit view: listening on all network interfaces; anyone who can reach this machine can view")
-    try:
+    try:  # from here on a Ctrl-C or SIGTERM (raised as KeyboardInterrupt by the CLI) stops the server cleanly
+        print(f"splatkit view: {n:,} Gaussians from {cfg.model}"
+              + (f" with {len(source.cameras)} training cameras" if source.cameras else ""))
+        print(f"splatkit view: open {viewer.url} in a browser (Ctrl-C to stop)", flush=True)
+        if cfg.host in ("0.0.0.0", "::"):
+            print("splatkit view: listening on all network interfaces; anyone who can reach this machine can view")
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:

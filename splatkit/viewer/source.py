@@ -17,7 +17,6 @@ from splatkit.data.cameras import Camera
 from splatkit.data.scene import Scene, Similarity
 from splatkit.errors import SplatkitError, file_error
 from splatkit.io.formats import read_splats
-from splatkit.io.ply import load_ply
 from splatkit.model.gaussians import Gaussians
 from splatkit.train import checkpoint
 from splatkit.train.run_record import RunRecord, read_run
@@ -102,7 +101,7 @@ def load_source(path: Path, device: torch.device | str = "cpu") -> ModelSource:
     scene = _load_run_scene(record, path)
     to_file_frame = None  # the model is shown in its file's frame unless moved into the training frame
     if ply.is_file():
-        model = load_ply(ply)
+        model = read_splats(ply)
         if scene is not None:
             t = scene.to_normalized
             model = model.transformed(t)

@@ -1,0 +1,33 @@
+"""Scenes built from the real captures in ../shared for tests: subsets, renamed folders, edited photos.
+
+Photos are linked, not copied, unless a test edits them; the COLMAP model is rewritten with pycolmap.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pycolmap
+
+
+def cup_variant(shared_datasets: Path, dest: Path, *, keep: int | None = None,
+                rename: Callable[[int, str], str] | None = None) -> Path:
+    """cup_colmap at `dest` with only its first `keep` photos (in numeric order) registered, each named
+    `rename(index, old_name)` in the model and under images/ (folders created), linked to the original photo."""
+    source = (shared_datasets / "cup_colmap").resolve()
+    rec = pycolmap.Reconstruction(str(source / "sparse" / "0"))
+    ordered = sorted(rec.images.values(), key=lambda im: int(Path(im.name).stem))
+    for k, image in enumerate(ordered):
+        if keep is not None and k >= keep:
+            rec.deregister_frame(image.frame_id)
+            continue
+        new = rename(k, image.name) if rename else image.name
+        target = dest / "images" / new
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(source / "images" / image.name)
+        image.name = new
+    model = dest / "sparse" / "0"
+    model.mkdir(parents=True)
+    rec.write(str(model))
+    return dest
