@@ -18,7 +18,7 @@ from scipy.spatial.transform import Rotation
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from splatkit.atomic import write_text_atomic
-from splatkit.data import ImageStore, Scene, load_scene
+from splatkit.data import Scene, load_scene
 from splatkit.data.scene import Similarity
 from splatkit.errors import SplatkitError, file_error
 from splatkit.io.export import describe, slimmed, write_model
@@ -30,7 +30,7 @@ from splatkit.render.camera_path import CameraPath, render_video
 from splatkit.train.config import TrainConfig
 from splatkit.train.run_record import RunRecord, read_run
 from splatkit.train.evaluate import evaluate, save_png, to_uint8
-from splatkit.train.trainer import console, image_cache_dir, resolve_scene_path, train
+from splatkit.train.trainer import console, open_images, resolve_scene_path, train
 from splatkit.viewer.camera import up_from_cameras
 from splatkit.viewer.config import ViewConfig
 
@@ -128,14 +128,15 @@ def run_eval(cfg: EvalConfig) -> dict:
     scene = record.load_scene()
     if not scene.test_ids:
         raise SplatkitError(f"{cfg.run}: the run has no held-out views (test_every=0)")
-    images = ImageStore(scene.cameras, cache_dir=image_cache_dir(cfg.run, record.scene_path),
-                        background=scene.background)
+    images = open_images(record.config, scene, cfg.run, record.scene_path)
     model = _model_in_scene_frame(read_splats(_model_file(cfg.run)), scene).to(resolve_device(cfg.device))
     result = evaluate(model, scene, images, scene.test_ids, backend=cfg.backend,
                       side_by_side_dir=cfg.run / "eval")
     for view in result["views"]:
-        console.print(f"{view['name']:>24}  PSNR {view['psnr']:6.2f}  SSIM {view['ssim']:.4f}")
-    console.print(f"{'mean':>24}  PSNR {result['mean']['psnr']:6.2f}  SSIM {result['mean']['ssim']:.4f}")
+        masked = f"  ({view['masked']:.1%} of pixels masked out)" if "masked" in view else ""
+        console.print(f"{view['name']:>24}  PSNR {view['psnr']:6.2f}  SSIM {view['ssim']:.4f}{masked}")
+    scored = " on the masks' kept pixels" if result["masked"] else ""
+    console.print(f"{'mean':>24}  PSNR {result['mean']['psnr']:6.2f}  SSIM {result['mean']['ssim']:.4f}{scored}")
     write_text_atomic(cfg.run / "eval" / "metrics.json", json.dumps(result, indent=2))
     console.print(f"wrote {cfg.run / 'eval'}")
     return result

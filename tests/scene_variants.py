@@ -8,13 +8,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pycolmap
+from PIL import Image
 
 
 def cup_variant(shared_datasets: Path, dest: Path, *, keep: int | None = None,
-                rename: Callable[[int, str], str] | None = None) -> Path:
+                rename: Callable[[int, str], str] | None = None,
+                edit: Callable[[int, np.ndarray], Image.Image] | None = None) -> Path:
     """cup_colmap at `dest` with only its first `keep` photos (in numeric order) registered, each named
-    `rename(index, old_name)` in the model and under images/ (folders created), linked to the original photo."""
+    `rename(index, old_name)` in the model and under images/ (folders created), linked to the original photo,
+    or, with `edit`, the image `edit(index, photo as uint8 HxWx3)` saved there (name it .png to stay lossless)."""
     source = (shared_datasets / "cup_colmap").resolve()
     rec = pycolmap.Reconstruction(str(source / "sparse" / "0"))
     ordered = sorted(rec.images.values(), key=lambda im: int(Path(im.name).stem))
@@ -25,7 +29,11 @@ def cup_variant(shared_datasets: Path, dest: Path, *, keep: int | None = None,
         new = rename(k, image.name) if rename else image.name
         target = dest / "images" / new
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(source / "images" / image.name)
+        if edit is None:
+            target.symlink_to(source / "images" / image.name)
+        else:
+            with Image.open(source / "images" / image.name) as photo:
+                edit(k, np.asarray(photo.convert("RGB"))).save(target)
         image.name = new
     model = dest / "sparse" / "0"
     model.mkdir(parents=True)

@@ -43,6 +43,8 @@ class Camera:
     world_to_cam: np.ndarray
     image_path: Path | None = None
     undistortion: Undistortion | None = field(default=None, compare=False)
+    mask_path: Path | None = None
+    """Mask of the photo (same size; 0 = ignore the pixel, see `splatkit.data.masks`), or None."""
 
     @property
     def cam_to_world(self) -> np.ndarray:

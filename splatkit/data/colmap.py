@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import mmap
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import pycolmap
 from splatkit.data.cameras import Camera
 from splatkit.data.images import image_size, make_undistortion
 from splatkit.data.init_points import random_points_in_view
+from splatkit.data.masks import find_mask
 from splatkit.data.scene import Scene, Similarity
 from splatkit.errors import file_error
 
@@ -153,7 +155,7 @@ def _use_downsampled_folder(root: Path, cameras: list[Camera], factor: int) -> l
         rel = Path(cam.name)
         for cand in (folder / rel, folder / rel.with_suffix(".png")):
             if image_size(cand) == (cam.width, cam.height):
-                out.append(Camera(cam.name, cam.width, cam.height, cam.K, cam.world_to_cam, cand, None))
+                out.append(replace(cam, image_path=cand))
                 break
         else:
             return cameras  # all or nothing, so every image goes through the same resampling
@@ -163,7 +165,8 @@ def _use_downsampled_folder(root: Path, cameras: list[Camera], factor: int) -> l
 def load_colmap(root: Path, data_factor: int = 1) -> Scene:
     """Cameras (scaled by `data_factor`, undistorted), 3D points and colours, in COLMAP's world frame.
 
-    A model without 3D points starts from random points the cameras see (as transforms.json scenes do).
+    A model without 3D points starts from random points the cameras see (as transforms.json scenes do). Masks
+    in `masks/` beside `images/` are attached to their cameras (see `splatkit.data.masks`).
     The returned Scene has an identity `to_normalized` and no split; `load_scene` does both.
     """
     root = Path(root)
@@ -190,7 +193,8 @@ def load_colmap(root: Path, data_factor: int = 1) -> Scene:
         if not path.is_file():
             raise file_error(path, f"image listed in the COLMAP model ({model_dir / ('images' + ext)}) "
                                    "is missing on disk")
-        cameras.append(Camera(im.name, cam.width, cam.height, K.copy(), _world_to_cam(im), path, und))
+        cameras.append(Camera(im.name, cam.width, cam.height, K.copy(), _world_to_cam(im), path, und,
+                              find_mask(root / "masks", im.name)))
 
     if data_factor != 1:
         cameras = [c.scaled(data_factor) for c in cameras]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from splatkit.data.cameras import Camera
-from splatkit.data.images import image_size, make_undistortion
+from splatkit.data.images import has_alpha, image_size, make_undistortion
 from splatkit.data.init_points import random_points_in_view, read_ply_points
 from splatkit.data.scene import Scene, Similarity
 from splatkit.errors import file_error
@@ -61,6 +61,18 @@ def _image_path(json_path: Path, file_path: str) -> Path:
     raise file_error(p, f"image listed in {json_path.name} is missing")
 
 
+def _mask_path(json_path: Path, frame: dict, index: int) -> Path | None:
+    """The frame's `mask_path` (nerfstudio), resolved beside the json file; it must exist when named."""
+    if frame.get("mask_path") is None:
+        return None
+    if not isinstance(frame["mask_path"], str):
+        raise file_error(json_path, f"frame {index}: mask_path must be a file name")
+    path = (json_path.parent / frame["mask_path"]).resolve()
+    if not path.is_file():
+        raise file_error(path, f"mask listed in {json_path.name} (frame {index}) is missing")
+    return path
+
+
 def _frame_camera(json_path: Path, meta: dict, frame: dict, index: int, root: Path) -> Camera:
     get = lambda k: frame.get(k, meta.get(k))  # per-frame values override the shared ones
     model = get("camera_model") or "OPENCV"
@@ -99,7 +111,7 @@ def _frame_camera(json_path: Path, meta: dict, frame: dict, index: int, root: Pa
         raise file_error(json_path, f"frame {index} has a malformed transform_matrix (need 4x4 numbers)")
     world_to_cam = np.linalg.inv(c2w @ _OPENGL_TO_OPENCV)
     name = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
-    return Camera(name, w, h, K, world_to_cam, path, und)
+    return Camera(name, w, h, K, world_to_cam, path, und, _mask_path(json_path, frame, index))
 
 
 def _has_alpha(path: Path) -> bool:
@@ -107,7 +119,7 @@ def _has_alpha(path: Path) -> bool:
 
     try:
         with Image.open(path) as im:
-            return im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
+            return has_alpha(im)
     except Exception:
         return False
 

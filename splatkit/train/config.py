@@ -54,6 +54,9 @@ class TrainConfig:
     """Multiplier on the 3-nearest-neighbour initial scale (default: the strategy's: 1 for ADC, 0.1 for MCMC)."""
     ssim_lambda: float = 0.2
     """Loss = (1 - lambda) L1 + lambda (1 - SSIM)."""
+    alpha_as_mask: bool = False
+    """Read an image's alpha channel as a mask (only fully opaque pixels count in the loss and the metrics)
+    rather than as transparency composited on the background. Mask files work without it (README: Masks)."""
     random_background: bool = False
     """Composite each render over a random colour (discourages transparent 'holes')."""
     lr: LearningRates = field(default_factory=LearningRates)

@@ -13,7 +13,7 @@ from splatkit.data.images import ImageStore
 from splatkit.data.scene import Scene
 from splatkit.model.gaussians import Gaussians
 from splatkit.render import rasterize
-from splatkit.train.metrics import psnr, ssim
+from splatkit.train.metrics import ignore_masked, psnr, ssim
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -23,6 +23,12 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
 def save_png(path: Path, image: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         iio.imwrite(tmp, image, extension=".png")
+
+
+def keep_mask(images: ImageStore, i: int, device: torch.device | str) -> torch.Tensor | None:
+    """View i's mask as a (H, W, 1) bool tensor on `device`, or None when all its pixels count."""
+    keep = images.mask(i)
+    return None if keep is None else torch.from_numpy(keep).to(device)
 
 
 @torch.no_grad()
@@ -35,16 +41,25 @@ def evaluate(
     backend: str = "auto",
     side_by_side_dir: Path | None = None,
 ) -> dict:
-    """Per-view and mean PSNR/SSIM over cameras `ids` of `scene`."""
+    """Per-view and mean PSNR/SSIM over cameras `ids` of `scene`.
+
+    Views with a mask are scored on their kept pixels only; their entry then says which share of the pixels
+    was ignored (`masked`), and the result's `masked` is true when any view was masked.
+    """
     background = scene.background or (0.0, 0.0, 0.0)
     views = []
     for i in ids:
         camera = scene.cameras[i]
         render = rasterize(gaussians, camera, background=background, backend=backend).rgb.clamp(0, 1)
         target = torch.from_numpy(images[i]).to(render.device)
-        views.append({"name": camera.name, "psnr": psnr(render, target), "ssim": float(ssim(render, target))})
+        keep = keep_mask(images, i, render.device)
+        scored, truth = ignore_masked(render, target, keep)
+        view = {"name": camera.name, "psnr": psnr(scored, truth, keep), "ssim": float(ssim(scored, truth, keep))}
+        if keep is not None:
+            view["masked"] = 1.0 - float(keep.float().mean())
+        views.append(view)
         if side_by_side_dir is not None:
             pair = torch.cat([target, render], dim=1)
             save_png(side_by_side_dir / scene.output_names[i], to_uint8(pair))
     mean = {key: float(np.mean([v[key] for v in views])) if views else float("nan") for key in ("psnr", "ssim")}
-    return {"mean": mean, "views": views}
+    return {"mean": mean, "views": views, "masked": any("masked" in v for v in views)}

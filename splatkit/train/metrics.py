@@ -17,12 +17,13 @@ def _gaussian_window(size: int, sigma: float, device: torch.device) -> torch.Ten
     return g / g.sum()
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def ssim(a: torch.Tensor, b: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
     """Mean SSIM of two (H, W, C) images in [0, 1] (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5).
 
-    Only windows that fit inside the image count ("valid"), so no padding leaks into the score. The five local
-    statistics of all channels are blurred in one depthwise convolution: on the CPU that is ~10x faster than
-    separate single-channel convolutions.
+    Only windows that fit inside the image count ("valid"), so no padding leaks into the score; with `keep`
+    ((H, W, 1) bool, a mask) only windows centred on kept pixels count. The five local statistics of all
+    channels are blurred in one depthwise convolution: on the CPU that is ~10x faster than separate
+    single-channel convolutions.
     """
     c1, c2 = 0.01**2, 0.03**2
     x, y = a.permute(2, 0, 1), b.permute(2, 0, 1)
@@ -33,10 +34,44 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     mu_x, mu_y, xx, yy, xy = F.conv2d(maps, kernel, groups=maps.shape[1])[0].chunk(5)
     var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
     s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return s.mean()
+    if keep is None:
+        return s.mean()
+    h, w = s.shape[-2:]
+    centred = keep[size // 2: size // 2 + h, size // 2: size // 2 + w].permute(2, 0, 1)  # window centres
+    return masked_mean(s, centred)
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Peak signal-to-noise ratio in dB for images in [0, 1]."""
-    mse = torch.mean((a.clamp(0, 1) - b.clamp(0, 1)) ** 2).item()
+def masked_mean(values: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """Mean of `values` over the kept entries (`keep` broadcasts against it); all of them without a mask."""
+    if keep is None:
+        return values.mean()
+    weight = keep.to(values.dtype).expand_as(values)
+    return (values * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def ignore_masked(render: torch.Tensor, target: torch.Tensor, keep: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(render, target) with every ignored pixel of both replaced by the detached render there.
+
+    Ignored pixels then add no error, and neither their photo (e.g. a passer-by) nor a gradient through them
+    reaches the model, not even through SSIM windows that straddle the mask's edge. `keep` is (H, W, 1) bool.
+    """
+    if keep is None:
+        return render, target
+    stand_in = render.detach()
+    return torch.where(keep, render, stand_in), torch.where(keep, target, stand_in)
+
+
+def photometric_loss(render: torch.Tensor, target: torch.Tensor, keep: torch.Tensor | None,
+                     ssim_lambda: float) -> torch.Tensor:
+    """(1 - lambda) L1 + lambda (1 - SSIM), the 3DGS training loss (Kerbl et al. 2023, eq. 7), averaged over the
+    kept pixels (per image, so a mostly masked photo weighs as much as a whole one). Pass (render, target)
+    through `ignore_masked` first."""
+    l1 = masked_mean(torch.abs(render - target), keep)
+    return (1 - ssim_lambda) * l1 + ssim_lambda * (1 - ssim(render, target, keep))
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, keep: torch.Tensor | None = None) -> float:
+    """Peak signal-to-noise ratio in dB for (H, W, C) images in [0, 1], over the kept pixels if masked."""
+    mse = masked_mean((a.clamp(0, 1) - b.clamp(0, 1)) ** 2, keep).item()
     return float("inf") if mse == 0 else -10.0 * math.log10(mse)

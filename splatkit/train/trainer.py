@@ -27,9 +27,9 @@ from splatkit.model.gaussians import Gaussians, init_from_points
 from splatkit.render import rasterize, resolve_backend, resolve_device
 from splatkit.train import checkpoint
 from splatkit.train.config import RUN_DEFINING, TrainConfig
-from splatkit.train.evaluate import evaluate
+from splatkit.train.evaluate import evaluate, keep_mask
 from splatkit.train.gaussian_model import GaussianModel
-from splatkit.train.metrics import psnr, ssim
+from splatkit.train.metrics import ignore_masked, photometric_loss, psnr
 from splatkit.train.plugin import SetupContext, StepInfo
 from splatkit.train.run_record import read_run
 
@@ -131,6 +131,7 @@ class Trainer:
         index = train_ids[int(torch.randint(len(train_ids), (1,), generator=self.generator))]
         camera = self.scene.cameras[index]
         target = torch.from_numpy(self.images[index]).to(self.device)
+        keep = keep_mask(self.images, index, self.device)
         if cfg.random_background:
             background = tuple(torch.rand(3, generator=self.generator).tolist())
         else:
@@ -139,11 +140,11 @@ class Trainer:
         gaussians = self.model.activated()
         render = rasterize(gaussians, camera, sh_degree=min(step // cfg.sh_degree_interval, cfg.sh_degree),
                            background=background, backend=self.backend)
-        error = (render.rgb.detach() - target).abs().sum(dim=-1)
+        rgb, target = ignore_masked(render.rgb, target, keep)  # masked pixels: no error, no gradient
+        error = (rgb.detach() - target).abs().sum(dim=-1)
         info = StepInfo(step, cfg.steps, camera, index, target, gaussians, render, error, self.extent)
         self._hook("pre_backward", info)
-        l1 = torch.abs(render.rgb - target).mean()
-        loss = (1 - cfg.ssim_lambda) * l1 + cfg.ssim_lambda * (1 - ssim(render.rgb, target))
+        loss = photometric_loss(rgb, target, keep, cfg.ssim_lambda)
         extra = {name: term for key, plugin in self.plugins.items()
                  for name, term in plugin.losses(self.model, self.states[key], info).items()}
         loss = loss + sum(extra.values())
@@ -153,7 +154,7 @@ class Trainer:
         self.model.step()
         self._hook("after_step", info)
         self.step += 1
-        return {"loss": loss.item(), "psnr": psnr(render.rgb.detach(), target),
+        return {"loss": loss.item(), "psnr": psnr(rgb.detach(), target, keep),
                 **{name: term.item() for name, term in extra.items()}}
 
     def evaluate(self, side_by_side_dir: Path | None = None) -> dict:
@@ -200,10 +201,15 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, Scene, ImageStore, Path]:
     elif checkpoint.list_checkpoints(run_dir / "checkpoints"):
         raise SplatkitError(f"{run_dir}: a run already lives here; add --resume to continue it or pick another --out")
     scene = load_scene(scene_path, data_factor=cfg.data_factor, test_every=cfg.test_every)
-    images = ImageStore(scene.cameras, cache_dir=image_cache_dir(run_dir, scene_path),
-                        background=scene.background, max_cached=cfg.max_cached_images)
+    images = open_images(cfg, scene, run_dir, scene_path)
     run_dir.mkdir(parents=True, exist_ok=True)
     return cfg, scene, images, run_dir
+
+
+def open_images(cfg: TrainConfig, scene: Scene, run_dir: Path, scene_path: Path) -> ImageStore:
+    """The run's photos (and masks) as training and evaluation read them, cached beside the run."""
+    return ImageStore(scene.cameras, cache_dir=image_cache_dir(run_dir, scene_path), background=scene.background,
+                      max_cached=cfg.max_cached_images, alpha_as_mask=cfg.alpha_as_mask)
 
 
 def check_settings(cfg: TrainConfig) -> None:
@@ -286,8 +292,10 @@ def train(cfg: TrainConfig, *, show_progress: bool = True,
     trainer = start(cfg)
     cfg, scene, run_dir = trainer.cfg, trainer.scene, trainer.run_dir
     log_path = run_dir / "metrics.jsonl"
-    console.print(f"splatkit: {len(scene.train_ids)} training / {len(scene.test_ids)} held-out views, "
-                  f"{len(trainer.model):,} Gaussians, strategy {cfg.strategy.name}, "
+    masked = sum(c.mask_path is not None for c in scene.cameras)
+    console.print(f"splatkit: {len(scene.train_ids)} training / {len(scene.test_ids)} held-out views"
+                  + (f" ({masked} with masks)" if masked else "") + f", {len(trainer.model):,} Gaussians, "
+                  f"strategy {cfg.strategy.name}, "
                   f"{trainer.device.type} backend {trainer.backend}, "
                   f"run folder {run_dir}" + (f", resuming at step {trainer.step}" if trainer.step else ""))
     smoothed: dict[str, float] = {}
@@ -323,7 +331,7 @@ def train(cfg: TrainConfig, *, show_progress: bool = True,
     ply_path = trainer.export_ply()
     result = trainer.evaluate(run_dir / "eval") if scene.test_ids else {"mean": {}, "views": []}
     metrics = {"step": trainer.step, "num_gaussians": len(trainer.model), **result["mean"],
-               "views": result["views"]}
+               "masked": result.get("masked", False), "views": result["views"]}
     write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     summary = f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f} on {len(scene.test_ids)} held-out views" \
         if scene.test_ids else "no held-out views"
