@@ -228,6 +228,39 @@ def test_session_previews_while_moving_then_one_full_render(tiny_scene, tmp_path
         session.close()
 
 
+def test_first_native_frame_says_the_rasterizer_is_compiling(tiny_scene, monkeypatch):
+    """On a fresh machine the first native frame compiles the rasterizer (about a minute): the tab says so
+    meanwhile instead of staying blank, and the note goes once the build is done."""
+    from splatkit.render import native_build
+    from splatkit.viewer import session as session_module
+
+    scene = load_scene(tiny_scene)
+    client = _FakeClient()
+    client.set_camera(scene.cameras[0], 36)
+    events: list = []
+
+    class _Notice(_Handle):
+        def remove(self):
+            events.append("removed")
+
+    def add_notification(title, body, **kwargs):
+        events.append((title, kwargs.get("loading")))
+        return _Notice()
+
+    client.add_notification = add_notification
+    monkeypatch.setattr(session_module, "resolve_backend", lambda name, device: "native")
+    monkeypatch.setattr(native_build, "needs_build", lambda arch=None: True)
+    monkeypatch.setattr(native_build, "load_extension", lambda arch=None: events.append("built"))
+    settings = SessionSettings(backend="torch")  # the frames themselves: no real build in this test
+    session = ClientSession(client, ModelSource(_model(scene), cameras=scene.cameras, name="tiny"), settings,
+                            RenderShare(), np.array([0, 0, 1.0]), frame_points(scene.points, np.array([0, 0, 1.0])))
+    try:
+        _wait_for(lambda: len(client.images) >= 2)
+    finally:
+        session.close()
+    assert events == [("Compiling the native rasterizer", True), "built", "removed"]  # once, before the first frame
+
+
 class _FakeTrainer:
     """What LiveSource reads of a Trainer: its model, scene, run folder, step and config."""
 

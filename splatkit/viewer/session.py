@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from splatkit.render import native_build, resolve_backend
 from splatkit.viewer.camera import Framing, ViewPose, camera_from_pose, frame_camera, pose_from_camera
 from splatkit.viewer.pacing import LatestSlot, RenderShare, SpeedMeter, choose_height
 from splatkit.viewer.path_tool import CameraPathTool
@@ -64,6 +66,7 @@ class ClientSession:
         self._splats = None
         self._splat_version = -1
         self._splat_time = 0.0
+        self._backend_checked = False
         self._build_gui()
         self._add_frustums()
         client.camera.on_update(self._on_camera)
@@ -229,6 +232,9 @@ class ClientSession:
             time.sleep(TRAINING_STATS_SECONDS)
 
     def _render(self, snapshot, preview: bool) -> None:
+        if not self._backend_checked:
+            self._backend_checked = True
+            self._build_native(snapshot.gaussians.means.device)
         time.sleep(self.share.wait_time())
         pose, pose_time = self._pose, self._pose_time  # the newest, even if it arrived while waiting
         full = max(16, min(int(self.max_height.value), getattr(self, "_full_height", 1080)))
@@ -256,6 +262,18 @@ class ClientSession:
             self._last_sent_pose_time = pose_time
         if not preview:
             self.last_full = image
+
+    def _build_native(self, device: torch.device) -> None:
+        """Compile the native rasterizer before the first frame where it renders and is not built yet (about a
+        minute, once per machine), saying so in the tab, which would otherwise stay blank meanwhile."""
+        if resolve_backend(self.settings.backend, device) != "native" or not native_build.needs_build():
+            return
+        notice = self.client.add_notification("Compiling the native rasterizer", "First use only, about a minute...",
+                                              loading=True, with_close_button=False)
+        try:
+            self.source.compute(native_build.load_extension)  # beside training: between its steps, as renders
+        finally:
+            notice.remove()
 
     def _background(self) -> tuple[float, float, float]:
         return tuple(float(c) / 255.0 for c in self.background.value)
