@@ -4,6 +4,7 @@ viser client), loading errors and the port check."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import socket
 import threading
 import time
@@ -127,8 +128,8 @@ def test_splat_arrays(tiny_scene):
 
 # ---- one client's worker, with a fake viser client -------------------------------------------------------
 class _Handle:
-    def __init__(self, value=None):
-        self.value, self.label, self.content, self._callbacks = value, "", "", []
+    def __init__(self, value=None, options=()):
+        self.value, self.options, self.label, self.content, self._callbacks = value, tuple(options), "", "", []
 
     def on_update(self, cb):
         self._callbacks.append(cb)
@@ -157,7 +158,7 @@ class _FakeClient:
                                     image_height=height)
         gui = SimpleNamespace(
             add_folder=lambda *a, **k: contextlib.nullcontext(),
-            add_dropdown=lambda label, options, initial_value=None, **k: _Handle(initial_value),
+            add_dropdown=lambda label, options, initial_value=None, **k: _Handle(initial_value, options),
             add_slider=lambda label, lo, hi, step, initial_value, **k: _Handle(initial_value),
             add_rgb=lambda label, initial_value, **k: _Handle(initial_value),
             add_button=lambda *a, **k: _Handle(),
@@ -224,6 +225,24 @@ def test_session_previews_while_moving_then_one_full_render(tiny_scene, tmp_path
         session.mode.fire()
         _wait_for(lambda: session._splats is not None)
         assert client.images[-1][0] is None
+    finally:
+        session.close()
+
+
+def test_cameras_are_listed_by_their_image_path_and_jumped_to(tiny_scene):
+    """Cameras from several folders keep their folder in the viewer's list (names repeat across folders)."""
+    scene = load_scene(tiny_scene)
+    cameras = [dataclasses.replace(c, name=f"cam_{'ab'[k % 2]}/{k // 2}.png") for k, c in enumerate(scene.cameras)]
+    source = ModelSource(_model(scene), cameras=cameras, name="tiny")
+    client = _FakeClient()
+    client.set_camera(cameras[0], 36)
+    session = ClientSession(client, source, SessionSettings(backend="torch"), RenderShare(), np.array([0, 0, 1.0]),
+                            frame_points(scene.points, np.array([0, 0, 1.0])))
+    try:
+        assert session.camera_choice.options == tuple(c.name for c in cameras)
+        session.camera_choice.value = "cam_b/2.png"
+        session.camera_choice.fire()
+        np.testing.assert_allclose(client.camera.wxyz, pose_from_camera(cameras[5]).wxyz, atol=1e-9)
     finally:
         session.close()
 

@@ -92,6 +92,10 @@ class ClientSession:
             self.max_height = gui.add_slider("Max resolution", 64, 2160, 8,
                                              min(2160, max(64, self.settings.max_height)))
             self.show_cameras = gui.add_checkbox("Training cameras", True, visible=bool(src.cameras))
+            # Labelled by the image's path in the scene (cam_a/5.jpg), which stays unique across folders.
+            names = [c.name for c in src.cameras or []]
+            self.camera_choice = gui.add_dropdown("Go to camera", names or ("none",), visible=bool(names),
+                                                  initial_value=names[0] if names else "none")
             self.reset_view = gui.add_button("Reset view")
             self.screenshot = gui.add_button("Screenshot (PNG)")
         with gui.add_folder("Stats"):
@@ -108,6 +112,7 @@ class ClientSession:
             handle.on_update(lambda _: self.slot.put("refresh"))
         self.mode.on_update(lambda _: self.slot.put("mode"))
         self.show_cameras.on_update(lambda _: self._show_frustums(bool(self.show_cameras.value)))
+        self.camera_choice.on_update(lambda _: self.jump_to(names.index(self.camera_choice.value)) if names else None)
         self.reset_view.on_click(lambda _: apply_framing(self.client, self.initial, self.initial_wxyz))
         self.screenshot.on_click(lambda _: self.save_screenshot())
 
