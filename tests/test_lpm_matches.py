@@ -10,7 +10,8 @@ import numpy as np
 
 from splatkit.data import ImageStore, load_scene
 from splatkit.data.cameras import Camera
-from splatkit.data.matches import (load_matches, neighbour_pairs, neighbour_views, save_matches, sift_matches)
+from splatkit.data.matches import (load_matches, neighbour_pairs, neighbour_views, save_matches, sift_matches,
+                                   track_matches)
 
 
 def _fundamental(a: Camera, b: Camera) -> np.ndarray:
@@ -50,3 +51,28 @@ def test_sift_matches_on_fox_satisfy_the_known_relative_poses(shared_datasets: P
     assert load_matches(path, "fox-4-sift") is None and load_matches(tmp_path / "none.npz", "x") is None
     path.write_bytes(b"PK\x03\x04 torn")
     assert load_matches(path, "fox-2-sift") is None
+
+
+def test_track_matches_reproject_onto_their_shared_point(shared_datasets: Path):
+    """Matches from COLMAP tracks: the 3D point two keypoints share projects onto both, within the 4 px that
+    COLMAP's mapper allows at full resolution (scaled by the data factor). beer_can (SIMPLE_RADIAL) also checks
+    that keypoints are undistorted like the images."""
+    import pycolmap
+
+    for name, factor in (("cup_colmap", 4), ("beer_can_colmap", 2)):
+        root = shared_datasets / name
+        scene = load_scene(root, data_factor=factor)
+        points = {pid: p.xyz for pid, p in pycolmap.Reconstruction(str(root / "sparse" / "0")).points3D.items()}
+        pairs = neighbour_pairs(neighbour_views(scene.cameras, scene.train_ids, 45.0, 3, seed=0))
+        matches = track_matches(scene.observations, pairs)
+        errors = []
+        for (i, j), (xy_i, xy_j) in list(matches.items())[:20]:
+            shared = np.intersect1d(scene.observations[i].point_ids, scene.observations[j].point_ids)
+            assert len(shared) == len(xy_i) == len(xy_j) > 0
+            world = scene.to_normalized.apply_points(np.stack([points[k] for k in shared]))
+            for camera, xy in ((scene.cameras[i], xy_i), (scene.cameras[j], xy_j)):
+                p = world @ camera.world_to_cam[:3, :3].T + camera.world_to_cam[:3, 3]
+                uv = p @ camera.K.T
+                errors.append(np.linalg.norm(uv[:, :2] / uv[:, 2:] - xy, axis=1))
+        errors = np.concatenate(errors)
+        assert errors.max() < 4.0 / factor and np.median(errors) < 0.5, (name, errors.max(), np.median(errors))

@@ -91,7 +91,7 @@ def _info(model: GaussianModel, step: int) -> StepInfo:
 def test_mcmc_grows_by_five_percent_to_its_cap_and_keeps_the_count_there():
     model = _model([0.5] * 100)
     strategy = MCMCStrategy(cap_max=108, refine_start=0, refine_every=1)
-    state = strategy.setup(SetupContext(None, model, None, steps=1000, scene_extent=1.0, seed=0, resumed=False))
+    state = strategy.setup(SetupContext(None, None, model, None, steps=1000, scene_extent=1.0, seed=0, resumed=False))
     counts = []
     for step in range(1, 5):
         strategy.after_step(model, state, _info(model, step))
@@ -103,7 +103,7 @@ def test_mcmc_noise_spares_opaque_gaussians_and_moves_faint_ones():
     model = _model([0.999, 0.02])
     before = model.params["means"].detach().clone()
     strategy = MCMCStrategy(refine_start=10**9)
-    state = strategy.setup(SetupContext(None, model, None, steps=1000, scene_extent=1.0, seed=0, resumed=False))
+    state = strategy.setup(SetupContext(None, None, model, None, steps=1000, scene_extent=1.0, seed=0, resumed=False))
     strategy.after_step(model, state, _info(model, 1))
     moved = (model.params["means"].detach() - before).norm(dim=-1)
     # The gate sigmoid(100 (1 - o - 0.995)) is ~4e-22 at o = 0.999 and ~1 at o = 0.02.

@@ -17,7 +17,7 @@ from splatkit.errors import SplatkitError
 from splatkit.train import checkpoint
 from splatkit.train.config import TrainConfig
 from splatkit.train.run_record import read_run
-from splatkit.train.strategies import STRATEGIES, ADCStrategy, MCMCStrategy
+from splatkit.train.strategies import STRATEGIES, ADCStrategy, LPMStrategy, MCMCStrategy
 from splatkit.train.trainer import train
 
 pytestmark = pytest.mark.xdist_group("tiny_scene")
@@ -26,6 +26,8 @@ pytestmark = pytest.mark.xdist_group("tiny_scene")
 STRATEGY_CASES = {
     "adc": ADCStrategy(refine_start=5, refine_every=10, reset_every=25, grow_grad2d=2e-5),
     "mcmc": MCMCStrategy(refine_start=5, refine_every=10, cap_max=5000),
+    "lpm": LPMStrategy(ADCStrategy(refine_start=5, refine_every=10, reset_every=25, grow_grad2d=2e-5),
+                       reset_start=5, reset_every=5, patch=4),
 }
 
 

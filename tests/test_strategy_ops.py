@@ -144,7 +144,7 @@ def test_adc_clones_small_splits_large_and_prunes_transparent():
         model.params["scales"][:] = torch.log(torch.tensor([0.001, 0.5, 0.001, 0.001]))[:, None]
         model.params["opacities"][:] = torch.logit(torch.tensor([0.5, 0.5, 0.5, 0.001]))
     strategy = ADCStrategy(refine_start=0, refine_every=1)
-    state = strategy.setup(SetupContext(None, model, None, steps=10, scene_extent=1.0, seed=0, resumed=False))
+    state = strategy.setup(SetupContext(None, None, model, None, steps=10, scene_extent=1.0, seed=0, resumed=False))
     means2d = torch.zeros(4, 2, requires_grad=True)
     empty = torch.zeros(2, 2)
     render = RenderOutput(empty, empty, empty, means2d, torch.ones(4, 2, dtype=torch.int32), None)

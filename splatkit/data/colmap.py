@@ -12,13 +12,15 @@ import struct
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pycolmap
 
 from splatkit.data.cameras import Camera
-from splatkit.data.images import image_size, make_undistortion
+from splatkit.data.images import image_size, make_undistortion, opencv_intrinsics
 from splatkit.data.init_points import random_points_in_view
 from splatkit.data.masks import find_mask
+from splatkit.data.matches import Observations
 from splatkit.data.scene import Scene, Similarity
 from splatkit.errors import file_error
 
@@ -199,6 +201,7 @@ def load_colmap(root: Path, data_factor: int = 1) -> Scene:
     if data_factor != 1:
         cameras = [c.scaled(data_factor) for c in cameras]
         cameras = _use_downsampled_folder(root, cameras, data_factor)
+    observations = [_observations(im, rec.cameras[im.camera_id], camera) for im, camera in zip(images, cameras)]
 
     pts = rec.points3D
     if len(pts) == 0:  # e.g. poses from elsewhere with an empty points3D: start from what the cameras see
@@ -206,5 +209,19 @@ def load_colmap(root: Path, data_factor: int = 1) -> Scene:
     else:
         points = np.array([p.xyz for p in pts.values()], np.float64)
         colors = np.array([p.color for p in pts.values()], np.float32) / 255.0
-    return Scene(root=root, cameras=cameras, points=points, colors=colors,
-                 to_normalized=Similarity(), train_ids=list(range(len(cameras))), test_ids=[])
+    return Scene(root=root, cameras=cameras, points=points, colors=colors, to_normalized=Similarity(),
+                 train_ids=list(range(len(cameras))), test_ids=[], observations=observations)
+
+
+def _observations(image: pycolmap.Image, source: pycolmap.Camera, camera: Camera) -> Observations:
+    """The image's keypoints that observe 3D points, moved into `camera`'s image (undistorted, scaled)."""
+    points = image.get_observation_points2D()
+    xy = np.array([p.xy for p in points], np.float64).reshape(-1, 2)
+    ids = np.array([p.point3D_id for p in points], np.int64)
+    und = camera.undistortion
+    if und is not None and len(xy):  # COLMAP's pixel centres are at +0.5, OpenCV's at integers
+        K_pin = und.K_pinhole if und.K_pinhole is not None else camera.K
+        xy = cv2.undistortPoints((xy - 0.5)[:, None], opencv_intrinsics(und.K_src), np.asarray(und.dist, np.float64),
+                                 P=opencv_intrinsics(K_pin))[:, 0] + 0.5
+    xy = xy * [camera.width / source.width, camera.height / source.height]
+    return Observations(xy.astype(np.float32), ids)

@@ -26,7 +26,7 @@ from splatkit.errors import SplatkitError, file_error
 # --------------------------------------------------------------------------------------------- undistortion
 
 
-def _to_opencv(K: np.ndarray) -> np.ndarray:
+def opencv_intrinsics(K: np.ndarray) -> np.ndarray:
     """COLMAP K (pixel centres at +0.5) -> OpenCV K (pixel centres at integers)."""
     K = np.array(K, np.float64)
     K[0, 2] -= 0.5
@@ -52,7 +52,7 @@ def make_undistortion(K_src: np.ndarray, dist: Sequence[float], width: int, heig
     K_src = np.asarray(K_src, np.float64)
     if not np.any(dist):
         return K_src.copy(), None
-    K_cv, _ = cv2.getOptimalNewCameraMatrix(_to_opencv(K_src), dist, (width, height), 0, (width, height))
+    K_cv, _ = cv2.getOptimalNewCameraMatrix(opencv_intrinsics(K_src), dist, (width, height), 0, (width, height))
     K_pin = _from_opencv(K_cv)
     return K_pin, Undistortion(K_src=K_src.copy(), dist=dist, K_pinhole=K_pin, size=(width, height))
 
@@ -68,8 +68,8 @@ def undistortion_maps(und: Undistortion, camera: Camera | None = None) -> tuple[
         K_pin, (w, h) = camera.K, (camera.width, camera.height)
     else:
         raise ValueError("Undistortion without K_pinhole/size needs its camera")
-    return cv2.initUndistortRectifyMap(_to_opencv(und.K_src), np.asarray(und.dist, np.float64), None,
-                                       _to_opencv(K_pin), (int(w), int(h)), cv2.CV_32FC1)
+    return cv2.initUndistortRectifyMap(opencv_intrinsics(und.K_src), np.asarray(und.dist, np.float64), None,
+                                       opencv_intrinsics(K_pin), (int(w), int(h)), cv2.CV_32FC1)
 
 
 # ------------------------------------------------------------------------------------------------ reading

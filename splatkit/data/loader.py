@@ -67,4 +67,5 @@ def _normalise_and_split(scene: Scene, test_every: int, predefined: bool) -> Sce
         train_ids, test_ids = list(range(len(cameras))), []
     return Scene(root=scene.root, cameras=cameras, points=sim.apply_points(scene.points),
                  colors=np.asarray(scene.colors, np.float32), to_normalized=sim, train_ids=train_ids,
-                 test_ids=test_ids, background=scene.background)
+                 test_ids=test_ids, background=scene.background,
+                 observations=None if scene.observations is None else [scene.observations[i] for i in order])

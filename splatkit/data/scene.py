@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from splatkit.data.cameras import Camera, output_names
+from splatkit.data.matches import Observations
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class Scene:
     train_ids: list[int]
     test_ids: list[int]
     background: tuple[float, float, float] | None = None  # for images with an alpha channel
+    observations: list[Observations] | None = None  # per camera, keypoints of SfM tracks (COLMAP), if known
 
     @functools.cached_property
     def output_names(self) -> list[str]:

@@ -11,6 +11,10 @@ the same hooks on every plug-in, in order, and never asks which one it runs:
     pre_backward(model, state, info)    e.g. retain gradients of intermediate tensors
     post_backward(model, state, info)   gradients are available, parameters not yet stepped
     after_step(model, state, info)      after the optimiser step: grow, prune, relocate, reset
+    log(model, state) -> {name: value}  figures for metrics.jsonl, since the last log line
+
+State entries whose key starts with "_" are derived (rebuilt by `setup()` from caches, e.g. LPM's matches):
+they are not checkpointed, and a resume keeps what `setup()` made of them.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 import tyro
 
 from splatkit.data.cameras import Camera
+from splatkit.data.images import ImageStore
 from splatkit.data.scene import Scene
 from splatkit.errors import SplatkitError
 from splatkit.model.gaussians import ActivatedGaussians
@@ -38,6 +43,7 @@ class SetupContext:
     """What a plug-in may read when a run starts or resumes."""
 
     scene: Scene  # cameras, points and held-out split, in the training frame
+    images: ImageStore  # the photos as training sees them (index by camera)
     model: "GaussianModel"
     run_dir: Path  # where a plug-in may cache what it computes once (atomic writes)
     steps: int  # total optimisation steps of the run
@@ -59,6 +65,8 @@ class StepInfo:
     render: RenderOutput  # with autograd graph
     error: torch.Tensor  # (H, W) per-pixel L1 error summed over RGB, detached
     scene_extent: float
+    focus: torch.Tensor | None = None  # (N,) >= 1: how much more a Gaussian deserves refinement, set by a
+    # strategy wrapping another (LPM's error zones); ADC divides its growth threshold by it, MCMC weighs sampling
 
     @property
     def width(self) -> int:
@@ -93,6 +101,10 @@ class Plugin:
 
     def after_step(self, model: "GaussianModel", state: dict, info: StepInfo) -> None:
         """After the optimiser step: the place to add, remove, relocate or reset Gaussians."""
+
+    def log(self, model: "GaussianModel", state: dict) -> dict[str, float]:
+        """Figures to add to the next metrics.jsonl line (counted since the previous one)."""
+        return {}
 
 
 P = TypeVar("P", bound=Plugin)

@@ -70,7 +70,8 @@ class Trainer:
             init_scale=cfg.strategy.init_scale if cfg.init_scale is None else cfg.init_scale)
         cfg.parameterisation.create(self.model, init, cfg.lr, self.extent)
         latest = checkpoint.list_checkpoints(self.checkpoint_dir)[-1:] if cfg.resume else []
-        ctx = SetupContext(scene, self.model, run_dir, cfg.steps, self.extent, cfg.seed, resumed=bool(latest))
+        ctx = SetupContext(scene, images, self.model, run_dir, cfg.steps, self.extent, cfg.seed,
+                           resumed=bool(latest))
         self.states = {key: plugin.setup(ctx) for key, plugin in self.plugins.items()}
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
@@ -97,14 +98,15 @@ class Trainer:
         except KeyError as exc:
             raise file_error(path, f"{exc.args[0]} (written by another splatkit version or plug-in); "
                                    "start a new run with another --out") from None
-        self.states = state["plugins"]
+        for key, saved in state["plugins"].items():  # derived entries ("_...") stay as setup() made them
+            self.states[key].update(saved)
         self.step = state["step"]
         self.generator = state["generator"]
         torch.set_rng_state(state["torch_rng"])
 
     def save_checkpoint(self) -> Path:
         self._check_finite()
-        payload = {**self.model.state_dict(), "plugins": self.states, "generator": self.generator,
+        payload = {**self.model.state_dict(), "plugins": _checkpointed(self.states), "generator": self.generator,
                    "plugin_names": {key: plugin.name for key, plugin in self.plugins.items()},
                    "torch_rng": torch.get_rng_state()}
         return checkpoint.save_checkpoint(self.checkpoint_dir, self.step, payload)
@@ -167,6 +169,14 @@ class Trainer:
         path = self.run_dir / "point_cloud.ply"
         save_ply(self.gaussians.to("cpu").transformed(back), path)
         return path
+
+
+def _checkpointed(states: dict[str, dict]) -> dict[str, dict]:
+    """Plug-in states without their derived entries (keys starting with "_"), at any depth of nested dicts."""
+    def strip(state: dict) -> dict:
+        return {k: strip(v) if isinstance(v, dict) else v for k, v in state.items() if not str(k).startswith("_")}
+
+    return {key: strip(state) for key, state in states.items()}
 
 
 def _upgrade(state: dict[str, Any]) -> dict[str, Any]:
@@ -319,7 +329,10 @@ def train(cfg: TrainConfig, *, show_progress: bool = True,
                 if live is not None:  # publishes a copy for the browser; waits here while paused
                     live.after_step(trainer, smoothed, rate, lambda: stop.requested)
                 if step % cfg.log_every == 0 or step == cfg.steps:
-                    log.write(json.dumps({"step": step, **stats, "num_gaussians": n, "steps_per_s": rate}) + "\n")
+                    figures = {name: value for key, plugin in trainer.plugins.items()
+                               for name, value in plugin.log(trainer.model, trainer.states[key]).items()}
+                    log.write(json.dumps({"step": step, **stats, **figures, "num_gaussians": n,
+                                          "steps_per_s": rate}) + "\n")
                     log.flush()
                     if show_progress and not console.is_terminal:  # logs and CI get a plain line instead
                         console.print(f"step {step}/{cfg.steps}  {line}", highlight=False)

@@ -19,5 +19,6 @@ The contract between the trainer and its plug-ins (strategies and parameterisati
 from splatkit.train.strategies.adc import ADCStrategy
 from splatkit.train.strategies.base import STRATEGIES, Strategy
 from splatkit.train.strategies.mcmc import MCMCStrategy
+from splatkit.train.strategies.lpm import LPMStrategy  # after the strategies it may wrap
 
-__all__ = ["ADCStrategy", "MCMCStrategy", "STRATEGIES", "Strategy"]
+__all__ = ["ADCStrategy", "LPMStrategy", "MCMCStrategy", "STRATEGIES", "Strategy"]

@@ -66,26 +66,33 @@ class ADCStrategy(Strategy):
     @torch.no_grad()
     def after_step(self, model: GaussianModel, state: dict, info: StepInfo) -> None:
         step, extent = info.step, info.scene_extent
-        if self.refine_start < step < self.refine_stop and step % self.refine_every == 0:
-            self._grow(model, state, extent)
-            self._prune(model, step, extent)
+        if self.refines_at(step):
+            extra = self._grow(model, state, extent, info.focus)
+            self._prune(model, step, extent, extra)
             model.buffers["grad2d"].zero_()
             model.buffers["grad2d_count"].zero_()
         if step > 0 and step % self.reset_every == 0 and step < self.refine_stop:
             ops.reset_opacities(model, 2 * self.prune_opa)
 
-    def _grow(self, model: GaussianModel, state: dict, extent: float) -> None:
+    def _grow(self, model: GaussianModel, state: dict, extent: float, focus: torch.Tensor | None) -> int:
+        """Clone and split; with a `focus`, a Gaussian's gradient threshold is divided by its focus. Returns how
+        many Gaussians the focus added beyond the plain rule (LPM prunes as many)."""
         mean_grad = model.buffers["grad2d"] / model.buffers["grad2d_count"].clamp(min=1)
-        high = mean_grad > self.grow_grad2d
+        high = mean_grad > (self.grow_grad2d if focus is None else self.grow_grad2d / focus)
+        extra = int((high & (mean_grad <= self.grow_grad2d)).sum())
         small = model.activated().scales.max(dim=-1).values <= self.grow_scale3d * extent
         ops.duplicate(model, high & small)
         # Clones were appended at the end; they are never split in the same round.
         clones = torch.zeros(int((high & small).sum()), dtype=torch.bool, device=high.device)
         ops.split(model, torch.cat([high & ~small, clones]), state["generator"])
+        return extra
 
-    def _prune(self, model: GaussianModel, step: int, extent: float) -> None:
+    def _prune(self, model: GaussianModel, step: int, extent: float, extra: int = 0) -> None:
+        """Transparent Gaussians, after the first reset huge ones, and the `extra` least opaque ones."""
         current = model.activated()
         prune = current.opacities < self.prune_opa
         if step > self.reset_every:
             prune |= current.scales.max(dim=-1).values > self.prune_scale3d * extent
+        if extra > 0:
+            prune[torch.topk(current.opacities, min(extra, len(model)), largest=False).indices] = True
         ops.remove(model, prune)

@@ -16,6 +16,14 @@ class Strategy(Plugin):
 
     init_opacity: ClassVar[float] = 0.1
     init_scale: ClassVar[float] = 1.0
+    # Strategies that grow and prune on a cadence set these fields (ADC and MCMC do).
+    refine_start: int
+    refine_stop: int
+    refine_every: int
+
+    def refines_at(self, step: int) -> bool:
+        """Whether the Gaussians are grown, pruned or relocated after `step` (strictly between start and stop)."""
+        return self.refine_start < step < self.refine_stop and step % self.refine_every == 0
 
     def require(self, **valid: bool) -> None:
         """Raise one line naming the first setting whose check is False (`refine_every=self.refine_every >= 1`)."""

@@ -66,12 +66,11 @@ class MCMCStrategy(Strategy):
 
     @torch.no_grad()
     def after_step(self, model: GaussianModel, state: dict, info: StepInfo) -> None:
-        step = info.step
-        if self.refine_start < step < self.refine_stop and step % self.refine_every == 0:
+        if self.refines_at(info.step):  # relocation and growth sample by opacity, times the focus where given
             opacities = model.activated().opacities
-            ops.relocate_dead(model, opacities <= self.min_opacity, state["generator"], self.min_opacity)
+            ops.relocate_dead(model, opacities <= self.min_opacity, state["generator"], self.min_opacity, info.focus)
             target = min(self.cap_max, int((1.0 + self.growth) * len(model)))
-            ops.add_by_opacity(model, target - len(model), state["generator"], self.min_opacity)
+            ops.add_by_opacity(model, target - len(model), state["generator"], self.min_opacity, info.focus)
         self._perturb_means(model, state["generator"])
 
     def _perturb_means(self, model: GaussianModel, generator: torch.Generator) -> None:

@@ -99,8 +99,11 @@ def relocation(opacities: torch.Tensor, scales: torch.Tensor, copies: torch.Tens
     return new_o.to(opacities.dtype), new_scales
 
 
-def _sample_by_opacity(opacities: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+def _sample_by_opacity(opacities: torch.Tensor, count: int, generator: torch.Generator,
+                       weights: torch.Tensor | None = None) -> torch.Tensor:
     probs = opacities.detach().double().cpu()
+    if weights is not None:
+        probs = probs * weights.detach().double().cpu()
     return torch.multinomial(probs / probs.sum(), count, replacement=True, generator=generator).to(opacities.device)
 
 
@@ -114,14 +117,16 @@ def _shared_values(model: GaussianModel, opacities: torch.Tensor, scales: torch.
 
 @torch.no_grad()
 def relocate_dead(model: GaussianModel, dead: torch.Tensor, generator: torch.Generator,
-                  min_opacity: float = 0.005) -> int:
-    """Move the Gaussians where `dead` (N,) is True onto live ones sampled in proportion to opacity; each sampled
-    Gaussian and its new copies share its opacity and size by `relocation()`. Returns how many moved."""
+                  min_opacity: float = 0.005, weights: torch.Tensor | None = None) -> int:
+    """Move the Gaussians where `dead` (N,) is True onto live ones sampled in proportion to opacity (times
+    `weights` (N,), e.g. LPM's zones); each sampled Gaussian and its new copies share its opacity and size by
+    `relocation()`. Returns how many moved."""
     dead_rows, alive_rows = _rows(dead), _rows(~dead)
     if len(dead_rows) == 0 or len(alive_rows) == 0:
         return 0
     current = model.activated()
-    sampled = alive_rows[_sample_by_opacity(current.opacities[alive_rows], len(dead_rows), generator)]
+    sampled = alive_rows[_sample_by_opacity(current.opacities[alive_rows], len(dead_rows), generator,
+                                            None if weights is None else weights[alive_rows])]
     copies = torch.bincount(sampled, minlength=len(model))[sampled] + 1
     values = _shared_values(model, current.opacities, current.scales, sampled, copies, min_opacity)
     model.relocate(sampled, sampled, values)
@@ -130,13 +135,14 @@ def relocate_dead(model: GaussianModel, dead: torch.Tensor, generator: torch.Gen
 
 
 @torch.no_grad()
-def add_by_opacity(model: GaussianModel, count: int, generator: torch.Generator, min_opacity: float = 0.005) -> int:
-    """Append `count` Gaussians copied from ones sampled in proportion to opacity, sharing opacity and size with
-    them by `relocation()` (MCMC growth). Returns `count`."""
+def add_by_opacity(model: GaussianModel, count: int, generator: torch.Generator, min_opacity: float = 0.005,
+                   weights: torch.Tensor | None = None) -> int:
+    """Append `count` Gaussians copied from ones sampled in proportion to opacity (times `weights` (N,)), sharing
+    opacity and size with them by `relocation()` (MCMC growth). Returns `count`."""
     if count <= 0:
         return 0
     current = model.activated()
-    sampled = _sample_by_opacity(current.opacities, count, generator)
+    sampled = _sample_by_opacity(current.opacities, count, generator, weights)
     copies = torch.bincount(sampled, minlength=len(model))[sampled] + 1
     values = _shared_values(model, current.opacities, current.scales, sampled, copies, min_opacity)
     model.assign(sampled, values)

@@ -2,8 +2,9 @@
 view's rendering error comes from, found from the error map and matched keypoints in a neighbouring view.
 
 Pipeline (GS-LPM's lpm/utils.py, region_matching.py, zones_projection.py):
-  error map -> error patches -> 8-connected regions -> boxes -> box pairs through matched keypoints
-  -> rays through both boxes' perimeters, paired -> closest points between paired rays -> 3D AABB (the zone).
+  error map -> error patches -> 8-connected regions -> the matched keypoints in each -> boxes around them and
+  around their partners in the other view -> rays through both boxes' perimeters, paired -> closest points
+  between paired rays -> 3D AABB (the zone).
 Pixel coordinates follow `Camera.K` (pixel centres at +0.5); boxes are (x0, y0, x1, y1) in whole pixels with the
 right and bottom edges exclusive. Everything lives in the training frame.
 """
@@ -64,23 +65,64 @@ def error_boxes(mask: torch.Tensor | np.ndarray) -> list[Box]:
     return [(int(x), int(y), int(x + w), int(y + h)) for x, y, w, h, _ in stats[1:count]]
 
 
-def box_pairs(boxes: list[Box], xy: np.ndarray, partner_xy: np.ndarray) -> list[tuple[Box, Box]]:
-    """For each box, the box around the matched keypoints inside it and the box around their partners in the other
-    view; boxes holding fewer than two distinct matches (no area) give no pair."""
-    pairs = []
+def region_matches(boxes: list[Box], xy: np.ndarray, partner_xy: np.ndarray, mask: np.ndarray | None = None
+                   ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each box, the matches (keypoints, partners) whose keypoint lies inside it and, with `mask` ((H, W)
+    bool, the error patches), on the mask; boxes with fewer than two such matches are left out.
+
+    The reference takes every match in the region's bounding box; background seen through its corners then
+    stretches the partner box, and the zone, far beyond the region."""
+    if mask is not None and len(xy):
+        h, w = mask.shape
+        cols, rows = np.clip(xy[:, 0].astype(int), 0, w - 1), np.clip(xy[:, 1].astype(int), 0, h - 1)
+        on = mask[rows, cols]
+        xy, partner_xy = xy[on], partner_xy[on]
+    result = []
     for x0, y0, x1, y1 in boxes:
         inside = (xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)
-        if inside.sum() < 2:
-            continue
-        a, b = _box_around(xy[inside]), _box_around(partner_xy[inside])
-        if a[2] > a[0] and a[3] > a[1] and b[2] > b[0] and b[3] > b[1]:
-            pairs.append((a, b))
-    return pairs
+        if inside.sum() >= 2:
+            result.append((xy[inside], partner_xy[inside]))
+    return result
 
 
-def _box_around(points: np.ndarray) -> Box:
+def box_around(points: np.ndarray) -> Box:
+    """The whole-pixel box (x0, y0, x1, y1) from the floor of the points' minimum to the floor of their maximum."""
     lo, hi = np.floor(points.min(0)).astype(int), np.floor(points.max(0)).astype(int)
     return int(lo[0]), int(lo[1]), int(hi[0]), int(hi[1])
+
+
+def zone_from_matches(camera: Camera, xy: np.ndarray, other: Camera, partner_xy: np.ndarray,
+                      spread: float = 3.0) -> Zone | None:
+    """The zone of one error region from its matches: the boxes around the keypoints and around their partners
+    give rays whose closest points span the zone (`zone_from_box_pair`).
+
+    Matches whose own triangulated depth (closest points of the keypoint's and the partner's rays) is more than
+    `spread` median absolute deviations from the median are dropped first: they belong to another surface seen
+    through the region's edge (an addition to the reference, which keeps every match)."""
+    o_a, d_a = pixel_rays(camera, xy)
+    o_b, d_b = pixel_rays(other, partner_xy)
+    p_a, _, valid = closest_points(o_a, d_a, o_b, d_b)
+    depth = np.linalg.norm(p_a - o_a, axis=1)
+    if valid.sum() < 2:
+        return None
+    median = np.median(depth[valid])
+    deviation = np.median(np.abs(depth[valid] - median))
+    keep = valid & (np.abs(depth - median) <= spread * max(deviation, 1e-3 * median))
+    if keep.sum() < 2:
+        return None
+    box, other_box = box_around(xy[keep]), box_around(partner_xy[keep])
+    if box[2] <= box[0] or box[3] <= box[1] or other_box[2] <= other_box[0] or other_box[3] <= other_box[1]:
+        return None
+    return zone_from_box_pair(camera, box, other, other_box)
+
+
+def pixel_rays(camera: Camera, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Origins (P, 3) and unit directions (P, 3) of the rays through pixel coordinates `xy` (P, 2) of `camera`."""
+    uv1 = np.concatenate([np.asarray(xy, np.float64), np.ones((len(xy), 1))], axis=1)
+    cam_to_world = np.linalg.inv(np.asarray(camera.world_to_cam, np.float64))
+    directions = (uv1 @ np.linalg.inv(camera.K).T) @ cam_to_world[:3, :3].T
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    return np.broadcast_to(cam_to_world[:3, 3], directions.shape), directions
 
 
 def perimeter_rays(camera: Camera, box: Box) -> tuple[np.ndarray, np.ndarray]:
@@ -90,11 +132,7 @@ def perimeter_rays(camera: Camera, box: Box) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = np.arange(x0, x1), np.arange(y0, y1)
     pixels = np.concatenate([np.stack([xs, np.full_like(xs, y0)], 1), np.stack([xs, np.full_like(xs, y1 - 1)], 1),
                              np.stack([np.full_like(ys, x0), ys], 1), np.stack([np.full_like(ys, x1 - 1), ys], 1)])
-    uv1 = np.concatenate([pixels + 0.5, np.ones((len(pixels), 1))], axis=1)
-    cam_to_world = np.linalg.inv(np.asarray(camera.world_to_cam, np.float64))
-    directions = (uv1 @ np.linalg.inv(camera.K).T) @ cam_to_world[:3, :3].T
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    return np.broadcast_to(cam_to_world[:3, 3], directions.shape), directions
+    return pixel_rays(camera, pixels + 0.5)
 
 
 def closest_points(o_a: np.ndarray, d_a: np.ndarray, o_b: np.ndarray, d_b: np.ndarray
