@@ -7,8 +7,8 @@ import torch
 
 from splatkit.data.cameras import Camera
 from splatkit.data.matches import neighbour_views
-from splatkit.train.strategies.zones import (Zone, box_pairs, closest_points, cone_masks, error_boxes, error_map,
-                                             error_patches, in_zones, zone_from_box_pair)
+from splatkit.train.strategies.zones import (Zone, closest_points, cone_masks, error_boxes, error_map, error_patches,
+                                             in_zones, region_matches, zone_from_matches)
 
 
 def _look_at(name: str, position, target, width: int = 64, height: int = 48, focal: float = 60.0) -> Camera:
@@ -46,21 +46,24 @@ def test_closest_points_between_skew_lines():
     assert not valid.any()
 
 
-def test_zone_of_a_box_pair_contains_the_seen_point():
+def test_zone_of_a_region_contains_the_seen_cube():
     """Two cameras 60 degrees apart see a small cube; the boxes around its projections give a zone that holds the
-    cube and is about its size."""
+    cube and is about its size. A far wall's corner matched in the same region is dropped by its depth."""
     cube = np.array([[x, y, z] for x in (-0.1, 0.1) for y in (-0.1, 0.1) for z in (-0.1, 0.1)]) + [0.2, 0.1, 0.0]
     a = _look_at("a", [0, 0, -4], [0, 0, 0])
     b = _look_at("b", [4 * np.sin(np.pi / 3), 0, -4 * np.cos(np.pi / 3)], [0, 0, 0])
-    xy_a = np.array([_project(a, p) for p in cube])
-    xy_b = np.array([_project(b, p) for p in cube])
-    boxes = box_pairs([(0, 0, 64, 48)], xy_a, xy_b)
-    assert len(boxes) == 1
-    zone = zone_from_box_pair(a, boxes[0][0], b, boxes[0][1])
+    wall = np.array([[0.25, 0.15, 6.0]])  # seen just beside the cube, eight metres further away
+    xy_a = np.array([_project(a, p) for p in np.concatenate([cube, wall])])
+    xy_b = np.array([_project(b, p) for p in np.concatenate([cube, wall])])
+    regions = region_matches([(0, 0, 64, 48)], xy_a, xy_b)
+    assert len(regions) == 1 and len(regions[0][0]) == 9
+    zone = zone_from_matches(a, regions[0][0], b, regions[0][1])
     assert zone is not None
     assert np.all(zone.lo <= cube.min(0) + 0.08) and np.all(zone.hi >= cube.max(0) - 0.08)
-    assert np.all(zone.hi - zone.lo < 0.8)  # the pixel-rounded boxes widen it a little, not a lot
-    assert box_pairs([(0, 0, 64, 48)], xy_a[:1], xy_b[:1]) == []  # one match spans no box
+    assert np.all(zone.hi - zone.lo < 0.8)  # the pixel-rounded boxes widen it a little, not to the wall
+    assert region_matches([(0, 0, 64, 48)], xy_a[:1], xy_b[:1]) == []  # one match spans no box
+    mask = np.zeros((48, 64), bool)  # keypoints off the error patches do not count
+    assert region_matches([(0, 0, 64, 48)], xy_a, xy_b, mask) == []
 
 
 def test_error_patches_and_regions():
