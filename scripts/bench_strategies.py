@@ -1,8 +1,12 @@
-"""Strategies compared on a real capture: held-out PSNR/SSIM, final #Gaussians and wall time of ADC and MCMC.
+"""Strategies compared on real captures: ADC, LPM(ADC), MCMC and LPM(MCMC), trained in one process on one machine.
 
-Trains `cup_colmap` at `--data-factor 4` for 7,000 steps with ADC (its defaults), then with MCMC capped at ADC's
-final count (so both end with the same budget), in the same process on the same machine, and prints both and
-their ratios. Usage: python scripts/bench_strategies.py [--steps 7000] [--scene PATH] [--data-factor 4]
+For each scene: held-out PSNR/SSIM, final #Gaussians, wall time, LPM's share of the wall time (error maps,
+zones, resets; matching is reported apart), zones found, and the per-view PSNR change LPM brings over its base
+(mean, min, max), so a gain concentrated in a few views shows. MCMC (and LPM over it) is capped at ADC's final
+count, so every pair compares equal budgets.
+
+Usage: python scripts/bench_strategies.py [--steps 7000 | --full] [--data-factor 4]
+       [--scenes cup_colmap beer_can_colmap fox]
 """
 
 from __future__ import annotations
@@ -13,42 +17,68 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from splatkit.train.config import TrainConfig
-from splatkit.train.strategies import ADCStrategy, MCMCStrategy
+from splatkit.train.strategies import ADCStrategy, LPMStrategy, MCMCStrategy
 from splatkit.train.trainer import train
 
-CUP = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cup_colmap"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 def run(scene: Path, out: Path, steps: int, factor: int, strategy) -> dict:
     cfg = TrainConfig(scene=str(scene), out=out, steps=steps, data_factor=factor, strategy=strategy,
-                      eval_steps=(), checkpoint_every=steps, log_every=500, device="cpu")
+                      eval_steps=(), checkpoint_every=steps, log_every=100, device="cpu")
     start = time.perf_counter()
     metrics = train(cfg, show_progress=False)
     seconds = time.perf_counter() - start
-    rates = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"psnr": metrics["psnr"], "ssim": metrics["ssim"], "gaussians": metrics["num_gaussians"],
-            "seconds": seconds, "steps_per_s": rates[-1]["steps_per_s"]}
+            "seconds": seconds, "views": {v["name"]: v["psnr"] for v in metrics["views"]},
+            "lpm_seconds": sum(line.get("lpm_seconds", 0.0) for line in lines),
+            "matching_s": max((line.get("lpm_matching_s", 0.0) for line in lines), default=0.0),
+            "zones": int(sum(line.get("lpm_zones", 0.0) for line in lines)),
+            "reset": int(sum(line.get("lpm_reset", 0.0) for line in lines))}
+
+
+def bench_scene(scene: Path, steps: int, factor: int, tmp: Path) -> dict[str, dict]:
+    """Each strategy with its defaults (the papers' schedules: densification and LPM resets until step 15,000)."""
+    results = {"ADC": run(scene, tmp / "adc", steps, factor, ADCStrategy())}
+    results["LPM(ADC)"] = run(scene, tmp / "lpm_adc", steps, factor, LPMStrategy(base=ADCStrategy()))
+    mcmc = MCMCStrategy(cap_max=results["ADC"]["gaussians"])
+    results["MCMC"] = run(scene, tmp / "mcmc", steps, factor, mcmc)
+    results["LPM(MCMC)"] = run(scene, tmp / "lpm_mcmc", steps, factor, LPMStrategy(base=mcmc))
+    return results
+
+
+def print_table(name: str, factor: int, steps: int, results: dict[str, dict]) -> None:
+    print(f"\n{name}, data factor {factor}, {steps} steps, CPU (MCMC capped at ADC's final count)")
+    print(f"{'strategy':10} {'PSNR dB':>8} {'SSIM':>7} {'#Gaussians':>11} {'wall s':>8} {'LPM share':>9} "
+          f"{'zones':>6} {'reset':>8} {'match s':>8}")
+    for label, r in results.items():
+        share = f"{r['lpm_seconds'] / r['seconds']:9.1%}" if label.startswith("LPM") else f"{'':9}"
+        print(f"{label:10} {r['psnr']:8.2f} {r['ssim']:7.4f} {r['gaussians']:11,} {r['seconds']:8.1f} {share} "
+              f"{r['zones']:6} {r['reset']:8,} {r['matching_s']:8.1f}")
+    for base in ("ADC", "MCMC"):
+        lpm, ref = results[f"LPM({base})"], results[base]
+        delta = np.array([lpm["views"][v] - ref["views"][v] for v in ref["views"]])
+        print(f"LPM({base}) - {base}: mean PSNR {lpm['psnr'] - ref['psnr']:+.2f} dB; per view {delta.mean():+.2f} "
+              f"(min {delta.min():+.2f}, max {delta.max():+.2f}) over {len(delta)} held-out views; SSIM "
+              f"{lpm['ssim'] - ref['ssim']:+.4f}; wall x{lpm['seconds'] / ref['seconds']:.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=7000)
-    parser.add_argument("--scene", type=Path, default=CUP)
+    parser.add_argument("--full", action="store_true", help="30,000 steps (the papers' schedule)")
     parser.add_argument("--data-factor", type=int, default=4)
+    parser.add_argument("--scenes", nargs="+", default=["cup_colmap", "beer_can_colmap", "fox"])
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        adc = run(args.scene, Path(tmp) / "adc", args.steps, args.data_factor, ADCStrategy())
-        mcmc = run(args.scene, Path(tmp) / "mcmc", args.steps, args.data_factor,
-                   MCMCStrategy(cap_max=adc["gaussians"]))
-    print(f"\n{args.scene.name} factor {args.data_factor}, {args.steps} steps, CPU; MCMC cap = ADC's final count")
-    print(f"{'strategy':10} {'PSNR dB':>8} {'SSIM':>7} {'#Gaussians':>11} {'wall s':>8} {'steps/s':>8}")
-    for name, r in (("ADC", adc), ("MCMC", mcmc)):
-        print(f"{name:10} {r['psnr']:8.2f} {r['ssim']:7.4f} {r['gaussians']:11,} {r['seconds']:8.1f} "
-              f"{r['steps_per_s']:8.1f}")
-    print(f"{'MCMC/ADC':10} {mcmc['psnr'] - adc['psnr']:+8.2f} {mcmc['ssim'] - adc['ssim']:+7.4f} "
-          f"{mcmc['gaussians'] / adc['gaussians']:11.2f} {mcmc['seconds'] / adc['seconds']:8.2f} "
-          f"{mcmc['steps_per_s'] / adc['steps_per_s']:8.2f}")
+    steps = 30_000 if args.full else args.steps
+    for name in args.scenes:
+        with tempfile.TemporaryDirectory() as tmp:
+            results = bench_scene(SHARED / name, steps, args.data_factor, Path(tmp))
+        print_table(name, args.data_factor, steps, results)
 
 
 if __name__ == "__main__":
