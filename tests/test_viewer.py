@@ -150,6 +150,7 @@ class _FakeClient:
         self.client_id = 1
         self.images: list[tuple[np.ndarray | None, dict]] = []
         self.notifications: list[tuple[str, str]] = []
+        self.boxes: list[dict] = []
         self.camera = SimpleNamespace(on_update=lambda cb: setattr(self, "camera_cb", cb))
 
     def set_camera(self, camera, height):
@@ -165,11 +166,13 @@ class _FakeClient:
             add_markdown=lambda content, **k: _Handle(content),
             add_number=lambda label, value, **k: _Handle(value),
             add_checkbox=lambda label, value, **k: _Handle(value),
+            add_image=lambda image, **k: _Handle(image),
         )
         self.gui = gui
         self.scene = SimpleNamespace(
             set_background_image=lambda image, **k: self.images.append((image, k)),
             add_camera_frustum=lambda *a, **k: _Handle(),
+            add_box=lambda name, **k: self.boxes.append(k) or _Handle(k),
             add_gaussian_splats=lambda *a, **k: _Handle(k),
         )
 
@@ -287,6 +290,7 @@ class _FakeTrainer:
         self.model = GaussianModel(Plain3DGS())
         Plain3DGS().create(self.model, _model(scene), LearningRates(), scene_extent=1.0)
         self.scene, self.run_dir, self.step, self.cfg = scene, Path("run"), 3, SimpleNamespace(steps=10)
+        self.plugins, self.states, self.last_error = {}, {}, None
 
     @property
     def gaussians(self):
@@ -315,6 +319,34 @@ def test_live_source_copies_only_when_watched_and_pauses(tiny_scene):
     live.paused.clear()
     worker.join(5)
     assert done.is_set()
+
+
+def test_live_view_draws_lpm_zones_and_the_last_error_map(tiny_scene):
+    from splatkit.train.strategies import LPMStrategy
+    from splatkit.train.strategies.zones import Zone
+
+    scene = load_scene(tiny_scene)
+    trainer = _FakeTrainer(scene)
+    trainer.plugins = {"strategy": LPMStrategy()}
+    trainer.states = {"strategy": {"_zones": [Zone(np.array([0.0, 0, 0]), np.array([1.0, 2, 3]))], "base": {}}}
+    trainer.last_error = torch.linspace(0, 1, 36 * 48).reshape(36, 48)
+    live = LiveSource(trainer, interval=0.0)
+    live.watching = 1
+    live.after_step(trainer, {"loss": 0.5, "psnr": 20.0}, 4.0)
+    client = _FakeClient()
+    client.set_camera(scene.cameras[0], 36)
+    session = ClientSession(client, live, SessionSettings(backend="torch"), RenderShare(), np.array([0, 0, 1.0]),
+                            frame_points(scene.points, np.array([0, 0, 1.0])))
+    try:
+        _wait_for(lambda: len(client.boxes) == 1)
+        assert client.boxes[0]["dimensions"] == (1.0, 2.0, 3.0) and client.boxes[0]["position"] == (0.5, 1.0, 1.5)
+        assert client.boxes[0]["wireframe"] and not session.error_image.visible
+        session.show_error.value = True
+        _wait_for(lambda: session.error_image.visible)
+        image = session.error_image.image
+        assert image.shape == (36, 48, 3) and image[0, 0, 0] == 0 and image[-1, -1, 0] == 255
+    finally:
+        session.close()
 
 
 def test_live_source_renders_on_the_training_thread(tiny_scene):

@@ -12,6 +12,7 @@ the same hooks on every plug-in, in order, and never asks which one it runs:
     post_backward(model, state, info)   gradients are available, parameters not yet stepped
     after_step(model, state, info)      after the optimiser step: grow, prune, relocate, reset
     log(model, state) -> {name: value}  figures for metrics.jsonl, since the last log line
+    boxes(state) -> [(lo, hi)]          3D boxes the live viewer may draw (e.g. LPM's error zones)
 
 State entries whose key starts with "_" are derived (rebuilt by `setup()` from caches, e.g. LPM's matches):
 they are not checkpointed, and a resume keeps what `setup()` made of them.
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, TypeVar, Union
 
+import numpy as np
 import torch
 import tyro
 
@@ -105,6 +107,10 @@ class Plugin:
     def log(self, model: "GaussianModel", state: dict) -> dict[str, float]:
         """Figures to add to the next metrics.jsonl line (counted since the previous one)."""
         return {}
+
+    def boxes(self, state: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Axis-aligned 3D boxes (lo, hi) in the training frame for the live viewer to draw (LPM: error zones)."""
+        return []
 
 
 P = TypeVar("P", bound=Plugin)

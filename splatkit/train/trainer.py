@@ -75,6 +75,7 @@ class Trainer:
         self.states = {key: plugin.setup(ctx) for key, plugin in self.plugins.items()}
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
+        self.last_error: torch.Tensor | None = None
         if latest:
             self._restore(latest[0])
 
@@ -144,6 +145,7 @@ class Trainer:
                            background=background, backend=self.backend)
         rgb, target = ignore_masked(render.rgb, target, keep)  # masked pixels: no error, no gradient
         error = (rgb.detach() - target).abs().sum(dim=-1)
+        self.last_error = error  # (H, W) of this step's view, for the live viewer
         info = StepInfo(step, cfg.steps, camera, index, target, gaussians, render, error, self.extent)
         self._hook("pre_backward", info)
         loss = photometric_loss(rgb, target, keep, cfg.ssim_lambda)

@@ -49,6 +49,14 @@ def apply_framing(client, framing: Framing, wxyz: np.ndarray | None = None) -> N
             client.camera.wxyz = wxyz
 
 
+def error_image(error) -> np.ndarray:
+    """(H, W) error map -> uint8 (H, W, 3) grey image, white at its 99th percentile and above."""
+    values = error.detach().float().cpu().numpy()
+    top = max(float(np.percentile(values, 99)), 1e-6)
+    grey = (np.clip(values / top, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
 class ClientSession:
     def __init__(self, client, source: ModelSource, settings: SessionSettings, share: RenderShare,
                  up: np.ndarray, initial: Framing, initial_wxyz: np.ndarray | None = None, log=print) -> None:
@@ -108,6 +116,12 @@ class ClientSession:
                 self.train_text = gui.add_markdown(self._training_markdown())
                 self.pause = gui.add_button("Pause training")
                 self.pause.on_click(lambda _: self._toggle_pause())
+                self.show_zones = gui.add_checkbox("Error zones (LPM)", True,
+                                                   hint="3D zones where the last refinement found error")
+                self.show_error = gui.add_checkbox("Last step's error map", False)
+                self.error_image = gui.add_image(np.zeros((8, 8, 3), np.uint8), label="Error map", visible=False)
+                self._zone_handles: list = []
+                self._drawn: tuple = (None, None)  # the boxes list and error map shown, by identity
         for handle in (self.output, self.sh_degree, self.background, self.max_height):
             handle.on_update(lambda _: self.slot.put("refresh"))
         self.mode.on_update(lambda _: self.slot.put("mode"))
@@ -234,7 +248,24 @@ class ClientSession:
     def _tick_training(self) -> None:
         while not self.slot.closed:
             self.train_text.content = self._training_markdown()
+            self._update_overlays()
             time.sleep(TRAINING_STATS_SECONDS)
+
+    def _update_overlays(self) -> None:
+        """Draw the plug-ins' boxes (LPM's zones) as wireframes and the last step's error map, when asked for."""
+        boxes = self.source.boxes if self.show_zones.value else []
+        error = self.source.error_map if self.show_error.value else None
+        if boxes is not self._drawn[0]:
+            for handle in self._zone_handles:
+                handle.remove()
+            self._zone_handles = [
+                self.client.scene.add_box(f"/zones/{k}", color=(255, 90, 30), dimensions=tuple(hi - lo),
+                                          position=tuple((lo + hi) / 2), wireframe=True)
+                for k, (lo, hi) in enumerate(boxes)]
+        if error is not None and error is not self._drawn[1]:
+            self.error_image.image = error_image(error)
+        self.error_image.visible = error is not None
+        self._drawn = (boxes, error)
 
     def _render(self, snapshot, preview: bool) -> None:
         if not self._backend_checked:

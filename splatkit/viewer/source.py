@@ -137,6 +137,8 @@ class LiveSource(ModelSource):
         self._last_copy = time.perf_counter()
         self.stats = TrainingStats(step=trainer.step, total_steps=trainer.cfg.steps,
                                    num_gaussians=len(trainer.model))
+        self.boxes: list[tuple[np.ndarray, np.ndarray]] = []  # the plug-ins' 3D boxes (LPM's error zones)
+        self.error_map: torch.Tensor | None = None  # (H, W) L1 error of the last training step's view
         self.busy_seconds = 0.0  # time the training thread spent on the viewer (copies, renders)
         self.renders = 0
         self._jobs: list[tuple[Callable[[], object], Future]] = []
@@ -157,6 +159,8 @@ class LiveSource(ModelSource):
         if self.watching and (now - self._last_copy >= self.interval or self.paused.is_set()):
             self.publish(self._copy(trainer))
             self._last_copy = now
+            self.boxes = [box for key, plugin in trainer.plugins.items() for box in plugin.boxes(trainer.states[key])]
+            self.error_map = trainer.last_error
         self._run_jobs()
         if not self.paused.is_set():  # what the viewer took from training (pauses are the user's choice)
             self.busy_seconds += time.perf_counter() - now

@@ -199,6 +199,9 @@ class LPMStrategy(Strategy):
         state["_seconds"] = 0.0
         return {**self.base.log(model, state["base"]), **figures}
 
+    def boxes(self, state: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [(zone.lo, zone.hi) for zone in state["_zones"]] + self.base.boxes(state["base"])
+
 
 def _cache_key(kind: str, scene, pairs: list[tuple[int, int]]) -> str:
     """What the matches depend on: the matcher, the pairs, and each camera's image and size."""
