@@ -139,6 +139,23 @@ def test_lpm_over_each_base_from_the_command_line_and_resume(tiny_scene, tmp_pat
     assert main(["train", str(tiny_scene), "--steps", "40", *common]) == 0
     config = read_run(run).config.strategy
     assert isinstance(config, LPMStrategy) and config.base.name == base and config.reset_every == 10
-    assert (run / "lpm_matches.npz").is_file()
+    matches = run / "lpm_matches.npz"
+    written = matches.stat().st_mtime_ns
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert all('"lpm_zones"' in line for line in lines)
+    assert main(["train", str(tiny_scene), "--out", str(run), "--resume", "--steps", "50"]) == 0
+    assert matches.stat().st_mtime_ns == written  # the cached matches were reused, not recomputed
+
+
+def test_mcmc_under_focus_draws_new_gaussians_from_zones():
+    """With a focus of 0 outside the zone, every Gaussian MCMC adds copies one inside it (the cap still holds)."""
+    from splatkit.train.strategies import ops
+
+    rng = np.random.default_rng(0)
+    means = rng.uniform(-1, 1, (100, 3))
+    model = _model(means, rng.uniform(0.3, 0.9, 100))
+    inside = torch.from_numpy(np.all(means > 0, axis=1))
+    added = ops.add_by_opacity(model, 40, torch.Generator().manual_seed(0), weights=inside.float())
+    assert added == 40 and len(model) == 140
+    new = model.params["means"].detach()[100:]
+    assert bool((new > 0).all())
