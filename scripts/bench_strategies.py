@@ -56,7 +56,7 @@ def print_table(name: str, factor: int, steps: int, results: dict[str, dict]) ->
     print(f"{'strategy':10} {'PSNR dB':>8} {'SSIM':>7} {'#Gaussians':>11} {'wall s':>8} {'LPM share':>9} "
           f"{'zones':>6} {'reset':>8} {'match s':>8}")
     for label, r in results.items():
-        share = f"{r['lpm_seconds'] / r['seconds']:9.1%}" if label.startswith("LPM") else f"{'':9}"
+        share = f"{r['lpm_seconds'] / r['seconds']:9.2%}" if label.startswith("LPM") else f"{'':9}"
         print(f"{label:10} {r['psnr']:8.2f} {r['ssim']:7.4f} {r['gaussians']:11,} {r['seconds']:8.1f} {share} "
               f"{r['zones']:6} {r['reset']:8,} {r['matching_s']:8.1f}")
     for base in ("ADC", "MCMC"):
