@@ -14,5 +14,11 @@ class SplatkitError(Exception):
 
 
 def file_error(path: str | Path, problem: str) -> SplatkitError:
-    """The one-line form every input error takes: `<file>: <problem>`."""
-    return SplatkitError(f"{path}: {problem}")
+    """The one-line form every input error takes: `<file>: <problem>`. File names and values quoted from a file
+    may hold newlines or other control characters, so those are escaped to keep it one line."""
+    return SplatkitError(f"{_printable(str(path))}: {_printable(problem)}")
+
+
+def _printable(text: str) -> str:
+    return text if text.isprintable() else "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)

@@ -7,6 +7,7 @@ exceptions say e.g. "std::bad_alloc" without saying which file is truncated).
 
 from __future__ import annotations
 
+import math
 import mmap
 import struct
 from dataclasses import replace
@@ -17,17 +18,20 @@ import numpy as np
 import pycolmap
 
 from splatkit.data.cameras import Camera
-from splatkit.data.images import image_size, make_undistortion, opencv_intrinsics
+from splatkit.data.checks import (ROTATION_TOLERANCE, checked_undistortion, names_a_file, points_problem,
+                                  pose_problem)
+from splatkit.data.images import image_size, opencv_intrinsics
 from splatkit.data.init_points import random_points_in_view
 from splatkit.data.masks import find_mask
 from splatkit.data.matches import Observations
 from splatkit.data.scene import Scene, Similarity
 from splatkit.errors import file_error
 
-_MODEL_FILES = ("cameras", "images", "points3D")
-# Number of parameters per COLMAP camera model id, used only to check .bin files' structure.
-_NUM_PARAMS = {0: 3, 1: 4, 2: 4, 3: 5, 4: 8, 5: 8, 6: 12, 7: 5, 8: 4, 9: 5, 10: 12, 11: 16, 12: 4, 13: 5,
-               14: 3, 15: 4}
+_MODEL_FILES = ("rigs", "cameras", "frames", "images", "points3D")  # rigs and frames: COLMAP >= 3.12
+# Number of parameters per COLMAP camera model id (from the pycolmap in use, which may know newer models), used
+# to check the structure of model files before pycolmap reads them.
+CAMERA_NUM_PARAMS = {int(m): len(pycolmap.Camera.create_from_model_id(0, m, 1.0, 1, 1).params)
+                     for m in pycolmap.CameraModelId.__members__.values() if int(m) >= 0}
 SUPPORTED_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
 
 
@@ -70,9 +74,9 @@ def _walk_records(data: mmap.mmap, kind: str) -> str | None:
         for index in range(count):
             if kind == "cameras":
                 _, model, _, _ = struct.unpack_from("<iiQQ", data, take(24))
-                if model not in _NUM_PARAMS:
+                if model not in CAMERA_NUM_PARAMS:
                     return f"unknown camera model id {model}"
-                take(8 * _NUM_PARAMS[model])
+                take(8 * CAMERA_NUM_PARAMS[model])
             elif kind == "images":
                 take(4 + 8 * 7 + 4)
                 end = data.find(b"\0", pos)
@@ -85,8 +89,17 @@ def _walk_records(data: mmap.mmap, kind: str) -> str | None:
                 take(8 + 24 + 3 + 8)
                 (track,) = struct.unpack_from("<Q", data, take(8))
                 take(8 * track)
+            elif kind == "rigs":
+                (sensors,) = struct.unpack_from("<4xI", data, take(8))
+                take(8 if sensors else 0)  # the reference sensor
+                for _ in range(max(0, sensors - 1)):  # each takes >= 9 bytes, so the file's end bounds the loop
+                    (has_pose,) = struct.unpack_from("<8xB", data, take(9))
+                    take(56 if has_pose else 0)
+            elif kind == "frames":
+                (data_ids,) = struct.unpack_from("<64xI", data, take(8 + 56 + 4))
+                take(16 * data_ids)
             else:
-                return None  # rigs/frames: not checked here
+                return None
     except EOFError as e:
         return str(e)
     if pos != len(data):
@@ -139,11 +152,18 @@ def _intrinsics(cam: pycolmap.Camera, model_file: Path) -> tuple[np.ndarray, lis
     return K, dist
 
 
-def _world_to_cam(image: pycolmap.Image) -> np.ndarray:
+def _world_to_cam(image: pycolmap.Image) -> np.ndarray | None:
+    """The 4x4 pose, or None when its quaternion is not of unit length (pycolmap would turn it into a matrix
+    that is no rotation); near-unit ones are normalised."""
     rigid = image.cam_from_world
     rigid = rigid() if callable(rigid) else rigid  # a method in pycolmap 4.x, a property before
+    q = np.asarray(rigid.rotation.quat, np.float64)
+    length = math.hypot(*q)
+    if not abs(length - 1.0) <= ROTATION_TOLERANCE:  # NaN fails this too
+        return None
     m = np.eye(4)
-    m[:3, :4] = rigid.matrix()
+    m[:3, :3] = pycolmap.Rotation3d(q / length).matrix()
+    m[:3, 3] = rigid.translation
     return m
 
 
@@ -185,23 +205,37 @@ def load_colmap(root: Path, data_factor: int = 1) -> Scene:
 
     intrinsics: dict[int, tuple] = {}
     cameras: list[Camera] = []
-    for im in sorted(images, key=lambda im: im.name):
+    pose_file = model_dir / f"frames{ext}"  # where COLMAP >= 3.12 keeps poses; older models keep them with images
+    pose_file = pose_file if pose_file.is_file() else model_dir / f"images{ext}"
+    try:
+        images = sorted(images, key=lambda im: im.name)
+    except UnicodeDecodeError as e:  # pycolmap hands names to Python as UTF-8
+        raise file_error(model_dir / f"images{ext}", f"image name {e.object[:60]!r} is not UTF-8 text") from None
+    for im in images:
         cam = rec.cameras[im.camera_id]
         if im.camera_id not in intrinsics:
             K_src, dist = _intrinsics(cam, model_dir / f"cameras{ext}")
-            intrinsics[im.camera_id] = make_undistortion(K_src, dist, cam.width, cam.height)
+            try:
+                intrinsics[im.camera_id] = checked_undistortion(K_src, dist, cam.width, cam.height)
+            except ValueError as e:
+                raise file_error(model_dir / f"cameras{ext}", f"camera {cam.camera_id}: {e}") from None
         K, und = intrinsics[im.camera_id]
         path = images_dir / im.name
-        if not path.is_file():
+        if not names_a_file(path):
             raise file_error(path, f"image listed in the COLMAP model ({model_dir / ('images' + ext)}) "
                                    "is missing on disk")
-        cameras.append(Camera(im.name, cam.width, cam.height, K.copy(), _world_to_cam(im), path, und,
+        world_to_cam = _world_to_cam(im)
+        problem = "has a quaternion not of unit length" if world_to_cam is None else pose_problem(world_to_cam)
+        if problem is not None:
+            raise file_error(pose_file, f"image {im.name}: pose {problem}")
+        cameras.append(Camera(im.name, cam.width, cam.height, K.copy(), world_to_cam, path, und,
                               find_mask(root / "masks", im.name)))
 
     if data_factor != 1:
         cameras = [c.scaled(data_factor) for c in cameras]
         cameras = _use_downsampled_folder(root, cameras, data_factor)
-    observations = [_observations(im, rec.cameras[im.camera_id], camera) for im, camera in zip(images, cameras)]
+    observations = [_observations(im, rec.cameras[im.camera_id], camera, model_dir / f"images{ext}")
+                    for im, camera in zip(images, cameras)]
 
     pts = rec.points3D
     if len(pts) == 0:  # e.g. poses from elsewhere with an empty points3D: start from what the cameras see
@@ -209,14 +243,19 @@ def load_colmap(root: Path, data_factor: int = 1) -> Scene:
     else:
         points = np.array([p.xyz for p in pts.values()], np.float64)
         colors = np.array([p.color for p in pts.values()], np.float32) / 255.0
+        if (problem := points_problem(points)) is not None:
+            raise file_error(model_dir / f"points3D{ext}", problem)
     return Scene(root=root, cameras=cameras, points=points, colors=colors, to_normalized=Similarity(),
                  train_ids=list(range(len(cameras))), test_ids=[], observations=observations)
 
 
-def _observations(image: pycolmap.Image, source: pycolmap.Camera, camera: Camera) -> Observations:
+def _observations(image: pycolmap.Image, source: pycolmap.Camera, camera: Camera, images_file: Path
+                  ) -> Observations:
     """The image's keypoints that observe 3D points, moved into `camera`'s image (undistorted, scaled)."""
     points = image.get_observation_points2D()
     xy = np.array([p.xy for p in points], np.float64).reshape(-1, 2)
+    if (problem := points_problem(xy)) is not None:
+        raise file_error(images_file, f"image {image.name}: keypoint {problem}")
     ids = np.array([p.point3D_id for p in points], np.int64)
     und = camera.undistortion
     if und is not None and len(xy):  # COLMAP's pixel centres are at +0.5, OpenCV's at integers
@@ -225,3 +264,4 @@ def _observations(image: pycolmap.Image, source: pycolmap.Camera, camera: Camera
                                  P=opencv_intrinsics(K_pin))[:, 0] + 0.5
     xy = xy * [camera.width / source.width, camera.height / source.height]
     return Observations(xy.astype(np.float32), ids)
+

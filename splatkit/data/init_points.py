@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from splatkit.data.cameras import Camera
+from splatkit.data.checks import points_problem
 from splatkit.errors import file_error
 
 
@@ -15,18 +16,22 @@ def read_ply_points(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """xyz (float64) and rgb in [0, 1] from a point-cloud .ply (grey when it has no colours)."""
     from plyfile import PlyData
 
+    rgb_names = ("red", "green", "blue")
     try:
         v = PlyData.read(str(path))["vertex"]
         xyz = np.stack([np.asarray(v[k], np.float64) for k in ("x", "y", "z")], axis=1)
+        has_rgb = all(k in v.data.dtype.names for k in rgb_names)
+        rgb = np.stack([np.asarray(v[k], np.float64) for k in rgb_names], axis=1) if has_rgb else None
     except Exception as e:
         raise file_error(path, f"unreadable point cloud ({type(e).__name__}: {e})".replace("\n", " ")) from None
-    names = v.data.dtype.names
-    if all(k in names for k in ("red", "green", "blue")):
-        rgb = np.stack([np.asarray(v[k], np.float32) for k in ("red", "green", "blue")], axis=1)
-        rgb = rgb / (65535.0 if rgb.max(initial=0) > 255 else 255.0)
-    else:
-        rgb = np.full_like(xyz, 0.5, dtype=np.float32)
-    return xyz, rgb.astype(np.float32)
+    if (problem := points_problem(xyz)) is not None:
+        raise file_error(path, problem)
+    if rgb is None:
+        return xyz, np.full_like(xyz, 0.5, dtype=np.float32)
+    if not np.isfinite(rgb).all():
+        raise file_error(path, "colours contain NaN or infinite values")
+    rgb = rgb / (65535.0 if rgb.max(initial=0) > 255 else 255.0)
+    return xyz, np.clip(rgb, 0.0, 1.0).astype(np.float32)  # signed or float colour properties may leave [0, 1]
 
 
 def look_at_center(cameras: list[Camera]) -> np.ndarray:

@@ -53,10 +53,18 @@ def gaussians_from_arrays(path: str | Path, means: np.ndarray, scales: np.ndarra
                           opacities: np.ndarray, sh0: np.ndarray, shN: np.ndarray) -> Gaussians:
     """Decoded arrays -> float32 `Gaussians`, rejecting NaN/inf (a float field in the file may hold any bits)."""
     arrays = [means, scales, quats, opacities, sh0, shN]
-    tensors = [torch.from_numpy(np.array(a, dtype=np.float32)) for a in arrays]  # own, writable copies
-    g = Gaussians(*tensors)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, refused just below
+        tensors = [torch.from_numpy(np.array(a, dtype=np.float32)) for a in arrays]  # own, writable copies
+    return checked_values(Gaussians(*tensors), path)
+
+
+def checked_values(g: Gaussians, path: str | Path) -> Gaussians:
+    """`g`, unless a value is NaN or infinite, raw or once activated: a float field in a file may hold any bits,
+    and a log-scale above ~88.7 is finite but overflows float32 as a scale (no splat is that wide)."""
     if not g.is_finite():
         raise file_error(path, "contains NaN or infinite values")
+    if not bool(torch.isfinite(g.activated_scales).all()):
+        raise file_error(path, "contains log-scales too large to activate (above 88.7, the float32 limit)")
     return g
 
 

@@ -11,6 +11,7 @@ from plyfile import PlyData, PlyElement
 
 from splatkit.atomic import atomic_path
 from splatkit.errors import file_error
+from splatkit.io._common import checked_values
 from splatkit.model.gaussians import Gaussians
 from splatkit.model.sh import sh_degree_from_bases
 
@@ -54,8 +55,8 @@ def load_ply(path: str | Path) -> Gaussians:
     missing = [name for name in _REQUIRED if name not in names]
     if missing:
         raise file_error(path, f"not a 3DGS splat PLY: missing properties {', '.join(missing)}")
-    rest_names = sorted((n for n in names if n.startswith("f_rest_")), key=lambda n: int(n.rsplit("_", 1)[1]))
-    if rest_names != [f"f_rest_{i}" for i in range(len(rest_names))]:
+    rest_names = [f"f_rest_{i}" for i in range(sum(n.startswith("f_rest_") for n in names))]
+    if sorted(n for n in names if n.startswith("f_rest_")) != sorted(rest_names):
         raise file_error(path, "f_rest_* properties are not numbered 0..N-1 without gaps")
     if len(rest_names) % 3:
         raise file_error(path, f"{len(rest_names)} f_rest_* properties is not a multiple of 3")
@@ -80,7 +81,5 @@ def load_ply(path: str | Path) -> Gaussians:
         sh0=column("f_dc_0", "f_dc_1", "f_dc_2")[:, None, :],
         shN=rest.reshape(n, 3, coeffs).transpose(1, 2).contiguous(),
     )
-    if not gaussians.is_finite():
-        raise file_error(path, "contains NaN or infinite values")
-    return gaussians
+    return checked_values(gaussians, path)
 
