@@ -39,3 +39,20 @@ def test_render_and_eval_outputs_of_images_in_two_folders(shared_datasets: Path,
     assert [v["name"] for v in views] == held_out
     side_by_sides = sorted(p.relative_to(run / "eval").as_posix() for p in (run / "eval").rglob("*.png"))
     assert side_by_sides == sorted(n.replace(".jpg", ".png") for n in held_out)
+
+
+def test_transforms_images_outside_the_scene_folder_keep_distinct_names(shared_datasets: Path, tmp_path: Path):
+    """Two frames whose photos share a file name in two folders beside the scene get distinct camera names."""
+    from splatkit.data import load_scene
+
+    fox = json.loads((shared_datasets / "fox" / "transforms.json").read_text())
+    photo = (shared_datasets / "fox" / fox["frames"][0]["file_path"]).resolve()
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "0.jpg").symlink_to(photo)
+    fox["frames"] = [dict(fox["frames"][k], file_path=f"../{folder}/0.jpg") for k, folder in enumerate("ab")]
+    (tmp_path / "scene").mkdir()
+    (tmp_path / "scene" / "transforms.json").write_text(json.dumps(fox))
+    scene = load_scene(tmp_path / "scene", test_every=0)
+    assert sorted(c.name for c in scene.cameras) == ["../a/0.jpg", "../b/0.jpg"]
+    assert sorted(scene.output_names) == ["a/0.png", "b/0.png"]

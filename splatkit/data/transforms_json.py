@@ -54,7 +54,9 @@ def _read_json(path: Path) -> dict:
 
 def _image_path(json_path: Path, file_path: str) -> Path:
     """Resolve a frame's file_path; Blender files omit the extension, so try .png then .jpg."""
-    p = Path(os.path.realpath(json_path.parent / file_path))  # unlike Path.resolve, never raises for a long name
+    # abspath: `..` resolved without following symlinks (the user's folder layout names the camera); unlike
+    # Path.resolve it never raises for a long name
+    p = Path(os.path.abspath(json_path.parent / file_path))
     for cand in (p, *(p.with_name(p.name + ext) for ext in (".png", ".jpg", ".jpeg", ".JPG", ".PNG") if p.name)):
         if names_a_file(cand):
             return cand
@@ -148,7 +150,7 @@ def _frame_camera(json_path: Path, meta: dict, frame: dict, index: int, root: Pa
     if (problem := pose_problem(c2w)) is not None:  # checked before inverting: a singular matrix has no inverse
         raise file_error(json_path, f"frame {index}: transform_matrix {problem}")
     world_to_cam = np.linalg.inv(c2w @ _OPENGL_TO_OPENCV)
-    name = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+    name = Path(os.path.relpath(path, root)).as_posix()  # unique even for images outside the scene folder
     return Camera(name, w, h, K, world_to_cam, path, und, _mask_path(json_path, frame, index))
 
 
