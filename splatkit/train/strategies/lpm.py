@@ -76,10 +76,6 @@ class LPMStrategy(Strategy):
     seed: int = 0
     """Seed of the neighbour draw and of the referred view at each step."""
 
-    def __post_init__(self) -> None:
-        if isinstance(self.base, LPMStrategy):
-            raise TypeError("LPM wraps ADC or MCMC, not itself")
-
     @property
     def init_opacity(self) -> float:  # the base strategy's recipe
         return self.base.init_opacity
