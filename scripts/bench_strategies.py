@@ -5,20 +5,24 @@ zones, resets; matching is reported apart), zones found, and the per-view PSNR c
 (mean, min, max), so a gain concentrated in a few views shows. MCMC (and LPM over it) is capped at ADC's final
 count, so every pair compares equal budgets.
 
+Each finished run's figures are kept in `--out` (default runs/bench_strategies/<scene>_f<factor>_s<steps>/) and
+reused when the script is run again, so a benchmark longer than one sitting can be finished in several.
+
 Usage: python scripts/bench_strategies.py [--steps 7000 | --full] [--data-factor 4]
-       [--scenes cup_colmap beer_can_colmap fox]
+       [--scenes cup_colmap beer_can_colmap fox] [--out runs/bench_strategies]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
+from splatkit.atomic import write_text_atomic
 from splatkit.train.config import TrainConfig
 from splatkit.train.strategies import ADCStrategy, LPMStrategy, MCMCStrategy
 from splatkit.train.trainer import train
@@ -27,27 +31,35 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 def run(scene: Path, out: Path, steps: int, factor: int, strategy) -> dict:
+    """Train once into `out`, or read the figures a finished earlier run left in `out/bench.json` (a run cut off
+    before its end is trained again from the start, so its wall time is one sitting's)."""
+    done = out / "bench.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    shutil.rmtree(out, ignore_errors=True)
     cfg = TrainConfig(scene=str(scene), out=out, steps=steps, data_factor=factor, strategy=strategy,
                       eval_steps=(), checkpoint_every=steps, log_every=100, device="cpu")
     start = time.perf_counter()
     metrics = train(cfg, show_progress=False)
     seconds = time.perf_counter() - start
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {"psnr": metrics["psnr"], "ssim": metrics["ssim"], "gaussians": metrics["num_gaussians"],
+    result = {"psnr": metrics["psnr"], "ssim": metrics["ssim"], "gaussians": metrics["num_gaussians"],
             "seconds": seconds, "views": {v["name"]: v["psnr"] for v in metrics["views"]},
             "lpm_seconds": sum(line.get("lpm_seconds", 0.0) for line in lines),
             "matching_s": max((line.get("lpm_matching_s", 0.0) for line in lines), default=0.0),
             "zones": int(sum(line.get("lpm_zones", 0.0) for line in lines)),
             "reset": int(sum(line.get("lpm_reset", 0.0) for line in lines))}
+    write_text_atomic(done, json.dumps(result))
+    return result
 
 
-def bench_scene(scene: Path, steps: int, factor: int, tmp: Path) -> dict[str, dict]:
+def bench_scene(scene: Path, steps: int, factor: int, runs: Path) -> dict[str, dict]:
     """Each strategy with its defaults (the papers' schedules: densification and LPM resets until step 15,000)."""
-    results = {"ADC": run(scene, tmp / "adc", steps, factor, ADCStrategy())}
-    results["LPM(ADC)"] = run(scene, tmp / "lpm_adc", steps, factor, LPMStrategy(base=ADCStrategy()))
+    results = {"ADC": run(scene, runs / "adc", steps, factor, ADCStrategy())}
+    results["LPM(ADC)"] = run(scene, runs / "lpm_adc", steps, factor, LPMStrategy(base=ADCStrategy()))
     mcmc = MCMCStrategy(cap_max=results["ADC"]["gaussians"])
-    results["MCMC"] = run(scene, tmp / "mcmc", steps, factor, mcmc)
-    results["LPM(MCMC)"] = run(scene, tmp / "lpm_mcmc", steps, factor, LPMStrategy(base=mcmc))
+    results["MCMC"] = run(scene, runs / "mcmc", steps, factor, mcmc)
+    results["LPM(MCMC)"] = run(scene, runs / "lpm_mcmc", steps, factor, LPMStrategy(base=mcmc))
     return results
 
 
@@ -73,11 +85,12 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="30,000 steps (the papers' schedule)")
     parser.add_argument("--data-factor", type=int, default=4)
     parser.add_argument("--scenes", nargs="+", default=["cup_colmap", "beer_can_colmap", "fox"])
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_strategies"))
     args = parser.parse_args()
     steps = 30_000 if args.full else args.steps
     for name in args.scenes:
-        with tempfile.TemporaryDirectory() as tmp:
-            results = bench_scene(SHARED / name, steps, args.data_factor, Path(tmp))
+        runs = args.out / f"{name}_f{args.data_factor}_s{steps}"
+        results = bench_scene(SHARED / name, steps, args.data_factor, runs)
         print_table(name, args.data_factor, steps, results)
 
 
