@@ -17,6 +17,7 @@ from splatkit.errors import SplatkitError
 from splatkit.train import checkpoint
 from splatkit.train.config import TrainConfig
 from splatkit.train.run_record import read_run
+from splatkit.train.parameterisations import PARAMETERISATIONS, EaglesQuantized, Plain3DGS
 from splatkit.train.strategies import STRATEGIES, ADCStrategy, LPMStrategy, MCMCStrategy
 from splatkit.train.trainer import train
 
@@ -31,8 +32,14 @@ STRATEGY_CASES = {
 }
 
 
-def test_every_registered_strategy_has_a_resume_case():
+# Each parameterisation with the settings of its resume case (EAGLES trains coarse-to-fine, as --quantize does).
+PARAMETERISATION_CASES = {"3dgs": (Plain3DGS(), {}), "eagles": (EaglesQuantized(), {"coarse_to_fine": True})}
+RESUME_CASES = [(name, "3dgs") for name in sorted(STRATEGY_CASES)] + [("adc", "eagles"), ("mcmc", "eagles")]
+
+
+def test_every_registered_plugin_has_a_resume_case():
     assert sorted(STRATEGY_CASES) == sorted(STRATEGIES.names())
+    assert sorted(PARAMETERISATION_CASES) == sorted(PARAMETERISATIONS.names())
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGY_CASES))
@@ -42,11 +49,13 @@ def test_strategy_round_trips_through_config_json(name, tiny_scene, tmp_path):
     assert to_json(cfg)["strategy"]["name"] == name
 
 
-@pytest.mark.parametrize("name", sorted(STRATEGY_CASES))
-def test_each_strategy_resumes_bitwise(name, tiny_scene, tmp_path):
+@pytest.mark.parametrize("name, parameterisation", RESUME_CASES)
+def test_each_plugin_resumes_bitwise(name, parameterisation, tiny_scene, tmp_path):
+    chosen, settings = PARAMETERISATION_CASES[parameterisation]
     cfg = TrainConfig(scene=str(tiny_scene), out=tmp_path / "full", steps=40, checkpoint_every=20,
                       sh_degree_interval=15, eval_steps=(), backend="native", strategy=STRATEGY_CASES[name],
-                      log_every=10, device="cpu")
+                      parameterisation=chosen, log_every=10, device="cpu", **settings)
+    assert from_json(TrainConfig, json.loads(json.dumps(to_json(cfg))), source="mem") == cfg
     train(cfg, show_progress=False)
     shutil.copytree(tmp_path / "full", tmp_path / "killed")  # killed after its step-20 checkpoint
     (tmp_path / "killed" / "checkpoints" / "step_0000040.pt").unlink()

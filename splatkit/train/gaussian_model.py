@@ -95,6 +95,12 @@ class GaussianModel:
     def learning_rate(self, name: str) -> float:
         return self.optimizers[name].param_groups[0]["lr"]
 
+    def set_learning_rate(self, name: str, rate: float) -> None:
+        """Set one parameter's rate for the coming steps (a rate that follows other parameters, e.g. EAGLES'
+        latents divided by their decoder's norm; `set_progress` rewrites only scheduled rates)."""
+        for group in self.optimizers[name].param_groups:
+            group["lr"] = rate
+
     def step(self) -> None:
         """One Adam step of every trainable parameter, then clear the gradients."""
         for optimizer in self.optimizers.values():

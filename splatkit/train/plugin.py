@@ -21,7 +21,7 @@ they are not checkpointed, and a resume keeps what `setup()` made of them.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, TypeVar, Union
 
@@ -35,6 +35,7 @@ from splatkit.data.scene import Scene
 from splatkit.errors import SplatkitError
 from splatkit.model.gaussians import ActivatedGaussians
 from splatkit.render import RenderOutput
+from splatkit.train.learning_rates import LearningRates
 
 if TYPE_CHECKING:
     from splatkit.train.gaussian_model import GaussianModel
@@ -52,6 +53,7 @@ class SetupContext:
     scene_extent: float  # radius of the camera rig in training units; scales learning rates and thresholds
     seed: int
     resumed: bool  # True when the state dict will be replaced by the checkpoint's after setup
+    lr: LearningRates = field(default_factory=LearningRates)  # the run's 3DGS rates (parameterisations scale them)
 
 
 @dataclass
@@ -67,6 +69,8 @@ class StepInfo:
     render: RenderOutput  # with autograd graph
     error: torch.Tensor  # (H, W) per-pixel L1 error summed over RGB, detached
     scene_extent: float
+    # Per-Gaussian tensors of `gaussians` and `render` have the rows of the rendered set: in after_step, a plug-in
+    # called after another that edited the set (the parameterisation runs first) must not index them by row.
     focus: torch.Tensor | None = None  # (N,) >= 1: how much more a Gaussian deserves refinement, set by a
     # strategy wrapping another (LPM's error zones); ADC divides its growth threshold by it, MCMC weighs sampling
 

@@ -26,6 +26,7 @@ from splatkit.io.ply import save_ply
 from splatkit.model.gaussians import Gaussians, init_from_points
 from splatkit.render import rasterize, resolve_backend, resolve_device
 from splatkit.train import checkpoint
+from splatkit.train.coarse_to_fine import downsampled, resolution_scale
 from splatkit.train.config import RUN_DEFINING, TrainConfig
 from splatkit.train.evaluate import evaluate, keep_mask
 from splatkit.train.gaussian_model import GaussianModel
@@ -71,7 +72,7 @@ class Trainer:
         cfg.parameterisation.create(self.model, init, cfg.lr, self.extent)
         latest = checkpoint.list_checkpoints(self.checkpoint_dir)[-1:] if cfg.resume else []
         ctx = SetupContext(scene, images, self.model, run_dir, cfg.steps, self.extent, cfg.seed,
-                           resumed=bool(latest))
+                           resumed=bool(latest), lr=cfg.lr)
         self.states = {key: plugin.setup(ctx) for key, plugin in self.plugins.items()}
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
@@ -135,6 +136,7 @@ class Trainer:
         camera = self.scene.cameras[index]
         target = torch.from_numpy(self.images[index]).to(self.device)
         keep = keep_mask(self.images, index, self.device)
+        camera, target, keep = downsampled(camera, target, keep, self.resolution_scale(step))
         if cfg.random_background:
             background = tuple(torch.rand(3, generator=self.generator).tolist())
         else:
@@ -160,6 +162,12 @@ class Trainer:
         self.step += 1
         return {"loss": loss.item(), "psnr": psnr(rgb.detach(), target, keep),
                 **{name: term.item() for name, term in extra.items()}}
+
+    def resolution_scale(self, step: int) -> float:
+        """Image size of `step` as a fraction of full size (below 1 only while coarse-to-fine rises)."""
+        cfg = self.cfg
+        return resolution_scale(step, cfg.steps, cfg.coarse_to_fine_start, cfg.coarse_to_fine_until) \
+            if cfg.coarse_to_fine else 1.0
 
     def evaluate(self, side_by_side_dir: Path | None = None) -> dict:
         return evaluate(self.gaussians, self.scene, self.images, self.scene.test_ids,
@@ -230,6 +238,13 @@ def check_settings(cfg: TrainConfig) -> None:
         raise SplatkitError(f"--init-opacity {cfg.init_opacity}: must be in (0, 1)")
     if cfg.init_scale is not None and not cfg.init_scale > 0:
         raise SplatkitError(f"--init-scale {cfg.init_scale}: must be positive")
+    if not 0 < cfg.coarse_to_fine_start <= 1:
+        raise SplatkitError(f"--coarse-to-fine-start {cfg.coarse_to_fine_start}: must be in (0, 1]")
+    if not 0 <= cfg.coarse_to_fine_until <= 1:
+        raise SplatkitError(f"--coarse-to-fine-until {cfg.coarse_to_fine_until}: must be in [0, 1]")
+    if cfg.quantize and cfg.parameterisation.name == "3dgs":
+        raise SplatkitError("--quantize trains quantized latents: it cannot run with parameterisation:3dgs "
+                            "(from Python, build the config with splatkit.train.config.quantize_preset)")
     for plugin in (cfg.parameterisation, cfg.strategy):
         plugin.validate()
     resolve_backend(cfg.backend, resolve_device(cfg.device))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from splatkit.model.gaussians import ActivatedGaussians, Gaussians
+from splatkit.model.quantized import QuantizedGaussians, quantize
 from splatkit.train.gaussian_model import GaussianModel
 from splatkit.train.learning_rates import LearningRates
 from splatkit.train.plugin import Plugin, Registry
@@ -26,6 +27,10 @@ class Parameterisation(Plugin):
     def export(self, model: GaussianModel) -> Gaussians:
         """The model in raw INRIA form for files and viewers (default: the inverse activations of `activate`)."""
         return Gaussians.from_activated(self.activate(model))
+
+    def quantized(self, model: GaussianModel) -> QuantizedGaussians:
+        """The model as a compact file stores it (default: every attribute in float16, positions gridded)."""
+        return quantize(self.export(model))
 
     def raw(self, model: GaussianModel, rows: torch.Tensor, *, scales: torch.Tensor | None = None,
             opacities: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
