@@ -21,6 +21,7 @@ from splatkit.atomic import write_text_atomic
 from splatkit.data import Scene, load_scene
 from splatkit.data.scene import Similarity
 from splatkit.errors import SplatkitError, file_error
+from splatkit.io.compact import save_compact
 from splatkit.io.export import describe, slimmed, write_model
 from splatkit.io.formats import EXTENSIONS, detect_format, format_from_extension, read_splats
 from splatkit.model.gaussians import Gaussians
@@ -41,6 +42,9 @@ class EvalConfig:
 
     run: tyro.conf.Positional[Path]
     """Run folder written by `splatkit train`."""
+    model: Optional[Path] = None
+    """Score this splat file instead of the run's model (e.g. an export, to see what its quantisation costs);
+    it must be in the capture's frame, as exports are by default. Side-by-sides go to <run>/eval/<file name>/."""
     device: Device = "auto"
     """auto (CUDA when torch sees a GPU), cpu or cuda."""
     backend: str = "auto"
@@ -66,7 +70,7 @@ class RenderConfig:
     backend: str = "auto"
 
 
-Format = Literal["ply", "compressed-ply", "spz", "splat"]
+Format = Literal["ply", "compressed-ply", "spz", "splat", "compact"]
 OutPath = Annotated[Optional[Path], tyro.conf.arg(aliases=("-o",))]
 
 
@@ -129,16 +133,17 @@ def run_eval(cfg: EvalConfig) -> dict:
     if not scene.test_ids:
         raise SplatkitError(f"{cfg.run}: the run has no held-out views (test_every=0)")
     images = open_images(record.config, scene, cfg.run, record.scene_path)
-    model = _model_in_scene_frame(read_splats(_model_file(cfg.run)), scene).to(resolve_device(cfg.device))
-    result = evaluate(model, scene, images, scene.test_ids, backend=cfg.backend,
-                      side_by_side_dir=cfg.run / "eval")
+    source = cfg.model or _model_file(cfg.run)
+    out = cfg.run / "eval" / (source.name if cfg.model else "")
+    model = _model_in_scene_frame(read_splats(source), scene).to(resolve_device(cfg.device))
+    result = evaluate(model, scene, images, scene.test_ids, backend=cfg.backend, side_by_side_dir=out)
     for view in result["views"]:
         masked = f"  ({view['masked']:.1%} of pixels masked out)" if "masked" in view else ""
         console.print(f"{view['name']:>24}  PSNR {view['psnr']:6.2f}  SSIM {view['ssim']:.4f}{masked}")
     scored = " on the masks' kept pixels" if result["masked"] else ""
     console.print(f"{'mean':>24}  PSNR {result['mean']['psnr']:6.2f}  SSIM {result['mean']['ssim']:.4f}{scored}")
-    write_text_atomic(cfg.run / "eval" / "metrics.json", json.dumps(result, indent=2))
-    console.print(f"wrote {cfg.run / 'eval'}")
+    write_text_atomic(out / "metrics.json", json.dumps(result, indent=2))
+    console.print(f"wrote {out}")
     return result
 
 
@@ -250,8 +255,13 @@ def run_export(cfg: ExportConfig) -> Path:
     if cfg.player is not None and cfg.format == "spz" and cfg.spz_version != 3:
         raise SplatkitError(f"{out}: the web player reads SPZ version 3 (gzip); drop --spz-version 4")
     before = len(model)
-    model = slimmed(model, out, sh_degree=cfg.sh_degree, min_opacity=cfg.prune_opacity)
-    write_model(model, out, cfg.format, spz_version=cfg.spz_version)
+    if cfg.format == "compact" and record is not None:  # the run's own latents, not a re-quantized float model
+        shipped = record.final_quantized().transformed(record.to_normalized.inverse().then(file_to_export))
+        model = slimmed(shipped, out, sh_degree=cfg.sh_degree, min_opacity=cfg.prune_opacity)
+        save_compact(model, out)
+    else:
+        model = slimmed(model, out, sh_degree=cfg.sh_degree, min_opacity=cfg.prune_opacity)
+        write_model(model, out, cfg.format, spz_version=cfg.spz_version)
     size = out.stat().st_size
     stored_degree = 0 if cfg.format == "splat" else model.sh_degree  # .splat keeps the base colour only
     pruned = f" (pruned {before - len(model):,})" if len(model) < before else ""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -14,10 +15,14 @@ from splatkit.errors import file_error
 from splatkit.io._common import with_sh_degree
 from splatkit.io.formats import detect_format, read_splats, write_splats
 from splatkit.model.gaussians import Gaussians
+from splatkit.model.quantized import QuantizedGaussians
+
+M = TypeVar("M", Gaussians, QuantizedGaussians)
 
 
-def slimmed(g: Gaussians, path: str | Path, *, sh_degree: int | None = None, min_opacity: float = 0.0) -> Gaussians:
-    """`g` without splats whose opacity is below `min_opacity` and without SH bands above `sh_degree`."""
+def slimmed(g: M, path: str | Path, *, sh_degree: int | None = None, min_opacity: float = 0.0) -> M:
+    """`g` (Gaussians, or a QuantizedGaussians for the compact file) without splats whose opacity is below
+    `min_opacity` and without SH bands above `sh_degree`."""
     if not 0.0 <= min_opacity < 1.0:
         raise file_error(path, f"the opacity threshold must be in [0, 1), got {min_opacity}")
     if min_opacity > 0.0:

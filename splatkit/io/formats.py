@@ -3,7 +3,9 @@ or PlayCanvas-compressed, and an `.spz` may be gzip (v2/v3) or zstd (v4). Writin
 the extension when no name is given; every writer replaces the target atomically.
 
 Formats: "ply" (INRIA, lossless), "compressed-ply" (PlayCanvas, 16 B/splat), "spz" (Niantic), "splat"
-(antimatter15, 32 B/splat, no SH)."""
+(antimatter15, 32 B/splat, no SH), "compact" (splatkit's .spkz: quantized latents, entropy-coded), "sog"
+(PlayCanvas SOG bundle: a zip of meta.json and WebP images) and "sog-meta" (the same unbundled: a meta.json with
+its images beside it)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,12 @@ from typing import Any, Callable
 
 from splatkit.errors import SplatkitError, file_error
 from splatkit.io._common import check_writable, with_sh_degree
+from splatkit.io.compact import MAGIC as COMPACT_MAGIC
+from splatkit.io.compact import read_compact, write_compact
 from splatkit.io.compressed_ply import (HEADER_LIMIT, is_compressed_header, load_compressed_ply, parse_ply_header,
                                         save_compressed_ply)
 from splatkit.io.ply import load_ply, save_ply
+from splatkit.io.sog import META_LIMIT, ZIP_MAGIC, is_sog_meta, load_sog, save_sog, save_sog_meta
 from splatkit.io.splat import RECORD, load_splat, save_splat
 from splatkit.io.spz import GZIP_MAGIC, MAGIC, load_spz, save_spz
 from splatkit.model.gaussians import Gaussians
@@ -27,15 +32,22 @@ def _save_ply(g: Gaussians, path: str | Path, *, sh_degree: int | None = None) -
 
 
 READERS: dict[str, Callable[[str | Path], Gaussians]] = {
-    "ply": load_ply, "compressed-ply": load_compressed_ply, "spz": load_spz, "splat": load_splat}
+    "compact": read_compact,
+    "ply": load_ply, "compressed-ply": load_compressed_ply, "spz": load_spz, "splat": load_splat,
+    "sog": load_sog, "sog-meta": load_sog}
 WRITERS: dict[str, Callable[..., None]] = {
-    "ply": _save_ply, "compressed-ply": save_compressed_ply, "spz": save_spz, "splat": save_splat}
-EXTENSIONS = {".compressed.ply": "compressed-ply", ".ply": "ply", ".spz": "spz", ".splat": "splat"}  # longest first
+    "compact": write_compact,
+    "ply": _save_ply, "compressed-ply": save_compressed_ply, "spz": save_spz, "splat": save_splat,
+    "sog": save_sog, "sog-meta": save_sog_meta}
+EXTENSIONS = {".spkz": "compact", ".compressed.ply": "compressed-ply", ".ply": "ply", ".spz": "spz", ".splat": "splat"}  # longest first
+# An unbundled SOG is a meta.json: "scene.meta.json" (its images scene.*.webp) or plain "meta.json".
+EXTENSIONS.update({".sog": "sog", ".meta.json": "sog-meta", "meta.json": "sog-meta"})
 
 
 def detect_format(path: str | Path) -> str:
-    """The format of an existing file, from its magic bytes or PLY header; `.splat` has no magic, so it is
-    recognised by extension and a size that is a whole number of 32-byte records."""
+    """The format of an existing file, from its magic bytes or PLY header (a zip is a SOG bundle; a JSON object
+    with SOG's "means" and "quats", or any JSON named *meta.json, an unbundled SOG); `.splat` has no magic, so it
+    is recognised by extension and a size that is a whole number of 32-byte records."""
     path = Path(path)
     if not path.is_file():
         raise file_error(path, "no such file")
@@ -50,13 +62,24 @@ def detect_format(path: str | Path) -> str:
             return "compressed-ply" if is_compressed_header(parse_ply_header(head, path)) else "ply"
         except SplatkitError:
             return "ply"  # let the INRIA reader say what is wrong with it
+    if head[:4] == COMPACT_MAGIC:
+        return "compact"
     if head[:2] == GZIP_MAGIC or head[:4] == MAGIC:
         return "spz"
+    if head[:4] == ZIP_MAGIC:
+        return "sog"  # the reader says so when the zip holds no meta.json
+    if head.lstrip()[:1] == b"{" and size <= META_LIMIT:  # an unbundled SOG's meta.json, by content or name
+        try:
+            text = path.read_bytes()
+        except OSError as exc:
+            raise file_error(path, f"cannot read the file ({exc.strerror})") from None
+        if is_sog_meta(text) or path.name.lower().endswith("meta.json"):  # the reader says what is wrong
+            return "sog-meta"
     if path.suffix.lower() == ".splat":
         if size == 0 or size % RECORD.itemsize:
             raise file_error(path, f"size {size} B is not a whole number of 32 B .splat records")
         return "splat"
-    raise file_error(path, "unrecognised format: not a PLY or SPZ file by content, nor a .splat by extension")
+    raise file_error(path, "unrecognised format: not a PLY, SPZ or SOG file by content, nor a .splat by extension")
 
 
 def format_from_extension(path: str | Path) -> str:

@@ -109,6 +109,13 @@ class QuantizedGaussians:
         return Gaussians(self.means(), values["scales"], values["quats"], values["opacities"], values["sh0"],
                          values["shN"])
 
+    @property
+    def activated_opacities(self) -> torch.Tensor:
+        """(N,) opacities in (0, 1) (as `Gaussians.activated_opacities`, so export's slimming takes either)."""
+        value = self.attributes["opacities"]
+        raw = value.decode() if isinstance(value, LatentCode) else value.float()
+        return Gaussians.opacity_activation(raw.reshape(len(self)))
+
     def latent_names(self) -> list[str]:
         return [name for name in CODABLE if isinstance(self.attributes[name], LatentCode)]
 
@@ -157,14 +164,27 @@ def _left_product(q: np.ndarray) -> np.ndarray:
 
 def quantize_positions(means: torch.Tensor, attributes: dict[str, "torch.Tensor | LatentCode"],
                        sh_degree: int) -> QuantizedGaussians:
-    """Put `means` (N, 3) on the 16-bit grid of `QuantizedGaussians` (bounds from their own extent)."""
+    """Put `means` (N, 3) on the 16-bit grid of `QuantizedGaussians` (bounds from their own extent), with the
+    Gaussians in Morton (Z-order) order of their cells: neighbours in the file are neighbours in space, so the
+    positions' high bytes (and attributes that vary smoothly) compress far better."""
     t = torch.sign(means.double()) * torch.log1p(means.double().abs())
     lo = t.min(0).values if len(t) else torch.zeros(3, dtype=torch.float64)
     hi = t.max(0).values if len(t) else torch.ones(3, dtype=torch.float64)
     span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
     steps = 2**POSITION_BITS - 1
-    grid = torch.round((t - lo) / span * steps).clamp(0, steps).int()
-    return QuantizedGaussians(grid.cpu(), lo.cpu().numpy(), (lo + span).cpu().numpy(), attributes, sh_degree)
+    grid = torch.round((t - lo) / span * steps).clamp(0, steps).int().cpu()
+    q = QuantizedGaussians(grid, lo.cpu().numpy(), (lo + span).cpu().numpy(), attributes, sh_degree)
+    return q.subset(torch.from_numpy(np.argsort(morton_codes(grid.numpy()), kind="stable")))
+
+
+def morton_codes(grid: np.ndarray) -> np.ndarray:
+    """(N,) uint64 Z-order codes of (N, 3) 16-bit cells: bit b of axis a goes to bit 3 b + a."""
+    codes = np.zeros(len(grid), np.uint64)
+    for axis in range(3):
+        spread = grid[:, axis].astype(np.uint64)
+        for b in range(POSITION_BITS):
+            codes |= ((spread >> np.uint64(b)) & np.uint64(1)) << np.uint64(3 * b + axis)
+    return codes
 
 
 def quantize(g: Gaussians, codes: dict[str, LatentCode] | None = None) -> QuantizedGaussians:

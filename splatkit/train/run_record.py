@@ -14,6 +14,7 @@ from splatkit.data import load_scene
 from splatkit.data.scene import Scene, Similarity
 from splatkit.errors import file_error
 from splatkit.model.gaussians import Gaussians
+from splatkit.model.quantized import QuantizedGaussians
 from splatkit.model.sh import num_sh_bases
 from splatkit.train import checkpoint
 from splatkit.train.config import TrainConfig
@@ -36,8 +37,8 @@ class RunRecord:
         return load_scene(Path(scene) if scene is not None else self.scene_path,
                           data_factor=data_factor or self.config.data_factor, test_every=self.config.test_every)
 
-    def checkpoint_gaussians(self, path: Path) -> Gaussians:
-        """The model saved in checkpoint `path`, through the run's parameterisation (training frame, CPU)."""
+    def checkpoint_model(self, path: Path) -> GaussianModel:
+        """The model saved in checkpoint `path`, with the run's parameterisation (training frame, CPU)."""
         state = checkpoint.load_checkpoint(path)
         model = GaussianModel(self.config.parameterisation, "cpu")
         empty = Gaussians(torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0, 4), torch.zeros(0),
@@ -47,7 +48,20 @@ class RunRecord:
             model.load_state_dict(state)
         except (KeyError, RuntimeError, ValueError) as exc:
             raise file_error(path, f"does not match the run's parameterisation ({exc})") from None
-        return model.gaussians()
+        return model
+
+    def checkpoint_gaussians(self, path: Path) -> Gaussians:
+        """The model saved in checkpoint `path`, decoded to raw INRIA form (training frame, CPU)."""
+        return self.checkpoint_model(path).gaussians()
+
+    def final_quantized(self) -> QuantizedGaussians:
+        """The run's last checkpoint as a compact file stores it (quantized latents kept, training frame)."""
+        kept = checkpoint.list_checkpoints(self.run_dir / "checkpoints")
+        if not kept:
+            raise file_error(self.run_dir, "the run has no checkpoint yet")
+        model = self.checkpoint_model(kept[-1])
+        with torch.no_grad():
+            return self.config.parameterisation.quantized(model)
 
 
 def read_run(run_dir: Path) -> RunRecord:

@@ -140,10 +140,9 @@ class EaglesQuantized(Parameterisation):
     @torch.no_grad()
     def _encode(self, model: GaussianModel, name: str, values: torch.Tensor) -> torch.Tensor:
         """(R, D) latents whose decoded values are nearest to `values` (R, C) (least squares, min-norm)."""
-        matrix = self._matrix(model, name).detach()
-        target = (values.to(matrix) - model.params[f"{name}_bias"].detach()).T
-        return torch.linalg.lstsq(matrix.T.double().cpu(), target.double().cpu(), driver="gelsd").solution.T \
-            .to(matrix)
+        matrix = self._matrix(model, name).detach().double()
+        residual = values.double().to(matrix) - model.params[f"{name}_bias"].detach().double()
+        return (residual @ torch.linalg.pinv(matrix)).float()
 
     def code(self, model: GaussianModel, name: str, *, straight_through: bool = True) -> LatentCode:
         """Attribute `name`'s latents (rounded: with a straight-through gradient, or plainly) and decoder."""
