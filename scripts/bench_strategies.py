@@ -6,7 +6,8 @@ zones, resets; matching is reported apart), zones found, and the per-view PSNR c
 count, so every pair compares equal budgets.
 
 Each finished run's figures are kept in `--out` (default runs/bench_strategies/<scene>_f<factor>_s<steps>/) and
-reused when the script is run again, so a benchmark longer than one sitting can be finished in several.
+reused when the script is run again (bench_runs.py), so a benchmark longer than one sitting can be finished in
+several.
 
 Usage: python scripts/bench_strategies.py [--steps 7000 | --full] [--data-factor 4]
        [--scenes cup_colmap beer_can_colmap fox] [--out runs/bench_strategies]
@@ -16,41 +17,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 
-from splatkit.atomic import write_text_atomic
 from splatkit.train.config import TrainConfig
 from splatkit.train.strategies import ADCStrategy, LPMStrategy, MCMCStrategy
-from splatkit.train.trainer import train
+
+from bench_runs import trained
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 def run(scene: Path, out: Path, steps: int, factor: int, strategy) -> dict:
-    """Train once into `out`, or read the figures a finished earlier run left in `out/bench.json` (a run cut off
-    before its end is trained again from the start, so its wall time is one sitting's)."""
-    done = out / "bench.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    shutil.rmtree(out, ignore_errors=True)
-    cfg = TrainConfig(scene=str(scene), out=out, steps=steps, data_factor=factor, strategy=strategy,
-                      eval_steps=(), checkpoint_every=steps, log_every=100, device="cpu")
-    start = time.perf_counter()
-    metrics = train(cfg, show_progress=False)
-    seconds = time.perf_counter() - start
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    result = {"psnr": metrics["psnr"], "ssim": metrics["ssim"], "gaussians": metrics["num_gaussians"],
-            "seconds": seconds, "views": {v["name"]: v["psnr"] for v in metrics["views"]},
-            "lpm_seconds": sum(line.get("lpm_seconds", 0.0) for line in lines),
-            "matching_s": max((line.get("lpm_matching_s", 0.0) for line in lines), default=0.0),
-            "zones": int(sum(line.get("lpm_zones", 0.0) for line in lines)),
-            "reset": int(sum(line.get("lpm_reset", 0.0) for line in lines))}
-    write_text_atomic(done, json.dumps(result))
-    return result
+    """One training run (kept in `out`, see bench_runs) and LPM's figures summed over its log."""
+    result = trained(TrainConfig(scene=str(scene), out=out, steps=steps, data_factor=factor, strategy=strategy,
+                                 eval_steps=(), checkpoint_every=steps, log_every=100, device="cpu"))
+    log = result["log"]
+    return {**result, "lpm_seconds": sum(line.get("lpm_seconds", 0.0) for line in log),
+            "matching_s": max((line.get("lpm_matching_s", 0.0) for line in log), default=0.0),  # repeated per line
+            "zones": int(sum(line.get("lpm_zones", 0.0) for line in log)),
+            "reset": int(sum(line.get("lpm_reset", 0.0) for line in log))}
 
 
 def bench_scene(scene: Path, steps: int, factor: int, runs: Path) -> dict[str, dict]:

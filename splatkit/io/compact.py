@@ -5,11 +5,10 @@ Layout, little-endian: magic "SPKZ", a u8 version (1), a u32 header length, a UT
 whose byte lengths the header lists in order. The header holds the count, SH degree, the position grid's
 bounds, and for each attribute how it is stored:
 
-- positions: the 16-bit grid values (N, 3), split into high and low byte planes and zstd-compressed (spatially
-  coherent high bytes compress well; the low bytes are close to noise).
-- "half" attributes: float16 raw values, byte planes per column, zstd.
-- "latent" attributes (EAGLES): the decoder (matrix (D, C) and bias (C,) as float32) and the integer latents
-  (N, D), range-coded (constriction's queue coder) one column after another, each column with its own empirical
+- positions: the 16-bit grid values (N, 3) in Morton order, split into high and low byte planes and
+  zstd-compressed (spatially coherent high bytes compress well; the low bytes are close to noise).
+- every other attribute as a latent code (EAGLES' trained decoders, or a uniform grid's diagonal one): the
+  decoder (matrix (D, C) and bias (C,) as float32) and the integer latents (N, D), range-coded (constriction's queue coder) one column after another, each column with its own empirical
   model: the column's values and their counts are stored (zstd) and the coder uses exactly those frequencies,
   so a column costs its empirical entropy plus a few bytes. Values rarer than 1 in 10,000 (the reference's
   threshold) are coded as one escape symbol and stored apart, losslessly (EAGLES replaces them by the mode and
@@ -157,17 +156,12 @@ def save_compact(q: QuantizedGaussians, path: str | Path) -> None:
     sections: list[bytes] = [compressor.compress(_planes(q.means_grid.numpy().astype(np.uint16)))]
     attributes: dict[str, dict] = {}
     for name in CODABLE:
-        value = q.attributes[name]
-        if isinstance(value, LatentCode):
-            latents = value.latents.numpy()
-            stream, table, escaped = encode_latents(latents.astype(np.int64))
-            attributes[name] = {"kind": "latent", "dim": int(latents.shape[1]), "width": int(value.matrix.shape[1])}
-            decoder = np.concatenate([value.matrix.numpy().ravel(), value.bias.numpy()]).astype("<f4")
-            sections += [decoder.tobytes(), stream, table, escaped]
-        else:
-            flat = value.numpy().astype("<f2").reshape(len(q), -1)
-            attributes[name] = {"kind": "half", "width": int(flat.shape[1])}
-            sections.append(compressor.compress(_planes(flat)))
+        code = q.attributes[name]
+        latents = code.latents.numpy()
+        stream, table, escaped = encode_latents(latents.astype(np.int64))
+        attributes[name] = {"dim": int(latents.shape[1]), "width": int(code.matrix.shape[1])}
+        decoder = np.concatenate([code.matrix.numpy().ravel(), code.bias.numpy()]).astype("<f4")
+        sections += [decoder.tobytes(), stream, table, escaped]
     header = json.dumps({"count": len(q), "sh_degree": q.sh_degree, "grid_lo": q.grid_lo.tolist(),
                          "grid_hi": q.grid_hi.tolist(), "attributes": attributes,
                          "sections": [len(s) for s in sections]}).encode()
@@ -216,17 +210,12 @@ def load_compact(path: str | Path) -> QuantizedGaussians:
             raise file_error(path, "corrupt header (too few sections)") from None
 
     grid = _from_planes(_unzstd(section(), path, 6 * count), count, 3, np.dtype("<u2"), path)
-    values: dict[str, torch.Tensor | LatentCode] = {}
+    values: dict[str, LatentCode] = {}
     for name in CODABLE:
         spec = attributes[name]
         width = int(np.prod(QuantizedGaussians.row_shape(name, degree), dtype=np.int64))
-        if not isinstance(spec, dict) or spec.get("kind") not in ("latent", "half") or spec.get("width") != width:
+        if not isinstance(spec, dict) or spec.get("width") != width:
             raise file_error(path, f"corrupt header ({name}: expected {width} values per splat)")
-        if spec["kind"] == "half":
-            flat = _from_planes(_unzstd(section(), path, 2 * width * count), count, width, np.dtype("<f2"), path)
-            values[name] = torch.from_numpy(flat.astype(np.float16)).reshape(count, *QuantizedGaussians.row_shape(
-                name, degree))
-            continue
         dim = spec.get("dim")
         if not isinstance(dim, int) or not 1 <= dim <= MAX_LATENT_DIM:
             raise file_error(path, f"corrupt header ({name}: latent size {dim!r})")
@@ -251,8 +240,8 @@ def read_compact(path: str | Path) -> Gaussians:
 
 
 def write_compact(g: Gaussians, path: str | Path, *, sh_degree: int | None = None) -> None:
-    """Any model as a compact file: positions on the 16-bit grid, every other attribute in float16 (a model
-    trained with quantized latents keeps them instead: `save_compact` of its `quantized()`)."""
+    """Any model as a compact file: positions on the 16-bit grid, every other attribute on its `GRID_STEPS` grid
+    (a model trained with quantized latents keeps them instead: `save_compact` of its `quantized()`)."""
     check_writable(g, path)
     save_compact(quantize(with_sh_degree(g, sh_degree, path)), path)
 
@@ -261,10 +250,8 @@ def compact_bytes_per_part(path: str | Path) -> dict[str, int]:
     """Bytes of each part of a compact file (header, positions, each attribute), for size reports."""
     data = read_file(path)
     _, _, header_size = PREAMBLE.unpack_from(data)
-    header = json.loads(data[PREAMBLE.size:PREAMBLE.size + header_size])
-    sizes = iter(header["sections"])
-    parts = {"header": PREAMBLE.size + header_size, "means": next(sizes)}
-    for name in CODABLE:
-        parts[name] = sum(next(sizes) for _ in range(4 if header["attributes"][name]["kind"] == "latent" else 1))
+    sizes = json.loads(data[PREAMBLE.size:PREAMBLE.size + header_size])["sections"]
+    parts = {"header": PREAMBLE.size + header_size, "means": sizes[0]}
+    for i, name in enumerate(CODABLE):
+        parts[name] = sum(sizes[1 + 4 * i:5 + 4 * i])
     return parts
-

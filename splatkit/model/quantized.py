@@ -1,6 +1,6 @@
 """Gaussians as a compact model stores them: integer latents decoded by small shared linear decoders for some
-attributes (EAGLES, Girish, Gupta and Shrivastava, ECCV 2024), positions on a 16-bit grid, the rest in half
-precision. Shared by training (the EAGLES parameterisation builds one) and the compact file (which holds one
+attributes (EAGLES, Girish, Gupta and Shrivastava, ECCV 2024), positions on a 16-bit grid, every other value on
+a uniform grid. Shared by training (the EAGLES parameterisation builds one) and the compact file (which holds one
 exactly), so both decode with the same arithmetic and a file renders bit for bit as the model it came from.
 
 Raw (INRIA) conventions throughout, as `Gaussians`: log-scales, unnormalised wxyz quaternions, opacity logits,
@@ -19,7 +19,7 @@ from scipy.spatial.transform import Rotation
 
 from splatkit.data.scene import Similarity
 from splatkit.model.gaussians import Gaussians
-from splatkit.model.sh import num_sh_bases, sh_degree_from_bases, sh_rotation
+from splatkit.model.sh import SH_C0, num_sh_bases, sh_degree_from_bases, sh_rotation
 
 # What a latent code may stand for: every attribute but the position (EAGLES keeps positions as floats).
 CODABLE = ("sh0", "shN", "scales", "quats", "opacities")
@@ -69,20 +69,29 @@ class LatentCode:
         return LatentCode(self.latents[rows], self.matrix, self.bias)
 
 
+# Grid steps of attributes a model does not code itself (a plain 3DGS model, or the attributes EAGLES leaves as
+# floats), in raw units. Each keeps its error below what a viewer can show: colour (0.5 + SH_C0 * sh) within
+# 1/1024 of full range (1/4 of an 8-bit display step), sizes within 0.4%, opacity within 0.4% (0.25 * step),
+# rotations within about 0.1 degree (unit quaternions).
+GRID_STEPS = {"sh0": 1 / (512 * SH_C0), "shN": 1 / (512 * SH_C0), "scales": 1 / 128, "quats": 1 / 512,
+              "opacities": 1 / 64}
+
+
 @dataclass
 class QuantizedGaussians:
     """N Gaussians exactly as a compact file holds them.
 
     means_grid (N, 3) int32 in [0, 2^16): positions on a 16-bit grid after x -> sign(x) log(1 + |x|) (the SOG
     transform: fine steps near the scene centre, coarse ones far out), between the per-axis `grid_lo`/`grid_hi`
-    (3,) float64 of that transform. `attributes` maps each of CODABLE to a LatentCode or to a float16 tensor of
-    its raw values (scales (N, 3), quats (N, 4), opacities (N,), sh0 (N, 1, 3), shN (N, K-1, 3)).
+    (3,) float64 of that transform. `attributes` maps each of CODABLE to the LatentCode of its raw values,
+    flattened per Gaussian (scales 3, quats 4, opacities 1, sh0 3, shN 3 (K-1)): a trained decoder for what
+    the model coded (EAGLES), a uniform grid (a diagonal decoder, `grid_code`) for the rest.
     """
 
     means_grid: torch.Tensor
     grid_lo: np.ndarray
     grid_hi: np.ndarray
-    attributes: dict[str, "torch.Tensor | LatentCode"]
+    attributes: dict[str, LatentCode]
     sh_degree: int
 
     def __len__(self) -> int:
@@ -99,60 +108,46 @@ class QuantizedGaussians:
         t = lo + self.means_grid.double() * ((hi - lo) / (2**POSITION_BITS - 1))
         return (torch.sign(t) * torch.expm1(t.abs())).float()
 
+    def raw(self, name: str) -> torch.Tensor:
+        """Attribute `name`'s decoded raw values, shaped as in `Gaussians`."""
+        return self.attributes[name].decode().reshape(len(self), *self.row_shape(name, self.sh_degree))
+
     def decoded(self) -> Gaussians:
         """The raw float32 Gaussians these values stand for (what every renderer and player format takes)."""
-        values = {}
-        for name in CODABLE:
-            value = self.attributes[name]
-            raw = value.decode() if isinstance(value, LatentCode) else value.float()
-            values[name] = raw.reshape(len(self), *self.row_shape(name, self.sh_degree))
-        return Gaussians(self.means(), values["scales"], values["quats"], values["opacities"], values["sh0"],
-                         values["shN"])
+        return Gaussians(self.means(), *(self.raw(name) for name in ("scales", "quats", "opacities", "sh0", "shN")))
 
     @property
     def activated_opacities(self) -> torch.Tensor:
         """(N,) opacities in (0, 1) (as `Gaussians.activated_opacities`, so export's slimming takes either)."""
-        value = self.attributes["opacities"]
-        raw = value.decode() if isinstance(value, LatentCode) else value.float()
-        return Gaussians.opacity_activation(raw.reshape(len(self)))
-
-    def latent_names(self) -> list[str]:
-        return [name for name in CODABLE if isinstance(self.attributes[name], LatentCode)]
+        return Gaussians.opacity_activation(self.raw("opacities"))
 
     def transformed(self, t: Similarity) -> "QuantizedGaussians":
         """The same scene in the frame x' = scale R (x - center), as `Gaussians.transformed`: positions are
-        re-gridded, and the rotation and scale change fold into the decoders of coded attributes (a quaternion
-        product and an SH rotation are linear maps), so no latent changes."""
-        g = self.decoded()
-        moved = g.transformed(t)
+        re-gridded, and the rotation and scale change fold into the decoders (a quaternion product and an SH
+        rotation are linear maps, a scale change an offset of log-scales), so no latent changes."""
         R = np.asarray(t.rotation, np.float64)
-        linear = {"quats": torch.as_tensor(_left_product(Rotation.from_matrix(R).as_quat()[[3, 0, 1, 2]])),
-                  "shN": torch.kron(sh_rotation(R, self.sh_degree), torch.eye(3, dtype=torch.float64))}
-        attributes = {}
-        for name, value in self.attributes.items():
-            if not isinstance(value, LatentCode):
-                attributes[name] = getattr(moved, name).half()
-            elif name == "scales":
-                attributes[name] = value.mapped(torch.eye(3), torch.full((3,), float(np.log(t.scale))))
-            elif name in linear and not np.array_equal(R, np.eye(3)):
-                attributes[name] = value.mapped(linear[name].float())
-            else:
-                attributes[name] = value
-        return quantize_positions(moved.means, attributes, self.sh_degree)
+        attributes = dict(self.attributes)
+        attributes["scales"] = attributes["scales"].mapped(torch.eye(3), torch.full((3,), float(np.log(t.scale))))
+        if not np.array_equal(R, np.eye(3)):
+            turn = _left_product(Rotation.from_matrix(R).as_quat()[[3, 0, 1, 2]])
+            attributes["quats"] = attributes["quats"].mapped(torch.as_tensor(turn).float())
+            if self.sh_degree > 0:
+                sh_turn = torch.kron(sh_rotation(R, self.sh_degree), torch.eye(3, dtype=torch.float64))
+                attributes["shN"] = attributes["shN"].mapped(sh_turn.float())
+        means = torch.from_numpy(t.apply_points(self.means().numpy()))
+        return quantize_positions(means, attributes, self.sh_degree)
 
     def with_sh_degree(self, degree: int) -> "QuantizedGaussians":
-        """Drop SH bands above `degree` (a decoder loses the outputs of those bands)."""
+        """Drop SH bands above `degree` (the SH decoder loses the outputs of those bands)."""
         if degree >= self.sh_degree:
             return self
         keep = (num_sh_bases(degree) - 1) * 3
-        value = self.attributes["shN"]
-        shN = LatentCode(value.latents, value.matrix[:, :keep], value.bias[:keep]) \
-            if isinstance(value, LatentCode) else value[:, :keep // 3]
+        code = self.attributes["shN"]
+        shN = LatentCode(code.latents, code.matrix[:, :keep], code.bias[:keep])
         return replace(self, attributes={**self.attributes, "shN": shN}, sh_degree=degree)
 
     def subset(self, rows: torch.Tensor) -> "QuantizedGaussians":
-        attributes = {name: v.subset(rows) if isinstance(v, LatentCode) else v[rows]
-                      for name, v in self.attributes.items()}
+        attributes = {name: code.subset(rows) for name, code in self.attributes.items()}
         return replace(self, means_grid=self.means_grid[rows], attributes=attributes)
 
 
@@ -162,8 +157,16 @@ def _left_product(q: np.ndarray) -> np.ndarray:
     return np.array([[w, -x, -y, -z], [x, w, -z, y], [y, z, w, -x], [z, -y, x, w]], np.float64)
 
 
-def quantize_positions(means: torch.Tensor, attributes: dict[str, "torch.Tensor | LatentCode"],
-                       sh_degree: int) -> QuantizedGaussians:
+def grid_code(values: torch.Tensor, step: float) -> LatentCode:
+    """`values` (N, C) rounded to multiples of `step`, as a code: latents round(values / step), a diagonal
+    decoder of `step` and no bias (decoding then multiplies each latent by `step`, exactly)."""
+    latents = torch.round(values.double() / step).float()
+    width = values.shape[1]
+    return LatentCode(latents, torch.eye(width) * step, torch.zeros(width))
+
+
+def quantize_positions(means: torch.Tensor, attributes: dict[str, LatentCode], sh_degree: int
+                       ) -> QuantizedGaussians:
     """Put `means` (N, 3) on the 16-bit grid of `QuantizedGaussians` (bounds from their own extent), with the
     Gaussians in Morton (Z-order) order of their cells: neighbours in the file are neighbours in space, so the
     positions' high bytes (and attributes that vary smoothly) compress far better."""
@@ -189,12 +192,16 @@ def morton_codes(grid: np.ndarray) -> np.ndarray:
 
 def quantize(g: Gaussians, codes: dict[str, LatentCode] | None = None) -> QuantizedGaussians:
     """`g` (raw, any device) as a compact model: positions gridded, the attributes in `codes` as those latent
-    codes (their decoded values replace g's), every other one in float16. Everything ends on the CPU."""
+    codes (their decoded values replace g's), every other one on its `GRID_STEPS` grid (quaternions normalised
+    first). Everything ends on the CPU."""
     codes = codes or {}
     g = g.detach().to("cpu")
-    attributes: dict[str, torch.Tensor | LatentCode] = {}
+    attributes = {}
     for name in CODABLE:
-        code = codes.get(name)
-        attributes[name] = LatentCode(*(t.detach().cpu().float() for t in (code.latents, code.matrix, code.bias))) \
-            if code is not None else getattr(g, name).half()
+        if name in codes:
+            attributes[name] = LatentCode(*(t.detach().cpu().float() for t in (
+                codes[name].latents, codes[name].matrix, codes[name].bias)))
+        else:
+            values = g.activated_quats if name == "quats" else getattr(g, name)
+            attributes[name] = grid_code(values.reshape(len(g), -1), GRID_STEPS[name])
     return quantize_positions(g.means, attributes, sh_degree_from_bases(1 + g.shN.shape[1]))
