@@ -5,24 +5,28 @@ damaged files get one line."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 import scipy.stats
-from scipy.spatial import cKDTree
 import torch
+from scipy.spatial import cKDTree
 
+from splatkit.cli import main
 from splatkit.data.cameras import Camera
 from splatkit.data.scene import Similarity
 from splatkit.errors import SplatkitError
 from splatkit.io.compact import encode_latents, load_compact, read_compact, save_compact, write_compact
+from splatkit.io.formats import detect_format
 from splatkit.model.gaussians import init_from_points
 from splatkit.model.quantized import GRID_STEPS, POSITION_BITS, quantize
 from splatkit.render import rasterize
 from splatkit.train.gaussian_model import GaussianModel
 from splatkit.train.learning_rates import LearningRates
 from splatkit.train.parameterisations import EaglesQuantized
+from splatkit.train.run_record import read_run
 
 
 def _eagles_model(n: int = 3000, seed: int = 0, coded=("shN", "quats", "opacities")):
@@ -180,3 +184,32 @@ def test_a_damaged_latent_table_gets_one_line(tmp_path):
             read_compact(tmp_path / "bad.spkz")
         except SplatkitError as exc:
             assert "\n" not in str(exc) and "bad.spkz" in str(exc)
+
+
+def test_train_quantize_then_export_info_and_eval_the_compact_file(tiny_scene, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(tiny_scene), "--out", str(run), "--steps", "60", "--quantize", "--log-every", "20",
+                 "--backend", "native", "--eval-steps"]) == 0
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["parameterisation"]["name"] == "eagles" and config["coarse_to_fine"]
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert sum(line["influence_pruned"] for line in log) > 0
+    out = tmp_path / "m.spkz"
+    assert main(["export", str(run), "--format", "compact", "-o", str(out)]) == 0
+    assert detect_format(out) == "compact" and main(["info", str(out)]) == 0
+    assert "format  compact" in capsys.readouterr().err
+    # The file holds the run's own latents, moved into the capture's frame by its decoders.
+    record = read_run(run)
+    trained = record.final_quantized()
+    shipped = load_compact(out)
+    assert len(shipped) == len(trained)
+    for name in ("shN", "quats", "opacities"):
+        assert torch.equal(shipped.attributes[name].latents.sort(0).values,
+                           trained.attributes[name].latents.sort(0).values)
+    back = shipped.transformed(record.to_normalized).decoded()
+    order = torch.from_numpy(cKDTree(trained.means().numpy()).query(back.means.numpy())[1])
+    torch.testing.assert_close(back.shN, trained.decoded().shN[order], atol=1e-4, rtol=1e-3)
+    assert main(["eval", str(run), "--model", str(out)]) == 0
+    file_psnr = json.loads((run / "eval" / "m.spkz" / "metrics.json").read_text())["mean"]["psnr"]
+    run_psnr = json.loads((run / "metrics.json").read_text())["psnr"]
+    assert abs(file_psnr - run_psnr) <= 0.3  # the issue's whole budget for compression; the file's grids cost less

@@ -19,7 +19,7 @@ from splatkit.io.formats import detect_format, read_splats
 from splatkit.io.ply import load_ply
 from splatkit.render import rasterize
 
-FORMATS = {"ply": ".ply", "compressed-ply": ".compressed.ply", "spz": ".spz", "splat": ".splat"}
+FORMATS = {"ply": ".ply", "compressed-ply": ".compressed.ply", "spz": ".spz", "splat": ".splat", "compact": ".spkz"}
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -48,7 +48,7 @@ def test_export_each_format_renders_like_the_run(tiny_run, tmp_path, fmt):
     exported = read_splats(out)
     assert len(exported) == len(original)
     # Lossless ply is exact; the quantised formats stay close (.splat also drops SH).
-    bound = {"ply": 80.0, "compressed-ply": 30.0, "spz": 30.0, "splat": 25.0}[fmt]
+    bound = {"ply": 80.0, "compressed-ply": 30.0, "spz": 30.0, "splat": 25.0, "compact": 30.0}[fmt]
     for camera in cameras:
         assert _psnr(_render(exported, camera), _render(original, camera)) > bound
 
