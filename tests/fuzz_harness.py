@@ -26,6 +26,7 @@ import tempfile
 import time
 import traceback
 import warnings
+import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
 from functools import cache
@@ -192,6 +193,7 @@ SPLAT_CALLS: tuple[Call, ...] = ((_load_as_seeded, _check_gaussians), (_describe
 READERS: dict[str, tuple[Call, ...]] = {
     "colmap-bin": SCENE_CALLS, "colmap-txt": SCENE_CALLS, "transforms-json": SCENE_CALLS,
     "ply": SPLAT_CALLS, "compressed-ply": SPLAT_CALLS, "spz": SPLAT_CALLS, "splat": SPLAT_CALLS,
+    "sog": SPLAT_CALLS, "sog-meta": SPLAT_CALLS,
     "masks": ((_read_mask, _check_mask),),  # splatkit.data.masks: fuzzed once that module exists
     "probe": ((_probe, lambda result, case: None),),  # not a reader: the harness's self-test
 }
@@ -590,10 +592,20 @@ def jpeg_layout(data: bytes) -> Layout:
                    Field("SOF.width", sof + 7, ">H"), Field("SOF.components", sof + 9, ">B")], [], None)
 
 
+def webp_layout(data: bytes) -> Layout:
+    """A lossless WebP's RIFF and VP8L chunk sizes and the 32 bits packing its width - 1, height - 1 (14 bits
+    each), alpha flag and version."""
+    if data[12:16] != b"VP8L" or len(data) < 25:
+        return Layout([], [], None)
+    return Layout([Field("RIFF.size", 4, "<I"), Field("VP8L.size", 16, "<I"), Field("VP8L.size_bits", 21, "<I")],
+                  [], None)
+
+
 LAYOUTS: dict[str, Callable[[bytes], Layout]] = {
     **{f"colmap-bin/{k}": (lambda data, k=k: colmap_bin_layout(k, data))
        for k in ("cameras", "images", "points3D", "rigs", "frames")},
     "ply": ply_layout, "splat": splat_layout, "spz": spz_layout, "png": png_layout, "jpeg": jpeg_layout,
+    "webp": webp_layout,
 }
 REPAIRS: dict[str, Callable[[bytes], bytes]] = {"png": png_repair}  # run after a structural change
 
@@ -619,6 +631,7 @@ JSON_VALUES = (math.nan, math.inf, -math.inf, 1e308, 1e9, 10**12, 2**64, -1, 0, 
                "images/missing.jpg", "a\u0000b", "\udcff", "a" * 300)
 JSON_KEYS = ("w", "h", "fl_x", "fl_y", "cx", "cy", "k1", "k2", "k3", "p1", "p2", "camera_angle_x",
              "camera_angle_y", "camera_model", "file_path", "mask_path", "transform_matrix", "frames", "ply_file_path")
+SOG_JSON_KEYS = ("version", "count", "means", "mins", "maxs", "codebook", "files", "bands", "shN", "quats", "model")
 
 
 def _pack(fmt: str, value: float) -> bytes:
@@ -812,7 +825,8 @@ def edit_json(data: bytes, kind: str, draw: Draw) -> tuple[bytes, str]:
     if how == "add":
         dicts = [p for p in [(), *paths] if isinstance(_json_get(doc, p), dict)]
         path = draw(st.sampled_from(dicts)) if dicts else ()
-        key, value = draw(st.sampled_from(JSON_KEYS)), draw(st.sampled_from(JSON_VALUES))
+        keys = SOG_JSON_KEYS if kind == "sog-json" else JSON_KEYS
+        key, value = draw(st.sampled_from(keys)), draw(st.sampled_from(JSON_VALUES))
         target = _json_get(doc, path) if dicts else None
         if target is None:
             doc, what = {key: value}, f"replace the document with {{{key!r}: {value!r}}}"
@@ -856,6 +870,37 @@ def in_gzip(op: Op) -> Op:
     return inner
 
 
+def in_zip(data: bytes, kind: str, draw: Draw) -> tuple[bytes, str]:
+    """A member of a zip (a SOG bundle) mutated as its kind allows, dropped or repeated, then zipped again."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            members = [(i.filename, z.read(i)) for i in z.infolist()]
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError, zlib.error):
+        return overwrite(data, "bytes", draw)
+    if not members:
+        return append(data, "bytes", draw)
+    i = draw(st.integers(0, len(members) - 1))
+    name, content = members[i]
+    how = draw(st.sampled_from(["mutate"] * 8 + ["drop", "repeat"]))
+    if how == "drop":
+        del members[i]
+        what = "drop it"
+    elif how == "repeat":
+        members.append((name, content))
+        what = "repeat it"
+    else:
+        member_kind = "sog-json" if name.endswith(".json") else "webp"
+        content, what = draw(st.sampled_from(OPS[member_kind]))(content, member_kind, draw)
+        members[i] = (name, content)
+    out = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about a repeated name
+        with zipfile.ZipFile(out, "w") as z:
+            for member, content in members:
+                z.writestr(zipfile.ZipInfo(member, date_time=(1980, 1, 1, 0, 0, 0)), content)
+    return out.getvalue(), f"zip member {name}: {what}"
+
+
 BYTE_OPS: tuple[Op, ...] = (truncate, overwrite, flip_bit, delete_span, insert_bytes, append)
 OPS: dict[str, tuple[Op, ...]] = {
     "bytes": BYTE_OPS,
@@ -867,6 +912,9 @@ OPS: dict[str, tuple[Op, ...]] = {
     "splat": BYTE_OPS + (set_field,) * 3 + (copy_record,),
     "spz": BYTE_OPS + (set_field,) * 4,
     "spz-gzip": BYTE_OPS + tuple(in_gzip(op) for op in BYTE_OPS + (set_field,) * 4),
+    "sog": BYTE_OPS + (in_zip,) * 8,
+    "sog-json": BYTE_OPS + (edit_json,) * 8,
+    "webp": BYTE_OPS + (set_field,) * 3,
     "png": BYTE_OPS + (set_field,) * 4 + (copy_record,) * 2,
     "jpeg": BYTE_OPS + (set_field,) * 3,
 }
@@ -1071,6 +1119,32 @@ def _splat_seeds() -> list[Seed]:
             _file_seed("minimal.splat", "splat", (FIXTURES / "minimal.splat").read_bytes(), "splat")]
 
 
+def _sog_trees() -> dict[str, Tree]:
+    """The INRIA file's first splats (SH degree 3) and biker.spz's (degree 0) as our SOG writer writes them,
+    bundled (a .sog zip) and unbundled (meta.json and its images)."""
+    from splatkit.io.formats import write_splats
+    from splatkit.io.spz import load_spz
+
+    biker = load_spz(SHARED / "playcanvas_splats" / "biker.spz").subset(np.arange(N_SPLATS))
+    trees = {}
+    for label, g in (("sh3", _inria_subset()), ("biker", biker)):
+        trees[f"{label}.sog"] = Tree({f"{label}.sog": _written(g, "a.sog")}, {f"{label}.sog": "sog"})
+        with tempfile.TemporaryDirectory() as tmp:
+            write_splats(g, Path(tmp) / "meta.json")
+            files = {p.name: p.read_bytes() for p in Path(tmp).iterdir()}
+        trees[f"{label} meta.json"] = Tree(files, {n: "sog-json" if n.endswith(".json") else "webp" for n in files})
+    return trees
+
+
+def _sog_seeds() -> list[Seed]:
+    return [Seed(name, "sog", tree, entry=name) for name, tree in _sog_trees().items() if name.endswith(".sog")]
+
+
+def _sog_meta_seeds() -> list[Seed]:
+    return [Seed(name, "sog-meta", tree, entry="meta.json") for name, tree in _sog_trees().items()
+            if name.endswith("meta.json")]
+
+
 def _mask_seeds() -> list[Seed]:
     """A real photo (cup_colmap's images_4/1.jpg, which a mask reader must take as RGB) and masks cut from it
     by thresholding, saved by PIL as 8-bit, 1-bit and palette PNGs."""
@@ -1091,7 +1165,7 @@ SEEDS: dict[str, Callable[[], list[Seed]]] = {
     "colmap-bin": lambda: _colmap_seeds(binary=True), "colmap-txt": lambda: _colmap_seeds(binary=False),
     "transforms-json": _transforms_seeds,
     "ply": _ply_seeds, "compressed-ply": _compressed_ply_seeds, "spz": _spz_seeds, "splat": _splat_seeds,
-    "masks": _mask_seeds,
+    "sog": _sog_seeds, "sog-meta": _sog_meta_seeds, "masks": _mask_seeds,
 }
 
 

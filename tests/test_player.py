@@ -1,5 +1,6 @@
-"""The web players (apps/player: PlayCanvas for .ply, Spark for .spz and .splat) in a real browser: an exported model,
-shown from a camera given in the page's URL, must look like `splatkit.render.rasterize` of the same camera.
+"""The web players (apps/player: PlayCanvas for .ply and SOG, Spark for .spz and .splat) in a real browser: an
+exported model, shown from a camera given in the page's URL, must look like `splatkit.render.rasterize` of the
+same camera.
 
 The pages are served by a `http.server` thread and opened in Debian's chromium through Playwright (WebGL from
 SwiftShader), as in test_browser.py. Where chromium, Playwright or npm is missing the browser tests skip and
@@ -34,6 +35,7 @@ from splatkit.io.formats import read_splats, write_splats
 from splatkit.io.player import APP_DIR, ENGINES, SHARED_FILES, _engine_ready, \
     build_player, camera_query, engine_for, write_player
 from splatkit.io.ply import load_ply
+from splatkit.io.sog import unbundled_files
 from splatkit.render import rasterize
 from splatkit.train.metrics import psnr, ssim
 
@@ -169,11 +171,12 @@ def _off_centre(camera: Camera) -> Camera:
 @pytest.mark.parametrize("fmt, name, off_centre, fit", [
     ("compressed-ply", "model.compressed.ply", False, False), ("ply", "model.ply", False, False),
     ("spz", "model.spz", False, False), ("splat", "model.splat", False, False),
+    ("sog", "model.sog", False, False), ("sog-meta", "meta.json", False, False),
     ("compressed-ply", "model.compressed.ply", True, False), ("spz", "model.spz", True, False),
     ("compressed-ply", "model.compressed.ply", True, True), ("spz", "model.spz", True, True)])
 def test_player_shows_what_splatkit_renders(browser, engine, tiny_run, tmp_path, fmt, name, off_centre, fit):
-    """Export the run, open the player (PlayCanvas for .ply, Spark for .spz/.splat) at a held-out camera, compare
-    its canvas with our render of the model read back from the exported file, so that only the renderers
+    """Export the run, open the player (PlayCanvas for .ply and SOG, Spark for .spz/.splat) at a held-out camera,
+    compare its canvas with our render of the model read back from the exported file, so that only the renderers
     differ, not the quantisation. The control must score clearly lower: another camera's render, or for an
     off-centre camera (the URL's k= intrinsics) the render of the same camera with its principal point
     centred, which is what the page would show if it ignored k=. With `fit` the page is given the camera at
@@ -196,7 +199,8 @@ def test_player_shows_what_splatkit_renders(browser, engine, tiny_run, tmp_path,
     page, own_files, builds = ENGINES[engine_for(name)]
     assert page_url.startswith(page + "?")
     assert ("&k=" in page_url, "&fit=1" in page_url) == (off_centre, fit)
-    assert sorted(p.name for p in out.iterdir()) == sorted([name, *own_files, *SHARED_FILES, *builds.values()])
+    model_files = [p.name for p in unbundled_files(out / name)] if fmt == "sog-meta" else [name]  # + its images
+    assert sorted(p.name for p in out.iterdir()) == sorted([*model_files, *own_files, *SHARED_FILES, *builds.values()])
     with _serve(out) as base:
         shot = torch.from_numpy(_show(browser, base + page_url, (camera.width, camera.height), fill=fit))
     assert tuple(shot.shape) == (camera.height, camera.width, 3)
@@ -205,8 +209,8 @@ def test_player_shows_what_splatkit_renders(browser, engine, tiny_run, tmp_path,
     similarity = float(ssim(shot, reference))
     label = fmt + " off-centre" * off_centre + " fit" * fit
     print(f"{label}: PSNR {same:.2f} dB (control {different:.2f} dB), SSIM {similarity:.3f}")
-    # Measured 29.7 (compressed), 29.7 (ply), 30.5 dB (spz) and 28.1-28.2 dB off-centre (the engines' culling
-    # at the view's edges differs from ours), SSIM 0.97-0.98. The 26 dB bound leaves room for driver and
+    # Measured 29.7 (compressed), 29.7 (ply), 30.5 dB (spz), 29.6 dB (sog, bundled and not) and 28.1-28.2 dB
+    # off-centre (the engines' culling at the view's edges differs from ours), SSIM 0.97-0.98. The 26 dB bound leaves room for driver and
     # sorting differences and sits far above a wrong frame convention (13.5 dB), another camera (17.5-17.7
     # dB) and an ignored k= (19.2-19.3 dB).
     assert same > 26.0, (same, different, similarity)
@@ -215,13 +219,17 @@ def test_player_shows_what_splatkit_renders(browser, engine, tiny_run, tmp_path,
 
 
 @pytest.mark.xdist_group("browser")
-@pytest.mark.parametrize("fmt, name", [("compressed-ply", "model.compressed.ply"), ("spz", "model.spz")])
+@pytest.mark.parametrize("fmt, name", [("compressed-ply", "model.compressed.ply"), ("spz", "model.spz"),
+                                       ("sog", "model.sog"), ("sog-meta", "scene.meta.json")])
 def test_player_frames_the_model_and_reports_a_missing_file(browser, engine, tiny_run, tmp_path, fmt, name):
     out = tmp_path / "player"
     write_splats(load_ply(tiny_run / "point_cloud.ply"), tmp_path / name, fmt)
     url = write_player(out, tmp_path / name)  # copied in; without a camera the page frames the bounds
     page_name = ENGINES[engine_for(name)][0]
     assert url == f"{page_name}?file={name}" and (out / name).is_file()
+    if fmt == "sog-meta":  # an unbundled SOG comes with its images
+        assert [p.read_bytes() for p in unbundled_files(out / name)] == \
+            [p.read_bytes() for p in unbundled_files(tmp_path / name)]
     with _serve(out) as base:
         page = browser.new_page(viewport={"width": 320, "height": 240})
         try:

@@ -1,4 +1,5 @@
-// splatkit player, PlayCanvas engine: shows one .ply (INRIA or PlayCanvas compressed) from the camera in
+// splatkit player, PlayCanvas engine: shows one .ply (INRIA or PlayCanvas compressed) or SOG (a .sog bundle, or
+// a meta.json with its .webp images beside it; the engine picks its parser by extension) from the camera in
 // the URL. params.js describes the URL parameters and the "ready" / error signals the tests wait for.
 
 import * as pc from './playcanvas.mjs';

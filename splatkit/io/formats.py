@@ -3,9 +3,9 @@ or PlayCanvas-compressed, and an `.spz` may be gzip (v2/v3) or zstd (v4). Writin
 the extension when no name is given; every writer replaces the target atomically.
 
 Formats: "ply" (INRIA, lossless), "compressed-ply" (PlayCanvas, 16 B/splat), "spz" (Niantic), "splat"
-(antimatter15, 32 B/splat, no SH), "compact" (splatkit's .spkz: quantized latents, entropy-coded), "sog"
-(PlayCanvas SOG bundle: a zip of meta.json and WebP images) and "sog-meta" (the same unbundled: a meta.json with
-its images beside it)."""
+(antimatter15, 32 B/splat, no SH), "sog" (PlayCanvas SOG bundle: a zip of meta.json and WebP images),
+"sog-meta" (the same unbundled: a meta.json with its images beside it) and "compact" (splatkit's .spkz: quantized
+latents, entropy-coded)."""
 
 from __future__ import annotations
 
@@ -33,21 +33,21 @@ def _save_ply(g: Gaussians, path: str | Path, *, sh_degree: int | None = None) -
 
 READERS: dict[str, Callable[[str | Path], Gaussians]] = {
     "compact": read_compact,
-    "ply": load_ply, "compressed-ply": load_compressed_ply, "spz": load_spz, "splat": load_splat,
-    "sog": load_sog, "sog-meta": load_sog}
+    "ply": load_ply, "compressed-ply": load_compressed_ply, "spz": load_spz, "splat": load_splat, "sog": load_sog,
+    "sog-meta": load_sog}
 WRITERS: dict[str, Callable[..., None]] = {
     "compact": write_compact,
-    "ply": _save_ply, "compressed-ply": save_compressed_ply, "spz": save_spz, "splat": save_splat,
-    "sog": save_sog, "sog-meta": save_sog_meta}
-EXTENSIONS = {".spkz": "compact", ".compressed.ply": "compressed-ply", ".ply": "ply", ".spz": "spz", ".splat": "splat"}  # longest first
-# An unbundled SOG is a meta.json: "scene.meta.json" (its images scene.*.webp) or plain "meta.json".
-EXTENSIONS.update({".sog": "sog", ".meta.json": "sog-meta", "meta.json": "sog-meta"})
+    "ply": _save_ply, "compressed-ply": save_compressed_ply, "spz": save_spz, "splat": save_splat, "sog": save_sog,
+    "sog-meta": save_sog_meta}
+# Longest first. An unbundled SOG is a meta.json: "scene.meta.json" (images scene.*.webp) or plain "meta.json".
+EXTENSIONS = {".spkz": "compact", ".compressed.ply": "compressed-ply", ".meta.json": "sog-meta", "meta.json": "sog-meta", ".ply": "ply",
+              ".spz": "spz", ".splat": "splat", ".sog": "sog"}
 
 
 def detect_format(path: str | Path) -> str:
-    """The format of an existing file, from its magic bytes or PLY header (a zip is a SOG bundle; a JSON object
-    with SOG's "means" and "quats", or any JSON named *meta.json, an unbundled SOG); `.splat` has no magic, so it
-    is recognised by extension and a size that is a whole number of 32-byte records."""
+    """The format of an existing file, from its magic bytes or PLY header (a zip is a SOG bundle, a JSON object
+    with SOG's "means" and "quats" an unbundled SOG's meta.json); `.splat` has no magic, so it is recognised by
+    extension and a size that is a whole number of 32-byte records."""
     path = Path(path)
     if not path.is_file():
         raise file_error(path, "no such file")
@@ -68,12 +68,12 @@ def detect_format(path: str | Path) -> str:
         return "spz"
     if head[:4] == ZIP_MAGIC:
         return "sog"  # the reader says so when the zip holds no meta.json
-    if head.lstrip()[:1] == b"{" and size <= META_LIMIT:  # an unbundled SOG's meta.json, by content or name
+    if head.lstrip()[:1] == b"{" and size <= META_LIMIT:
         try:
             text = path.read_bytes()
         except OSError as exc:
             raise file_error(path, f"cannot read the file ({exc.strerror})") from None
-        if is_sog_meta(text) or path.name.lower().endswith("meta.json"):  # the reader says what is wrong
+        if is_sog_meta(text) or path.name.lower().endswith("meta.json"):  # the reader says what is wrong with it
             return "sog-meta"
     if path.suffix.lower() == ".splat":
         if size == 0 or size % RECORD.itemsize:

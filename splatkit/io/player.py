@@ -1,12 +1,12 @@
 """The web player in `apps/player/`: static pages that show one exported splat file from a camera given in
 the URL, ready to host next to the file (e.g. for phones).
 
-Two pages share one URL scheme: `index.html` (PlayCanvas engine: INRIA and compressed .ply) and `spark.html`
-(Spark on three.js: .spz and .splat). The engines are never committed: `apps/player/package.json` and its lock file
-name them, and `build_player` installs them with `npm ci`, when they are missing, into a cache folder per lock
-file (never into an installed package). `write_player` copies a page and its engine modules next to an exported
-model; `camera_query` turns a splatkit `Camera` (OpenCV axes, in the model file's frame) into the page's URL
-parameters."""
+Two pages share one URL scheme: `index.html` (PlayCanvas engine: INRIA and compressed .ply, SOG bundled as
+.sog or unbundled as meta.json and its images) and `spark.html` (Spark on three.js: .spz and .splat). The
+engines are never committed: `apps/player/package.json` and its lock file name them, and `build_player` installs
+them with `npm ci`, when they are missing, into a cache folder per lock file (never into an installed package).
+`write_player` copies a page and its engine modules next to an exported model; `camera_query` turns a splatkit
+`Camera` (OpenCV axes, in the model file's frame) into the page's URL parameters."""
 
 from __future__ import annotations
 
@@ -27,14 +27,15 @@ from splatkit._resources import resource_dir, user_cache
 from splatkit.atomic import atomic_path
 from splatkit.data.cameras import Camera
 from splatkit.errors import SplatkitError
+from splatkit.io.sog import unbundled_files
 
 APP_DIR = resource_dir("apps/player")
 NPM_FILES = ("package.json", "package-lock.json")
 NPM_TIMEOUT = 600.0
 SHARED_FILES = ("params.js", "player.css")
 # Per engine: its page, the app's own files, and the npm build files copied beside them (source in the engine
-# folder -> name the page imports). PlayCanvas reads .ply (INRIA and compressed); Spark on three.js reads .spz
-# and .splat.
+# folder -> name the page imports). PlayCanvas reads .ply (INRIA and compressed) and SOG (.sog, meta.json); Spark
+# on three.js reads .spz and .splat.
 ENGINES = {
     "playcanvas": ("index.html", ("index.html", "main.js"),
                    {"node_modules/playcanvas/build/playcanvas.min.mjs": "playcanvas.mjs"}),
@@ -48,7 +49,7 @@ ENGINES = {
 
 def engine_for(model_file: str | Path) -> str:
     """The player page for a model file: Spark for .spz and .splat (PlayCanvas reads neither without extra
-    modules), PlayCanvas for .ply (INRIA and compressed)."""
+    modules), PlayCanvas for .ply (INRIA and compressed) and SOG (a .sog bundle, or a meta.json and its images)."""
     return "spark" if Path(model_file).suffix.lower() in (".spz", ".splat") else "playcanvas"
 
 
@@ -185,10 +186,10 @@ def write_player(out_dir: Path, model_file: Path, camera: Camera | None = None, 
                  background: tuple[float, float, float] | None = None, up: np.ndarray | None = None,
                  engine: str | None = None, app_dir: Path = APP_DIR) -> str:
     """Put the player page and its scripts beside `model_file` in `out_dir`, copying the model there when it
-    lives elsewhere, and return the page's relative URL showing it from `camera` (without one the page frames
-    the model's bounds itself); `fit_window` fills the browser window instead of a canvas of the camera's
-    size (see `camera_query`). `engine` is "playcanvas" (index.html) or "spark" (spark.html); by default
-    `engine_for(model_file)`. Every file is replaced atomically, and nothing is written if npm fails."""
+    lives elsewhere (an unbundled SOG's meta.json with its images), and return the page's relative URL showing
+    it from `camera` (without one the page frames the model's bounds itself); `fit_window` fills the browser
+    window instead of a canvas of the camera's size (see `camera_query`). `engine` is "playcanvas" (index.html)
+    or "spark" (spark.html); by default `engine_for(model_file)`. Every file is replaced atomically, and nothing is written if npm fails."""
     out_dir, model_file = Path(out_dir), Path(model_file)
     engine = engine or engine_for(model_file)
     if engine not in ENGINES:
@@ -209,9 +210,13 @@ def write_player(out_dir: Path, model_file: Path, camera: Camera | None = None, 
         relative = model_file.resolve().relative_to(out_dir.resolve())
     except ValueError:
         relative = Path(model_file.name)
-        if relative.name in copies.values():
-            raise SplatkitError(f"{model_file}: the name clashes with the player's own files") from None
-        copies[model_file] = relative.name
+        # An unbundled SOG is its meta.json and the images it names beside it (the page fetches those too).
+        model_files = unbundled_files(model_file) if model_file.suffix.lower() == ".json" else [model_file]
+        for src in model_files:
+            name = src.relative_to(model_file.parent).as_posix()
+            if name in copies.values():
+                raise SplatkitError(f"{src}: the name clashes with the player's own files") from None
+            copies[src] = name
     try:
         for src, name in copies.items():
             _copy_atomic(src, out_dir / name)

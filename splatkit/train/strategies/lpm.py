@@ -163,7 +163,7 @@ class LPMStrategy(Strategy):
         other = neighbours[pick]
         xy, partner_xy = state["_matches"][(info.camera_index, other)]
         full = state["_cameras"][info.camera_index]  # keypoints are in full-size pixels; a coarse-to-fine step
-        xy = xy * np.array([info.width / full.width, info.height / full.height])  # renders a smaller view
+        xy = xy * np.array([info.camera.width / full.width, info.camera.height / full.height])  # a smaller view
         error = error_map(info.render.rgb.detach(), info.target)
         mask = error_patches(error, self.error_quantile, self.patch, self.patch_fraction).cpu().numpy()
         zones = [zone_from_matches(info.camera, a, state["_cameras"][other], b)
