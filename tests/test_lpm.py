@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from splatkit.cli import main
+from splatkit.train.coarse_to_fine import downsampled
 from splatkit.data import ImageStore, load_scene
 from splatkit.data.demo_scene import _build_world, _dot, demo_scene_path, pixel_rays, trace
 from splatkit.data.matches import neighbour_pairs, neighbour_views, track_matches
@@ -28,10 +29,12 @@ def _box_distance(zone: Zone, point: np.ndarray) -> float:
     return float(np.linalg.norm(np.maximum(np.maximum(zone.lo - point, 0.0), point - zone.hi)))
 
 
-def test_zones_find_the_recoloured_object_on_the_demo_scene():
+@pytest.mark.parametrize("size", [1.0, 0.5])
+def test_zones_find_the_recoloured_object_on_the_demo_scene(size):
     """The demo's exact geometry says which pixels of a view show each sphere. A render that matches the photo up
     to noise, except that one sphere's colours are rotated (its Gaussians recoloured), must give zones that reach
-    that sphere, hold no other object's centre, and lie nearer to it than to any other object."""
+    that sphere, hold no other object's centre, and lie nearer to it than to any other object. At half size (a
+    coarse-to-fine step: smaller camera, photo and render, patches of the same footprint) the same holds."""
     scene = load_scene(demo_scene_path(), test_every=0)
     world = _build_world(np.random.default_rng(0))  # generate_demo_scene's world for seed 0
     to_scene, back = scene.to_normalized, scene.to_normalized.inverse()
@@ -39,7 +42,7 @@ def test_zones_find_the_recoloured_object_on_the_demo_scene():
     store = ImageStore(scene.cameras)
     neighbours = neighbour_views(scene.cameras, scene.train_ids, 45.0, 3, seed=0)
     matches = track_matches(scene.observations, neighbour_pairs(neighbours))
-    lpm, rng = LPMStrategy(), np.random.default_rng(0)
+    lpm, rng = LPMStrategy(patch=round(16 * size)), np.random.default_rng(0)
     for k, sphere in enumerate(world.objects[:3]):
         best = None
         for i, camera in enumerate(scene.cameras):  # the view that shows the sphere largest
@@ -53,11 +56,13 @@ def test_zones_find_the_recoloured_object_on_the_demo_scene():
         photo = torch.from_numpy(store[i])
         render = (photo + torch.from_numpy(rng.normal(0.0, 0.02, photo.shape)).float()).clamp(0, 1)
         render[torch.from_numpy(seen)] = render[torch.from_numpy(seen)][:, [2, 0, 1]]
+        camera, photo, _ = downsampled(scene.cameras[i], photo, None, size)
+        render = downsampled(scene.cameras[i], render, None, size)[1]
         found = []
         for j in neighbours[i]:
             state = {"_neighbours": {i: [j]}, "_matches": matches, "_cameras": scene.cameras,
                      "generator": torch.Generator().manual_seed(0)}
-            info = SimpleNamespace(camera=scene.cameras[i], camera_index=i, target=photo,
+            info = SimpleNamespace(camera=camera, camera_index=i, target=photo,
                                    render=SimpleNamespace(rgb=render))
             found += lpm.find_zones(state, info)
         assert len(found) >= 2, (k, i)
