@@ -23,7 +23,7 @@ from splatkit.data.scene import Similarity
 from splatkit.errors import SplatkitError, file_error
 from splatkit.io.compact import save_compact
 from splatkit.io.export import describe, slimmed, write_model
-from splatkit.io.formats import EXTENSIONS, detect_format, format_from_extension, read_splats
+from splatkit.io.formats import EXTENSIONS, detect_format, format_from_extension, read_splats, stored_bytes
 from splatkit.model.gaussians import Gaussians
 from splatkit.render import rasterize, resolve_device
 from splatkit.render.api import Device
@@ -55,7 +55,7 @@ class RenderConfig:
     """Render one PNG per camera of a scene from a trained run or a splat file, or a camera path to a video."""
 
     model: tyro.conf.Positional[Path]
-    """Run folder or splat file (.ply, .compressed.ply, .spz, .splat)."""
+    """Run folder or splat file (any format `info` reads: .ply, .compressed.ply, .spz, .splat, .sog, .spkz, ...)."""
     path: Optional[Path] = None
     """Camera path JSON saved by the viewer's camera-path tool: render it to the video --out names (.mp4;
     a folder gets <path name>.mp4) instead of PNGs of the scene's cameras."""
@@ -70,14 +70,15 @@ class RenderConfig:
     backend: str = "auto"
 
 
-Format = Literal["ply", "compressed-ply", "spz", "splat", "compact"]
+Format = Literal["ply", "compressed-ply", "spz", "splat", "sog", "sog-meta", "compact"]
 OutPath = Annotated[Optional[Path], tyro.conf.arg(aliases=("-o",))]
 
 
 @dataclass
 class ExportConfig:
     """Write a trained run (or any splat file) as a file web and mobile players open: INRIA .ply, PlayCanvas
-    compressed.ply (about 16 B a splat, SuperSplat/PlayCanvas), Niantic .spz (Scaniverse, Spark) or .splat."""
+    compressed.ply (about 16 B a splat, SuperSplat/PlayCanvas), Niantic .spz (Scaniverse, Spark), .splat, PlayCanvas
+    SOG (.sog, or meta.json + WebP images), or splatkit's compact .spkz (a --quantize run keeps its latents)."""
 
     model: tyro.conf.Positional[Path]
     """Run folder written by `splatkit train`, or a splat file."""
@@ -102,7 +103,7 @@ class ExportConfig:
 @dataclass
 class ConvertConfig:
     """Convert a splat file between formats; the input's format is read from its content, the output's from
-    --format or its extension (.ply, .compressed.ply, .spz, .splat)."""
+    --format or its extension (.ply, .compressed.ply, .spz, .splat, .sog, meta.json, .spkz)."""
 
     input: tyro.conf.Positional[Path]
     output: tyro.conf.Positional[Path]
@@ -262,7 +263,7 @@ def run_export(cfg: ExportConfig) -> Path:
     else:
         model = slimmed(model, out, sh_degree=cfg.sh_degree, min_opacity=cfg.prune_opacity)
         write_model(model, out, cfg.format, spz_version=cfg.spz_version)
-    size = out.stat().st_size
+    size = stored_bytes(out, cfg.format)
     stored_degree = 0 if cfg.format == "splat" else model.sh_degree  # .splat keeps the base colour only
     pruned = f" (pruned {before - len(model):,})" if len(model) < before else ""
     console.print(f"wrote {len(model):,} splats{pruned}, SH degree {stored_degree}, {size / 1e6:.2f} MB "
@@ -287,7 +288,7 @@ def run_convert(cfg: ConvertConfig) -> Path:
     model = read_splats(cfg.input)
     model = slimmed(model, cfg.output, sh_degree=cfg.sh_degree, min_opacity=cfg.prune_opacity)
     write_model(model, cfg.output, fmt, spz_version=cfg.spz_version)
-    size = cfg.output.stat().st_size
+    size = stored_bytes(cfg.output, fmt)
     console.print(f"{cfg.input} ({detect_format(cfg.input)}) -> {cfg.output} ({fmt}): {len(model):,} splats, "
                   f"{size / 1e6:.2f} MB", highlight=False, soft_wrap=True)
     return cfg.output

@@ -193,7 +193,7 @@ SPLAT_CALLS: tuple[Call, ...] = ((_load_as_seeded, _check_gaussians), (_describe
 READERS: dict[str, tuple[Call, ...]] = {
     "colmap-bin": SCENE_CALLS, "colmap-txt": SCENE_CALLS, "transforms-json": SCENE_CALLS,
     "ply": SPLAT_CALLS, "compressed-ply": SPLAT_CALLS, "spz": SPLAT_CALLS, "splat": SPLAT_CALLS,
-    "sog": SPLAT_CALLS, "sog-meta": SPLAT_CALLS,
+    "sog": SPLAT_CALLS, "sog-meta": SPLAT_CALLS, "compact": SPLAT_CALLS,
     "masks": ((_read_mask, _check_mask),),  # splatkit.data.masks: fuzzed once that module exists
     "probe": ((_probe, lambda result, case: None),),  # not a reader: the harness's self-test
 }
@@ -601,11 +601,17 @@ def webp_layout(data: bytes) -> Layout:
                   [], None)
 
 
+def compact_layout(data: bytes) -> Layout:
+    """splatkit's compact file: the version byte and header length before its JSON header."""
+    return Layout([Field("version", 4, "<B"), Field("header_size", 5, "<I")], [], None) if len(data) >= 9 else \
+        Layout([], [], None)
+
+
 LAYOUTS: dict[str, Callable[[bytes], Layout]] = {
     **{f"colmap-bin/{k}": (lambda data, k=k: colmap_bin_layout(k, data))
        for k in ("cameras", "images", "points3D", "rigs", "frames")},
     "ply": ply_layout, "splat": splat_layout, "spz": spz_layout, "png": png_layout, "jpeg": jpeg_layout,
-    "webp": webp_layout,
+    "webp": webp_layout, "compact": compact_layout,
 }
 REPAIRS: dict[str, Callable[[bytes], bytes]] = {"png": png_repair}  # run after a structural change
 
@@ -915,6 +921,7 @@ OPS: dict[str, tuple[Op, ...]] = {
     "sog": BYTE_OPS + (in_zip,) * 8,
     "sog-json": BYTE_OPS + (edit_json,) * 8,
     "webp": BYTE_OPS + (set_field,) * 3,
+    "compact": BYTE_OPS + (set_field,) * 3,
     "png": BYTE_OPS + (set_field,) * 4 + (copy_record,) * 2,
     "jpeg": BYTE_OPS + (set_field,) * 3,
 }
@@ -1145,6 +1152,29 @@ def _sog_meta_seeds() -> list[Seed]:
             if name.endswith("meta.json")]
 
 
+def _compact_seeds() -> list[Seed]:
+    """The INRIA file's first splats as a compact file (every attribute on its grid) and as an EAGLES model's
+    (trained decoders and latents for SH rest, rotation and opacity)."""
+    import torch
+
+    from splatkit.io.compact import save_compact
+    from splatkit.train.gaussian_model import GaussianModel
+    from splatkit.train.learning_rates import LearningRates
+    from splatkit.train.parameterisations import EaglesQuantized
+
+    g = _inria_subset()
+    eagles = EaglesQuantized()
+    model = GaussianModel(eagles)
+    eagles.create(model, g, LearningRates(), scene_extent=1.0)
+    with torch.no_grad():
+        model.params["shN_latents"].copy_(torch.arange(16 * len(g)).reshape(len(g), 16) % 7 - 3)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_compact(eagles.quantized(model), Path(tmp) / "a.spkz")
+        latent = (Path(tmp) / "a.spkz").read_bytes()
+    return [_file_seed("grid.spkz", "compact", _written(g, "a.spkz"), "compact"),
+            _file_seed("eagles.spkz", "compact", latent, "compact")]
+
+
 def _mask_seeds() -> list[Seed]:
     """A real photo (cup_colmap's images_4/1.jpg, which a mask reader must take as RGB) and masks cut from it
     by thresholding, saved by PIL as 8-bit, 1-bit and palette PNGs."""
@@ -1165,7 +1195,7 @@ SEEDS: dict[str, Callable[[], list[Seed]]] = {
     "colmap-bin": lambda: _colmap_seeds(binary=True), "colmap-txt": lambda: _colmap_seeds(binary=False),
     "transforms-json": _transforms_seeds,
     "ply": _ply_seeds, "compressed-ply": _compressed_ply_seeds, "spz": _spz_seeds, "splat": _splat_seeds,
-    "sog": _sog_seeds, "sog-meta": _sog_meta_seeds, "masks": _mask_seeds,
+    "sog": _sog_seeds, "sog-meta": _sog_meta_seeds, "compact": _compact_seeds, "masks": _mask_seeds,
 }
 
 

@@ -19,7 +19,8 @@ from splatkit.io.formats import detect_format, read_splats
 from splatkit.io.ply import load_ply
 from splatkit.render import rasterize
 
-FORMATS = {"ply": ".ply", "compressed-ply": ".compressed.ply", "spz": ".spz", "splat": ".splat", "compact": ".spkz"}
+FORMATS = {"ply": ".ply", "compressed-ply": ".compressed.ply", "spz": ".spz", "splat": ".splat", "sog": ".sog",
+           "sog-meta": ".meta.json", "compact": ".spkz"}
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -48,7 +49,8 @@ def test_export_each_format_renders_like_the_run(tiny_run, tmp_path, fmt):
     exported = read_splats(out)
     assert len(exported) == len(original)
     # Lossless ply is exact; the quantised formats stay close (.splat also drops SH).
-    bound = {"ply": 80.0, "compressed-ply": 30.0, "spz": 30.0, "splat": 25.0, "compact": 30.0}[fmt]
+    bound = {"ply": 80.0, "compressed-ply": 30.0, "spz": 30.0, "splat": 25.0, "sog": 25.0, "sog-meta": 25.0,
+             "compact": 30.0}[fmt]
     for camera in cameras:
         assert _psnr(_render(exported, camera), _render(original, camera)) > bound
 
@@ -160,3 +162,14 @@ def test_every_command_on_a_model_with_nothing_to_show(tiny_scene, tmp_path, cap
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and str(ply) in err and problem in err, (argv, err)
     assert not (tmp_path / "out.spz").exists() and not (tmp_path / "r").exists()
+
+
+def test_an_unbundled_sog_is_sized_with_its_images(tiny_run, tmp_path, capsys):
+    out = tmp_path / "site" / "meta.json"
+    assert main(["export", str(tiny_run), "--format", "sog-meta", "-o", str(out)]) == 0
+    images = sorted(p.name for p in out.parent.glob("*.webp"))
+    assert len(images) >= 5
+    total = sum(p.stat().st_size for p in out.parent.iterdir())
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    assert f"{total / len(read_splats(out)):.1f}" in capsys.readouterr().err

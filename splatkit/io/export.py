@@ -13,7 +13,7 @@ import torch
 
 from splatkit.errors import file_error
 from splatkit.io._common import with_sh_degree
-from splatkit.io.formats import detect_format, read_splats, write_splats
+from splatkit.io.formats import detect_format, read_splats, stored_bytes, write_splats
 from splatkit.model.gaussians import Gaussians
 from splatkit.model.quantized import QuantizedGaussians
 
@@ -64,5 +64,5 @@ def describe(path: str | Path) -> SplatFileInfo:
     with torch.no_grad():
         opacity = float(g.activated_opacities.median())
         scale = float(g.activated_scales.max(dim=1).values.median())
-    return SplatFileInfo(path, fmt, path.stat().st_size, len(g), g.sh_degree,
+    return SplatFileInfo(path, fmt, stored_bytes(path, fmt), len(g), g.sh_degree,
                          (means.min(0), means.max(0)), tuple(np.percentile(means, [1, 99], axis=0)), opacity, scale)

@@ -20,7 +20,7 @@ from splatkit.io.compact import read_compact, write_compact
 from splatkit.io.compressed_ply import (HEADER_LIMIT, is_compressed_header, load_compressed_ply, parse_ply_header,
                                         save_compressed_ply)
 from splatkit.io.ply import load_ply, save_ply
-from splatkit.io.sog import META_LIMIT, ZIP_MAGIC, is_sog_meta, load_sog, save_sog, save_sog_meta
+from splatkit.io.sog import META_LIMIT, ZIP_MAGIC, is_sog_meta, load_sog, save_sog, save_sog_meta, unbundled_files
 from splatkit.io.splat import RECORD, load_splat, save_splat
 from splatkit.io.spz import GZIP_MAGIC, MAGIC, load_spz, save_spz
 from splatkit.model.gaussians import Gaussians
@@ -40,8 +40,8 @@ WRITERS: dict[str, Callable[..., None]] = {
     "ply": _save_ply, "compressed-ply": save_compressed_ply, "spz": save_spz, "splat": save_splat, "sog": save_sog,
     "sog-meta": save_sog_meta}
 # Longest first. An unbundled SOG is a meta.json: "scene.meta.json" (images scene.*.webp) or plain "meta.json".
-EXTENSIONS = {".spkz": "compact", ".compressed.ply": "compressed-ply", ".meta.json": "sog-meta", "meta.json": "sog-meta", ".ply": "ply",
-              ".spz": "spz", ".splat": "splat", ".sog": "sog"}
+EXTENSIONS = {".compressed.ply": "compressed-ply", ".meta.json": "sog-meta", "meta.json": "sog-meta", ".spkz": "compact",
+              ".ply": "ply", ".spz": "spz", ".splat": "splat", ".sog": "sog"}
 
 
 def detect_format(path: str | Path) -> str:
@@ -88,6 +88,13 @@ def format_from_extension(path: str | Path) -> str:
         if name.endswith(ext):
             return fmt
     raise file_error(path, f"cannot tell the format from the extension (use {', '.join(EXTENSIONS)}) or name it")
+
+
+def stored_bytes(path: str | Path, fmt: str | None = None) -> int:
+    """What a splat file of format `fmt` (default: detected) costs to ship: its size, plus the images beside an
+    unbundled SOG's meta.json."""
+    files = unbundled_files(path) if (fmt or detect_format(path)) == "sog-meta" else [Path(path)]
+    return sum(f.stat().st_size for f in files)
 
 
 def read_splats(path: str | Path) -> Gaussians:
