@@ -20,6 +20,8 @@ from scipy.spatial.transform import Rotation
 
 from splatkit.data.cameras import Camera
 from splatkit.data.demo_scene import look_at
+from format_bounds import (EPS, F32, alpha, angle, as_np, assert_within, expect_error, random_gaussians,
+                           smallest_three_angle)
 from splatkit.errors import SplatkitError
 from splatkit.io import compressed_ply, spz
 from splatkit.io.formats import detect_format, format_from_extension, read_splats, write_options, write_splats
@@ -32,56 +34,15 @@ from splatkit.render.sh import sh_basis
 from splatkit.train.metrics import psnr
 from splatkit.viewer.camera import frame_points, up_from_points
 
-F32 = 2.0**-24  # relative rounding of a float32
-EPS = 1e-6  # float32 slack on values of order 1 (quaternion components, alpha, rgb, SH)
-
-
-def _random(n, degree, seed=0, spread=10.0):
-    """Random raw parameters, some beyond what the quantised formats can hold (rgb outside [0, 1], |SH| > 1)."""
-    g = torch.Generator().manual_seed(seed)
-    return Gaussians(
-        means=torch.randn(n, 3, generator=g) * spread,
-        scales=torch.randn(n, 3, generator=g) * 1.5 - 3,
-        quats=torch.randn(n, 4, generator=g),
-        opacities=torch.randn(n, generator=g) * 3,
-        sh0=torch.randn(n, 1, 3, generator=g),
-        shN=torch.randn(n, (degree + 1) ** 2 - 1, 3, generator=g) * 0.4,
-    )
-
-
-def _np(t):
-    return t.detach().double().numpy()
-
 
 def _rgb(g):
-    return 0.5 + SH_C0 * _np(g.sh0[:, 0])
-
-
-def _alpha(g):
-    return 1.0 / (1.0 + np.exp(-_np(g.opacities)))
-
-
-def _angle(q1, q2):
-    """Rotation angle between quaternions, 4 asin(chord / 2) (accurate for tiny angles, unlike acos of a dot)."""
-    a, b = _np(q1), _np(q2)
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    b = b * np.where(np.sum(a * b, axis=1) < 0, -1.0, 1.0)[:, None]
-    return 4.0 * np.arcsin(np.minimum(np.linalg.norm(a - b, axis=1) / 2.0, 1.0))
-
-
-def _smallest_three_angle(e):
-    """Largest rotation error when the three smallest components v of a unit quaternion are each off by <= e and
-    the largest, L >= 1/2, is rebuilt as sqrt(1 - |v'|^2): |dL| = ||v|^2 - |v'|^2| / (L + L') <= e (2 sum|v| + 3e)
-    / (1/2) with sum|v| <= sqrt(3 (1 - L^2)) <= 1.5, so the 4D chord is at most sqrt(3 e^2 + dL^2)."""
-    dl = 2.0 * e * (3.0 + 3.0 * e)
-    return 4.0 * math.asin(math.sqrt(3.0 * e * e + dl * dl) / 2.0)
+    return 0.5 + SH_C0 * as_np(g.sh0[:, 0])
 
 
 # SPZ v3: sign + 9-bit magnitude of |v| / (1/sqrt 2), rounded: half a step is (1/sqrt 2) / 511 / 2.
-SPZ_ROTATION = _smallest_three_angle(math.sqrt(0.5) / 511 / 2)
+SPZ_ROTATION = smallest_three_angle(math.sqrt(0.5) / 511 / 2)
 # compressed.ply: 10-bit unorm of v * sqrt(2)/2 + 1/2 over v in [-1/sqrt 2, 1/sqrt 2]: half a step is sqrt 2 / 1023 / 2.
-CPLY_ROTATION = _smallest_three_angle(math.sqrt(2.0) / 1023 / 2)
+CPLY_ROTATION = smallest_three_angle(math.sqrt(2.0) / 1023 / 2)
 # .splat: all four components as round(q * 128 + 128) clipped to 255, so off by <= 0.5/128, except one component
 # > 127/128 that clips (<= 1/128). After normalising, sin(half angle) <= |q' - q|.
 SPLAT_ROTATION = 2.0 * math.asin(math.sqrt(3 * (0.5 / 128) ** 2 + (1 / 128) ** 2))
@@ -106,14 +67,6 @@ def _spz_sh_range(sh):
     return np.clip(sh * flip, -1.0, 127 / 128) * flip
 
 
-def _assert_within(got, want, bound, what):
-    err = np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64))
-    bound = np.broadcast_to(bound, err.shape)
-    worst = np.unravel_index(np.argmax(err - bound), err.shape)
-    assert (err <= bound).all(), f"{what}: error {err[worst]:.3g} > bound {bound[worst]:.3g} at {worst}"
-    return float(err.max())
-
-
 def _write(directory, g, name, **options):
     write_splats(g, directory / name, **options)
     return directory / name
@@ -123,7 +76,7 @@ def _write(directory, g, name, **options):
 def model(request):
     """A random SH-3 model and the real INRIA SH-3 file (9080 splats, coordinates up to ~1000)."""
     if request.param == "random":
-        return _random(1000, 3, seed=11)
+        return random_gaussians(1000, 3, seed=11)
     path = request.getfixturevalue("shared_datasets") / "inria_ply_sh3_9k" / "point_cloud_iter7000.ply"
     return load_ply(path)
 
@@ -146,16 +99,16 @@ def test_splat_fixture_known_values(shared_datasets):
     assert detect_format(path) == "splat"
     g = read_splats(path)
     assert len(g) == 4 and g.sh_degree == 0
-    np.testing.assert_array_equal(_np(g.means), GRID)
-    np.testing.assert_allclose(_np(g.activated_scales), 0.1, rtol=1e-6)
-    np.testing.assert_allclose(_alpha(g), 230 / 255, atol=EPS)
+    np.testing.assert_array_equal(as_np(g.means), GRID)
+    np.testing.assert_allclose(as_np(g.activated_scales), 0.1, rtol=1e-6)
+    np.testing.assert_allclose(alpha(g), 230 / 255, atol=EPS)
     np.testing.assert_allclose(_rgb(g), COLOR_BYTES / 255, atol=EPS)
     # The rotation bytes are (128, 128, 128, 255). .splat stores w first, so that is (w,x,y,z) = (0, 0, 0, 1):
     # a half turn about z (the fixture's generator assumed x,y,z,w). With equal scales the covariance is the
     # identity rotation's, which is what SOURCE.md's "identity rotation" amounts to.
-    np.testing.assert_allclose(_np(g.quats), [[0, 0, 0, 1]] * 4, atol=EPS)
+    np.testing.assert_allclose(as_np(g.quats), [[0, 0, 0, 1]] * 4, atol=EPS)
     cov = covariance_3d(g.quats, g.activated_scales)
-    np.testing.assert_allclose(_np(cov), np.broadcast_to(np.eye(3) * 0.01, (4, 3, 3)), atol=1e-8)
+    np.testing.assert_allclose(as_np(cov), np.broadcast_to(np.eye(3) * 0.01, (4, 3, 3)), atol=1e-8)
 
 
 @pytest.mark.parametrize("name", ["minimal-v2.spz", "minimal-raw.spz"])
@@ -166,12 +119,12 @@ def test_spz_v2_fixtures_known_values(shared_datasets, name):
     assert detect_format(path) == "spz"
     assert spz.read_spz_header(path) == spz.SpzHeader(version=2, num_points=4, sh_degree=0, fractional_bits=8, flags=0)
     g = read_splats(path)
-    np.testing.assert_array_equal(_np(g.means), GRID * [1, -1, -1])
-    np.testing.assert_array_equal(_np(g.scales), np.full((4, 3), 123 / 16 - 10))  # byte 123 = round((ln 0.1 + 10) * 16)
-    np.testing.assert_allclose(_np(g.sh0[:, 0]), (COLOR_BYTES / 255 - 0.5) / 0.15, atol=EPS)
-    np.testing.assert_allclose(_alpha(g), 230 / 255, atol=EPS)
+    np.testing.assert_array_equal(as_np(g.means), GRID * [1, -1, -1])
+    np.testing.assert_array_equal(as_np(g.scales), np.full((4, 3), 123 / 16 - 10))  # byte 123 = round((ln 0.1 + 10) * 16)
+    np.testing.assert_allclose(as_np(g.sh0[:, 0]), (COLOR_BYTES / 255 - 0.5) / 0.15, atol=EPS)
+    np.testing.assert_allclose(alpha(g), 230 / 255, atol=EPS)
     c = 128 / 127.5 - 1  # v2 stores x, y, z as (v + 1) * 127.5; y and z flip into RDF
-    np.testing.assert_allclose(_np(g.quats), [[math.sqrt(1 - 3 * c * c), c, -c, -c]] * 4, atol=EPS)
+    np.testing.assert_allclose(as_np(g.quats), [[math.sqrt(1 - 3 * c * c), c, -c, -c]] * 4, atol=EPS)
 
 
 @pytest.mark.parametrize("name,version", [("minimal-v3.spz", 3), ("minimal-v4.spz", 4)])
@@ -183,11 +136,11 @@ def test_spz_v3_v4_fixtures_match_the_splat_fixture(shared_datasets, name, versi
     assert spz.read_spz_header(path) == spz.SpzHeader(version, 4, 0, 12, 0)
     g = read_splats(path)
     ref = read_splats(_fixture(shared_datasets, "minimal.splat"))
-    np.testing.assert_array_equal(_np(g.means), GRID)
-    _assert_within(g.scales, ref.scales, SPZ_SCALE, "log-scale")
-    _assert_within(g.sh0, ref.sh0, SPZ_DC, "SH DC")
-    _assert_within(_alpha(g), _alpha(ref), ALPHA, "alpha")
-    np.testing.assert_array_equal(_np(g.quats), [[1, 0, 0, 0]] * 4)  # 0xC0000000: largest is w, others 0
+    np.testing.assert_array_equal(as_np(g.means), GRID)
+    assert_within(g.scales, ref.scales, SPZ_SCALE, "log-scale")
+    assert_within(g.sh0, ref.sh0, SPZ_DC, "SH DC")
+    assert_within(alpha(g), alpha(ref), ALPHA, "alpha")
+    np.testing.assert_array_equal(as_np(g.quats), [[1, 0, 0, 0]] * 4)  # 0xC0000000: largest is w, others 0
 
 
 def test_spz_v4_fixture_decodes_like_v3(shared_datasets):
@@ -239,18 +192,17 @@ def test_biker_compressed_ply_and_spz_agree(shared_datasets):
     assert len(a) == len(b) == 152746 and a.sh_degree == b.sh_degree == 0
     bounds = _chunk_bounds(cpath, len(a))
     lo, hi = bounds["pos"]
-    pos_bound = (hi - lo) / (2 * STEPS_11_10_11) + 2.0**-13 + 2 * F32 * np.abs(_np(a.means))
-    _assert_within(a.means, b.means, pos_bound, "position (same order)")
+    pos_bound = (hi - lo) / (2 * STEPS_11_10_11) + 2.0**-13 + 2 * F32 * np.abs(as_np(a.means))
+    assert_within(a.means, b.means, pos_bound, "position (same order)")
     lo, hi = bounds["scale"]
     # The compressed file holds log-scales below SPZ's floor of -10; SPZ clips them there.
-    _assert_within(np.clip(_np(a.scales), *SPZ_SCALE_RANGE), b.scales, (hi - lo) / (2 * STEPS_11_10_11) + SPZ_SCALE
+    assert_within(np.clip(as_np(a.scales), *SPZ_SCALE_RANGE), b.scales, (hi - lo) / (2 * STEPS_11_10_11) + SPZ_SCALE
                    + EPS, "log-scale")
-    _assert_within(_angle(a.quats, b.quats), 0.0, CPLY_ROTATION + SPZ_ROTATION + EPS, "rotation angle")
+    assert_within(angle(a.quats, b.quats), 0.0, CPLY_ROTATION + SPZ_ROTATION + EPS, "rotation angle")
     lo, hi = bounds["rgb"]
-    rgb_a = 0.5 + SH_C0 * np.clip(_np(a.sh0[:, 0]), -SPZ_DC_RANGE, SPZ_DC_RANGE)
-    _assert_within(rgb_a, _rgb(b), (hi - lo) / 510 + SH_C0 * SPZ_DC + EPS, "rgb")
-    _assert_within(_alpha(a), _alpha(b), 2 * ALPHA + EPS, "alpha")
-
+    rgb_a = 0.5 + SH_C0 * np.clip(as_np(a.sh0[:, 0]), -SPZ_DC_RANGE, SPZ_DC_RANGE)
+    assert_within(rgb_a, _rgb(b), (hi - lo) / 510 + SH_C0 * SPZ_DC + EPS, "rgb")
+    assert_within(alpha(a), alpha(b), 2 * ALPHA + EPS, "alpha")
 
 
 def test_biker_compressed_ply_and_spz_render_alike(shared_datasets):
@@ -298,13 +250,13 @@ def test_splat_round_trip(tmp_path, model):
     # the real file are duplicates in every attribute).
     lookup = {row.tobytes(): i for i, row in enumerate(model.means.numpy())}
     o = model.subset(torch.tensor([lookup[row.tobytes()] for row in back.means.numpy()]))
-    key = _np(o.scales).sum(axis=1) + np.log(_alpha(o))
+    key = as_np(o.scales).sum(axis=1) + np.log(alpha(o))
     assert (np.diff(key) <= 1e-9).all(), "not sorted largest and most opaque first"
-    np.testing.assert_array_equal(_np(back.means), _np(o.means))
-    _assert_within(back.scales, o.scales, 2 * F32 * (1 + np.abs(_np(o.scales))), "log-scale")
-    _assert_within(_angle(back.quats, o.quats), 0.0, SPLAT_ROTATION + EPS, "rotation angle")
-    _assert_within(_rgb(back), np.clip(_rgb(o), 0, 1), 0.5 / 255 + EPS, "rgb")
-    _assert_within(_alpha(back), _alpha(o), ALPHA + EPS, "alpha")
+    np.testing.assert_array_equal(as_np(back.means), as_np(o.means))
+    assert_within(back.scales, o.scales, 2 * F32 * (1 + np.abs(as_np(o.scales))), "log-scale")
+    assert_within(angle(back.quats, o.quats), 0.0, SPLAT_ROTATION + EPS, "rotation angle")
+    assert_within(_rgb(back), np.clip(_rgb(o), 0, 1), 0.5 / 255 + EPS, "rgb")
+    assert_within(alpha(back), alpha(o), ALPHA + EPS, "alpha")
 
 
 @pytest.mark.parametrize("version", [3, 4])
@@ -316,14 +268,14 @@ def test_spz_round_trip(tmp_path, model, version, bits):
     assert (header.version, header.num_points, header.sh_degree, header.fractional_bits) == (version, len(model), 3, 12)
     back = read_splats(path)
     assert len(back) == len(model) and back.sh_degree == 3  # order is kept
-    _assert_within(back.means, model.means, 2.0**-13 + 2 * F32 * np.abs(_np(model.means)), "position")
-    _assert_within(back.scales, np.clip(_np(model.scales), *SPZ_SCALE_RANGE), SPZ_SCALE + EPS, "log-scale")
-    _assert_within(_angle(back.quats, model.quats), 0.0, SPZ_ROTATION + EPS, "rotation angle")
-    _assert_within(back.sh0, np.clip(_np(model.sh0), -SPZ_DC_RANGE, SPZ_DC_RANGE), SPZ_DC + EPS, "SH DC")
-    _assert_within(_alpha(back), _alpha(model), ALPHA + EPS, "alpha")
-    want = _spz_sh_range(_np(model.shN))
-    _assert_within(back.shN[:, :3], want[:, :3], _spz_sh_bound(bits[0]) + EPS, "SH degree 1")
-    _assert_within(back.shN[:, 3:], want[:, 3:], _spz_sh_bound(bits[1]) + EPS, "SH degree 2-3")
+    assert_within(back.means, model.means, 2.0**-13 + 2 * F32 * np.abs(as_np(model.means)), "position")
+    assert_within(back.scales, np.clip(as_np(model.scales), *SPZ_SCALE_RANGE), SPZ_SCALE + EPS, "log-scale")
+    assert_within(angle(back.quats, model.quats), 0.0, SPZ_ROTATION + EPS, "rotation angle")
+    assert_within(back.sh0, np.clip(as_np(model.sh0), -SPZ_DC_RANGE, SPZ_DC_RANGE), SPZ_DC + EPS, "SH DC")
+    assert_within(alpha(back), alpha(model), ALPHA + EPS, "alpha")
+    want = _spz_sh_range(as_np(model.shN))
+    assert_within(back.shN[:, :3], want[:, :3], _spz_sh_bound(bits[0]) + EPS, "SH degree 1")
+    assert_within(back.shN[:, 3:], want[:, 3:], _spz_sh_bound(bits[1]) + EPS, "SH degree 2-3")
 
 
 def test_compressed_ply_round_trip(tmp_path, model):
@@ -332,18 +284,18 @@ def test_compressed_ply_round_trip(tmp_path, model):
     back = read_splats(path)
     assert len(back) == len(model) and back.sh_degree == 3
     # The writer sorts in Morton order; the same order maps file rows to model rows (positions confirm it).
-    o = model.subset(torch.from_numpy(compressed_ply._morton_order(_np(model.means))))
+    o = model.subset(torch.from_numpy(compressed_ply._morton_order(as_np(model.means))))
     bounds = _chunk_bounds(path, len(model))
     lo, hi = bounds["pos"]
-    _assert_within(back.means, o.means, (hi - lo) / (2 * STEPS_11_10_11) + 2 * F32 * np.abs(_np(o.means)), "position")
+    assert_within(back.means, o.means, (hi - lo) / (2 * STEPS_11_10_11) + 2 * F32 * np.abs(as_np(o.means)), "position")
     lo, hi = bounds["scale"]
-    want = np.clip(_np(o.scales), -compressed_ply.SCALE_LIMIT, compressed_ply.SCALE_LIMIT)
-    _assert_within(back.scales, want, (hi - lo) / (2 * STEPS_11_10_11) + 2 * F32 * (1 + np.abs(want)), "log-scale")
-    _assert_within(_angle(back.quats, o.quats), 0.0, CPLY_ROTATION + EPS, "rotation angle")
+    want = np.clip(as_np(o.scales), -compressed_ply.SCALE_LIMIT, compressed_ply.SCALE_LIMIT)
+    assert_within(back.scales, want, (hi - lo) / (2 * STEPS_11_10_11) + 2 * F32 * (1 + np.abs(want)), "log-scale")
+    assert_within(angle(back.quats, o.quats), 0.0, CPLY_ROTATION + EPS, "rotation angle")
     lo, hi = bounds["rgb"]
-    _assert_within(_rgb(back), _rgb(o), (hi - lo) / 510 + EPS, "rgb")  # chunk colour bounds: no clipping
-    _assert_within(_alpha(back), _alpha(o), ALPHA + EPS, "alpha")
-    _assert_within(back.shN, np.clip(_np(o.shN), -4, 4), CPLY_SH + EPS, "SH")
+    assert_within(_rgb(back), _rgb(o), (hi - lo) / 510 + EPS, "rgb")  # chunk colour bounds: no clipping
+    assert_within(alpha(back), alpha(o), ALPHA + EPS, "alpha")
+    assert_within(back.shN, np.clip(as_np(o.shN), -4, 4), CPLY_SH + EPS, "SH")
 
 
 def test_compressed_ply_older_12_property_layout(tmp_path):
@@ -362,29 +314,29 @@ def test_compressed_ply_older_12_property_layout(tmp_path):
     PlyData(elements, byte_order="<").write(str(path))
     assert detect_format(path) == "compressed-ply"
     g = read_splats(path)
-    np.testing.assert_allclose(_np(g.means), [[1, 0, 3], [0, 2, 0]], atol=1e-6)
-    np.testing.assert_allclose(_np(g.scales), [[-1, -3, -1], [-3, -1, -3]], atol=1e-6)
+    np.testing.assert_allclose(as_np(g.means), [[1, 0, 3], [0, 2, 0]], atol=1e-6)
+    np.testing.assert_allclose(as_np(g.scales), [[-1, -3, -1], [-3, -1, -3]], atol=1e-6)
     np.testing.assert_allclose(_rgb(g), [[1, 0, 0.2], [0, 1, 0.4]], atol=1e-6)
-    np.testing.assert_allclose(_alpha(g), [0.8, 0.2], atol=1e-6)
+    np.testing.assert_allclose(alpha(g), [0.8, 0.2], atol=1e-6)
     want = torch.tensor([[1.0, 0, 0, 0], [math.sqrt(0.5), 0, 0, math.sqrt(0.5)]])
-    _assert_within(_angle(g.quats, want), 0.0, CPLY_ROTATION, "rotation angle")
+    assert_within(angle(g.quats, want), 0.0, CPLY_ROTATION, "rotation angle")
 
 
 def test_compressed_ply_chunks_are_spatially_compact(tmp_path):
     """What the Morton order is for: each 256-splat chunk covers a small part of the scene, so the 10-11 bits
     within its bounds are fine-grained. Chunking the same splats in their given (random) order would not."""
-    g = _random(20_000, 0, seed=4)
+    g = random_gaussians(20_000, 0, seed=4)
     path = tmp_path / "m.compressed.ply"
     write_splats(g, path)
     lo, hi = _chunk_bounds(path, len(g))["pos"]
-    unsorted = _np(g.means)[: len(g) // 256 * 256].reshape(-1, 256, 3)
+    unsorted = as_np(g.means)[: len(g) // 256 * 256].reshape(-1, 256, 3)
     unsorted_diagonal = np.linalg.norm(unsorted.max(axis=1) - unsorted.min(axis=1), axis=1)
     assert np.median(np.linalg.norm(hi - lo, axis=1)) < 0.5 * np.median(unsorted_diagonal)
 
 
 @pytest.mark.parametrize("fmt,ext", [("compressed-ply", ".compressed.ply"), ("spz", ".spz")])
 def test_sh_degree_option_drops_bands(tmp_path, fmt, ext):
-    g = _random(300, 3, seed=5)
+    g = random_gaussians(300, 3, seed=5)
     write_splats(g, tmp_path / f"full{ext}")
     write_splats(g, tmp_path / f"d1{ext}", sh_degree=1)
     write_splats(g, tmp_path / f"d0{ext}", sh_degree=0)
@@ -398,7 +350,7 @@ def test_sh_degree_option_drops_bands(tmp_path, fmt, ext):
 
 
 def test_spz_flags_and_fractional_bits(tmp_path):
-    g = _random(50, 0, seed=2)
+    g = random_gaussians(50, 0, seed=2)
     write_splats(g, tmp_path / "aa.spz", antialiased=True, version=4)
     assert spz.read_spz_header(tmp_path / "aa.spz").antialiased
     assert not spz.read_spz_header(_write(tmp_path, g, "plain.spz")).antialiased
@@ -409,7 +361,7 @@ def test_spz_flags_and_fractional_bits(tmp_path):
     bits = spz.read_spz_header(tmp_path / "big.spz").fractional_bits
     assert bits == 10 and float(big.means.abs().max()) * 2**bits < 2**23
     back = read_splats(tmp_path / "big.spz")
-    _assert_within(back.means, big.means, 2.0 ** -(bits + 1) + 2 * F32 * np.abs(_np(big.means)), "position")
+    assert_within(back.means, big.means, 2.0 ** -(bits + 1) + 2 * F32 * np.abs(as_np(big.means)), "position")
     huge = Gaussians(g.means * 0 + 1e7, g.scales, g.quats, g.opacities, g.sh0, g.shN)
     with pytest.raises(SplatkitError, match="24-bit"):
         write_splats(huge, tmp_path / "huge.spz")
@@ -427,7 +379,7 @@ def test_spz_sh_flips_match_the_renderers_basis():
 def test_written_layouts_follow_the_specs(tmp_path):
     """Read what the writers produce independently of splatkit's readers (plyfile, raw bytes), so a layout bug
     shared by a writer and its reader cannot hide behind a passing round trip."""
-    g = _random(300, 3, seed=8)
+    g = random_gaussians(300, 3, seed=8)
     n = len(g)
     # compressed.ply: the exact element/property layout the PlayCanvas engine insists on; SH channel-major.
     ply = PlyData.read(str(_write(tmp_path, g, "m.compressed.ply")))
@@ -435,19 +387,19 @@ def test_written_layouts_follow_the_specs(tmp_path):
     assert [p.name for p in ply["chunk"].properties] == compressed_ply.CHUNK_PROPS
     assert [(p.name, p.val_dtype) for p in ply["vertex"].properties] == [(p, "u4") for p in compressed_ply.VERTEX_PROPS]
     assert [(p.name, p.val_dtype) for p in ply["sh"].properties] == [(f"f_rest_{i}", "u1") for i in range(45)]
-    o = g.subset(torch.from_numpy(compressed_ply._morton_order(_np(g.means))))
+    o = g.subset(torch.from_numpy(compressed_ply._morton_order(as_np(g.means))))
     for k, c in [(0, 0), (0, 1), (14, 2), (3, 1)]:
         q = np.asarray(ply["sh"][f"f_rest_{c * 15 + k}"], np.float64)
-        _assert_within((q + 0.5) / 256 * 8 - 4, np.clip(_np(o.shN[:, k, c]), -4, 4), CPLY_SH + EPS, f"f_rest {k},{c}")
+        assert_within((q + 0.5) / 256 * 8 - 4, np.clip(as_np(o.shN[:, k, c]), -4, 4), CPLY_SH + EPS, f"f_rest {k},{c}")
     # spz v3: 16-byte header, then planar arrays; positions and SH in RUB, SH colour-innermost.
     raw = gzip.decompress(_write(tmp_path, g, "m.spz", sh1_bits=8, sh_rest_bits=8).read_bytes())
     assert raw[:4] == b"NGSP" and struct.unpack_from("<IIBBBB", raw, 4) == (3, n, 3, 12, 0, 0)
     pos = np.frombuffer(raw, np.uint8, 9 * n, 16).reshape(n, 3, 3).astype(np.int64)
     fixed = pos[..., 0] + (pos[..., 1] << 8) + (pos[..., 2] << 16)
     fixed = np.where(fixed >= 2**23, fixed - 2**24, fixed)
-    np.testing.assert_array_equal(fixed, np.rint(_np(g.means) * [1, -1, -1] * 4096))
+    np.testing.assert_array_equal(fixed, np.rint(as_np(g.means) * [1, -1, -1] * 4096))
     sh = np.frombuffer(raw, np.uint8, 45 * n, 16 + n * (9 + 1 + 3 + 3 + 4)).reshape(n, 15, 3)
-    _assert_within((sh - 128.0) / 128.0, np.clip(_np(g.shN) * spz.FLIP_SH[:, None], -1, 127 / 128),
+    assert_within((sh - 128.0) / 128.0, np.clip(as_np(g.shN) * spz.FLIP_SH[:, None], -1, 127 / 128),
                    _spz_sh_bound(8) + EPS, "SH bytes")
     # spz v4: plaintext 32-byte header, a table of contents, then one zstd stream per array, holding v3's arrays.
     v4 = _write(tmp_path, g, "m4.spz", version=4, sh1_bits=8, sh_rest_bits=8).read_bytes()
@@ -459,16 +411,16 @@ def test_written_layouts_follow_the_specs(tmp_path):
     assert b"".join(arrays) == raw[16:]
     # .splat: the rotation bytes are w, x, y, z.
     rec = np.frombuffer(_write(tmp_path, g, "m.splat").read_bytes(), np.uint8).reshape(n, 32)
-    first = int(np.argmax(_np(g.scales).sum(axis=1) + np.log(_alpha(g))))
-    want = _np(g.activated_quats[first]) * 128 + 128
-    _assert_within(rec[0, 28:32], np.clip(want, 0, 255), 0.5 + EPS, "rotation bytes")
+    first = int(np.argmax(as_np(g.scales).sum(axis=1) + np.log(alpha(g))))
+    want = as_np(g.activated_quats[first]) * 128 + 128
+    assert_within(rec[0, 28:32], np.clip(want, 0, 255), 0.5 + EPS, "rotation bytes")
 
 
 # ---------------------------------------------------------------- registry
 
 
 def test_detection_goes_by_content_not_extension(tmp_path):
-    g = _random(300, 1, seed=3)
+    g = random_gaussians(300, 1, seed=3)
     files = {"ply": _write(tmp_path, g, "a.ply"), "compressed-ply": _write(tmp_path, g, "a.compressed.ply"),
              "spz": _write(tmp_path, g, "a.spz"), "splat": _write(tmp_path, g, "a.splat")}
     v4 = _write(tmp_path, g, "v4.spz", version=4)
@@ -486,7 +438,7 @@ def test_detection_goes_by_content_not_extension(tmp_path):
     assert detect_format(plain) == "compressed-ply"
     unknown = tmp_path / "a.bin"
     unknown.write_bytes(files["splat"].read_bytes())
-    _expect_error(unknown, "unrecognised", reader=read_splats)
+    expect_error(unknown, "unrecognised", reader=read_splats)
 
 
 def test_format_names_extensions_and_options(tmp_path):
@@ -497,7 +449,7 @@ def test_format_names_extensions_and_options(tmp_path):
         format_from_extension("scene.glb")
     assert write_options("splat") == [] and write_options("ply") == ["sh_degree"]
     assert set(write_options("spz")) == {"version", "sh_degree", "antialiased", "sh1_bits", "sh_rest_bits"}
-    g = _random(10, 1)
+    g = random_gaussians(10, 1)
     write_splats(g, tmp_path / "named.bin", format="spz")
     assert detect_format(tmp_path / "named.bin") == "spz"
     for bad in [dict(format="glb"), dict(format="splat", sh_degree=0), dict(format="spz", version=2),
@@ -508,13 +460,13 @@ def test_format_names_extensions_and_options(tmp_path):
     assert not (tmp_path / "out.bin").exists()
 
 
-@pytest.mark.parametrize("name", ["a.ply", "a.compressed.ply", "a.spz", "a.splat"])
+@pytest.mark.parametrize("name", ["a.ply", "a.compressed.ply", "a.spz", "a.splat", "a.sog", "a.spkz"])
 def test_writes_are_atomic_and_refuse_unwritable_models(tmp_path, name):
-    path = _write(tmp_path, _random(20, 1), name)
+    path = _write(tmp_path, random_gaussians(20, 1), name)
     before = path.read_bytes()
-    bad = _random(20, 1)
+    bad = random_gaussians(20, 1)
     bad.means[3, 1] = float("nan")
-    for g in (bad, _random(0, 1)):
+    for g in (bad, random_gaussians(0, 1)):
         with pytest.raises(SplatkitError):
             write_splats(g, path)
     assert path.read_bytes() == before
@@ -524,21 +476,11 @@ def test_writes_are_atomic_and_refuse_unwritable_models(tmp_path, name):
 # ---------------------------------------------------------------- malformed files (fuzzed in test_fuzz_readers.py)
 
 
-def _expect_error(path, *words, reader=read_splats):
-    with pytest.raises(SplatkitError) as info:
-        reader(path)
-    message = str(info.value)
-    assert message.startswith(str(path)) and "\n" not in message, message
-    for w in words:
-        assert w in message, message
-    return message
-
-
 @pytest.fixture(scope="module")
 def valid(tmp_path_factory):
     """Small valid files of every format (20 splats, SH degree 1; 300 splats for two compressed chunks)."""
     d = tmp_path_factory.mktemp("valid")
-    small, two_chunks = _random(20, 1, seed=9), _random(300, 1, seed=9)
+    small, two_chunks = random_gaussians(20, 1, seed=9), random_gaussians(300, 1, seed=9)
     files = {"splat": _write(d, small, "m.splat"), "spz-v3": _write(d, small, "v3.spz"),
              "spz-v4": _write(d, small, "v4.spz", version=4),
              "compressed-ply": _write(d, two_chunks, "m.compressed.ply")}
@@ -565,22 +507,22 @@ def test_truncated_files(tmp_path, valid, kind):
     if kind == "compressed-ply":
         cuts |= {data.index(b"end_header"), data.index(b"end_header") + 11}
     for cut in sorted(c for c in cuts if c < len(data) and not (kind == "splat" and c and c % 32 == 0)):
-        _expect_error(_put(tmp_path, kind, data[:cut]), reader=READER[kind])
+        expect_error(_put(tmp_path, kind, data[:cut]), reader=READER[kind])
 
 
 def test_missing_file(tmp_path):
     for reader in (read_splats, spz.load_spz, compressed_ply.load_compressed_ply, detect_format):
-        _expect_error(tmp_path / "nope.spz", "no such file", reader=reader)
+        expect_error(tmp_path / "nope.spz", "no such file", reader=reader)
 
 
 def test_splat_bad_sizes_and_values(tmp_path, valid):
     data = valid["splat"]
-    _expect_error(_put(tmp_path, "splat", data + b"\0" * 5), "32")
+    expect_error(_put(tmp_path, "splat", data + b"\0" * 5), "32")
     for offset, value, word in [(4, np.nan, "NaN"), (0, np.inf, "NaN"), (12, 0.0, "scale"), (16, -1.0, "scale"),
                                 (20, np.inf, "scale")]:
         bad = bytearray(data)
         bad[32 + offset:32 + offset + 4] = struct.pack("<f", value)
-        _expect_error(_put(tmp_path, "splat", bytes(bad)), word)
+        expect_error(_put(tmp_path, "splat", bytes(bad)), word)
 
 
 def _ply_header_with(data, old, new):
@@ -606,18 +548,18 @@ def test_compressed_ply_wrong_counts_and_layout(tmp_path, valid):
         (b"element vertex 300", b"element vertex 1000000000000", "chunks"),  # absurd, and rejected cheaply
     ]
     for old, new, word in cases:
-        _expect_error(_put(tmp_path, "compressed-ply", _ply_header_with(data, old, new)), word,
+        expect_error(_put(tmp_path, "compressed-ply", _ply_header_with(data, old, new)), word,
                       reader=compressed_ply.load_compressed_ply)
     # counts that agree with each other but claim 10^12 splats: the file size check rejects it before allocating
     claim = data
     for old, new in [(b"vertex 300", b"vertex 1000000000000"), (b"chunk 2", b"chunk 3906250000"),
                      (b"sh 300", b"sh 1000000000000")]:
         claim = _ply_header_with(claim, b"element " + old, b"element " + new)
-    _expect_error(_put(tmp_path, "compressed-ply", claim), "header describes")
+    expect_error(_put(tmp_path, "compressed-ply", claim), "header describes")
     body = data.index(b"end_header\n") + 11
     bad = bytearray(data)
     bad[body + 4:body + 8] = struct.pack("<f", np.nan)  # min_y of chunk 0
-    _expect_error(_put(tmp_path, "compressed-ply", bytes(bad)), "NaN")
+    expect_error(_put(tmp_path, "compressed-ply", bytes(bad)), "NaN")
 
 
 def test_absurd_inria_ply_header(tmp_path):
@@ -627,7 +569,7 @@ def test_absurd_inria_ply_header(tmp_path):
     header += "".join(f"property float {n}\n" for n in names) + "end_header\n"
     path = tmp_path / "absurd.ply"
     path.write_bytes(header.encode() + bytes(14 * 4 * 10))
-    _expect_error(path)
+    expect_error(path)
 
 
 def _with_legacy_header(payload, **fields):
@@ -649,21 +591,21 @@ def test_spz_legacy_bad_headers(tmp_path, valid):
     ]
     for fields, gz_word, raw_word in cases:
         payload = _with_legacy_header(raw, **fields)
-        _expect_error(_put(tmp_path, "spz-v3", gzip.compress(payload)), gz_word, reader=spz.load_spz)
-        _expect_error(_put(tmp_path, "spz-raw", payload), raw_word, reader=spz.load_spz)
-    _expect_error(_put(tmp_path, "spz-v3", gzip.compress(_with_legacy_header(raw, version=4))), "gzip",
+        expect_error(_put(tmp_path, "spz-v3", gzip.compress(payload)), gz_word, reader=spz.load_spz)
+        expect_error(_put(tmp_path, "spz-raw", payload), raw_word, reader=spz.load_spz)
+    expect_error(_put(tmp_path, "spz-v3", gzip.compress(_with_legacy_header(raw, version=4))), "gzip",
                   reader=spz.load_spz)
     corrupt = bytearray(valid["spz-v3"])
     corrupt[-6] ^= 0xFF  # inside the CRC / size trailer
-    _expect_error(_put(tmp_path, "spz-v3", bytes(corrupt)), "gzip", reader=spz.load_spz)
-    _expect_error(_put(tmp_path, "spz-v3", b"\x1f\x8b" + bytes(30)), "gzip", reader=spz.load_spz)
+    expect_error(_put(tmp_path, "spz-v3", bytes(corrupt)), "gzip", reader=spz.load_spz)
+    expect_error(_put(tmp_path, "spz-v3", b"\x1f\x8b" + bytes(30)), "gzip", reader=spz.load_spz)
 
 
 def test_spz_gzip_bomb_is_refused_without_inflating_it(tmp_path, valid):
     """A stream that inflates to far more than its header's point count allows is cut off at that count."""
     raw = _with_legacy_header(valid["spz-raw"], flags=0)
     bomb = gzip.compress(raw + bytes(50_000_000), compresslevel=9)  # 50 MB of trailing zeros in ~50 kB
-    _expect_error(_put(tmp_path, "spz-v3", bomb), "unexpected data", reader=spz.load_spz)
+    expect_error(_put(tmp_path, "spz-v3", bomb), "unexpected data", reader=spz.load_spz)
 
 
 def _with_v4_header(data, **fields):
@@ -682,12 +624,12 @@ def test_spz_v4_bad_headers(tmp_path, valid):
         (dict(toc=48), "stream"), (dict(bits=24), "fractional bits"),
     ]
     for fields, word in cases:
-        _expect_error(_put(tmp_path, "spz-v4", _with_v4_header(data, **fields)), word, reader=spz.load_spz)
-    _expect_error(_put(tmp_path, "spz-v4", data + b"\0"), "unexpected data", reader=spz.load_spz)
+        expect_error(_put(tmp_path, "spz-v4", _with_v4_header(data, **fields)), word, reader=spz.load_spz)
+    expect_error(_put(tmp_path, "spz-v4", data + b"\0"), "unexpected data", reader=spz.load_spz)
     toc = bytearray(data)
     struct.pack_into("<Q", toc, 32, struct.unpack_from("<Q", data, 32)[0] - 1)  # stream 0 one byte short
-    _expect_error(_put(tmp_path, "spz-v4", bytes(toc)), "stream", reader=spz.load_spz)
+    expect_error(_put(tmp_path, "spz-v4", bytes(toc)), "stream", reader=spz.load_spz)
     stream0 = 32 + 16 * 6
     corrupt = bytearray(data)
     corrupt[stream0:stream0 + 4] = b"\0\0\0\0"  # zstd frame magic
-    _expect_error(_put(tmp_path, "spz-v4", bytes(corrupt)), "zstd", reader=spz.load_spz)
+    expect_error(_put(tmp_path, "spz-v4", bytes(corrupt)), "zstd", reader=spz.load_spz)
