@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from splatkit.data import load_scene
+from splatkit.errors import SplatkitError
 from splatkit.model.gaussians import Gaussians, init_from_points
 from splatkit.render import api, rasterize, resolve_backend
 
@@ -46,6 +47,23 @@ def test_background_is_composited_over_what_the_backend_blends(model_and_camera,
     assert hit.any() and (black.depth[hit] > 0).all() and (black.depth[black.alpha == 0] == 0).all()
 
 
+def test_auto_picks_a_backend_that_fills_what_the_run_needs(monkeypatch):
+    """gsplat reports no per-Gaussian weight sums: auto passes over it for a run that reads them (EAGLES'
+    influence pruning), and naming it for such a run is refused before anything renders."""
+    registered = dict(api._BACKENDS)
+    fake_gsplat = api._Registered(registered["torch"].render, lambda device: None, frozenset())
+    monkeypatch.setattr(api, "_BACKENDS", {**registered, "gsplat": fake_gsplat})
+    api._resolve.cache_clear()
+    try:
+        assert resolve_backend("auto", "cpu") == "gsplat"
+        assert resolve_backend("auto", "cpu", frozenset({"weight_sums"})) == "native"
+        assert resolve_backend("auto", "cpu", frozenset({"absgrad"})) == "native"
+        with pytest.raises(SplatkitError, match="gsplat.*does not report weight_sums"):
+            resolve_backend("gsplat", "cpu", frozenset({"weight_sums"}))
+    finally:
+        api._resolve.cache_clear()
+
+
 def test_auto_says_once_why_it_falls_back_and_checks_availability_once(model_and_camera, monkeypatch, capsys):
     calls = {"native": 0}
 
@@ -55,7 +73,7 @@ def test_auto_says_once_why_it_falls_back_and_checks_availability_once(model_and
 
     registered = dict(api._BACKENDS)
     monkeypatch.setattr(api, "_BACKENDS", {**registered, "native": api._Registered(
-        registered["native"].render, native_missing)})
+        registered["native"].render, native_missing, registered["native"].provides)})
     api._resolve.cache_clear()
     try:
         gaussians, camera = model_and_camera

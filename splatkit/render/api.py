@@ -64,6 +64,7 @@ class Backend(Protocol):
 class _Registered:
     render: Backend
     unavailable: Callable[[torch.device], str | None]  # why it cannot run on a device, or None when it can
+    provides: frozenset[str]  # optional outputs it fills: "weight_sums", "absgrad"
 
 
 _BACKENDS: dict[str, _Registered] = {}
@@ -71,8 +72,10 @@ _BACKENDS: dict[str, _Registered] = {}
 AUTO_ORDER = ("gsplat", "native", "torch")
 
 
-def register_backend(name: str, render: Backend, unavailable: Callable[[torch.device], str | None]) -> None:
-    _BACKENDS[name] = _Registered(render, unavailable)
+def register_backend(name: str, render: Backend, unavailable: Callable[[torch.device], str | None],
+                     provides: frozenset[str] = frozenset()) -> None:
+    """Add a backend; `provides` names the optional `Rasterized` outputs it fills (weight_sums, absgrad)."""
+    _BACKENDS[name] = _Registered(render, unavailable, provides)
     _resolve.cache_clear()
 
 
@@ -95,13 +98,18 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 @functools.lru_cache(maxsize=None)
-def _resolve(name: str, device: torch.device) -> str:
+def _resolve(name: str, device: torch.device, needs: frozenset[str]) -> str:
+    def unavailable(candidate: str) -> str | None:
+        lacking = sorted(needs - _BACKENDS[candidate].provides)
+        return _BACKENDS[candidate].unavailable(device) or (
+            f"does not report {', '.join(lacking)}, which this run needs" if lacking else None)
+
     if name == "auto":
         reasons = []
         for candidate in AUTO_ORDER:
             if candidate not in _BACKENDS:
                 continue
-            reason = _BACKENDS[candidate].unavailable(device)
+            reason = unavailable(candidate)
             if reason is None:
                 if candidate == "torch" and reasons:  # never slow down in silence
                     print(f"splatkit: rendering with the slow torch reference on {device}: {'; '.join(reasons)}",
@@ -111,17 +119,17 @@ def _resolve(name: str, device: torch.device) -> str:
         raise SplatkitError(f"no render backend can run on {device}: {'; '.join(reasons)}")
     if name not in _BACKENDS:
         raise SplatkitError(f"unknown render backend {name!r}; choose from {', '.join(backend_names())}")
-    reason = _BACKENDS[name].unavailable(device)
+    reason = unavailable(name)
     if reason is not None:
         raise SplatkitError(f"render backend {name!r} cannot run on {device}: {reason}")
     return name
 
 
-def resolve_backend(name: str, device: torch.device | str = "cpu") -> str:
-    """The concrete backend `name` stands for on `device` (decided once per pair); a SplatkitError saying why
-    if it cannot run there. `auto` says on stderr, once, when it falls back to the torch reference."""
-    return _resolve(name, torch.device(device))
-
+def resolve_backend(name: str, device: torch.device | str = "cpu", needs: frozenset[str] = frozenset()) -> str:
+    """The concrete backend `name` stands for on `device` that fills every optional output in `needs` (e.g.
+    weight_sums for influence pruning; decided once per combination); a SplatkitError saying why if it cannot
+    run there. `auto` says on stderr, once, when it falls back to the torch reference."""
+    return _resolve(name, torch.device(device), frozenset(needs))
 
 
 def rasterize(

@@ -82,4 +82,5 @@ def _unavailable(device: torch.device) -> str | None:
     return None
 
 
-register_backend("native", render_native, unavailable=_unavailable)
+register_backend("native", render_native, unavailable=_unavailable,
+                 provides=frozenset({"weight_sums", "absgrad"}))

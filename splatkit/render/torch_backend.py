@@ -32,4 +32,5 @@ def render_torch(gaussians: ActivatedGaussians, camera: Camera, settings: Render
     return Rasterized(out.color[..., :3], out.alpha, out.color[..., 3], proj.means2d, proj.radii, out.weight_sums)
 
 
-register_backend("torch", render_torch, unavailable=lambda device: None)
+register_backend("torch", render_torch, unavailable=lambda device: None,
+                 provides=frozenset({"weight_sums"}))

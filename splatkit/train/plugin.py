@@ -91,6 +91,11 @@ class Plugin:
     def validate(self) -> None:
         """Raise SplatkitError (one line naming the flag) for settings no run can use; called before loading."""
 
+    def render_needs(self) -> frozenset[str]:
+        """Optional render outputs the hooks read ("weight_sums", "absgrad"): `auto` picks a backend that
+        fills them, and a named backend that does not is refused before training starts."""
+        return frozenset()
+
     def setup(self, ctx: SetupContext) -> dict[str, Any]:
         """Declare per-Gaussian buffers on `ctx.model` and return the initial state dict (checkpointed)."""
         return {}

@@ -61,7 +61,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, scene: Scene, images: ImageStore, run_dir: Path) -> None:
         self.cfg, self.scene, self.images, self.run_dir = cfg, scene, images, run_dir
         self.device = resolve_device(cfg.device)
-        self.backend = resolve_backend(cfg.backend, self.device)
+        self.backend = resolve_backend(cfg.backend, self.device, render_needs(cfg))
         self.extent = scene.extent * 1.1
         self.plugins = {"parameterisation": cfg.parameterisation, "strategy": cfg.strategy}
         self.model = GaussianModel(cfg.parameterisation, self.device)
@@ -247,7 +247,12 @@ def check_settings(cfg: TrainConfig) -> None:
                             "(from Python, build the config with splatkit.train.config.quantize_preset)")
     for plugin in (cfg.parameterisation, cfg.strategy):
         plugin.validate()
-    resolve_backend(cfg.backend, resolve_device(cfg.device))
+    resolve_backend(cfg.backend, resolve_device(cfg.device), render_needs(cfg))
+
+
+def render_needs(cfg: TrainConfig) -> frozenset[str]:
+    """The optional render outputs the run's plug-ins read."""
+    return cfg.parameterisation.render_needs() | cfg.strategy.render_needs()
 
 
 def write_run_record(cfg: TrainConfig, scene: Scene, run_dir: Path) -> None:

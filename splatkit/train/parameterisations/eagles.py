@@ -97,6 +97,9 @@ class EaglesQuantized(Parameterisation):
                 raise SplatkitError(f"--parameterisation.{name.replace('_', '-')} {getattr(self, name)}: "
                                     "out of range")
 
+    def render_needs(self) -> frozenset[str]:
+        return frozenset({"weight_sums"}) if self.influence_prune else frozenset()
+
     def latent_dim(self, name: str) -> int:
         return getattr(self, f"{name}_dim")
 
@@ -205,9 +208,6 @@ class EaglesQuantized(Parameterisation):
     def after_step(self, model: GaussianModel, state: dict, info: StepInfo) -> None:
         if not self.influence_prune:
             return
-        if info.render.weight_sums is None:
-            raise SplatkitError("influence pruning needs per-Gaussian weight sums, which this render backend does "
-                                "not report; use --backend native or --parameterisation.no-influence-prune")
         model.buffers["influence"] += info.render.weight_sums.reshape(-1)[:len(model)]
         if info.step in state["_prune_steps"] and len(model) > 1:
             influence = model.buffers["influence"]

@@ -91,6 +91,9 @@ class LPMStrategy(Strategy):
                      patch_fraction=0 <= self.patch_fraction < 1)
         self.base.validate()
 
+    def render_needs(self) -> frozenset[str]:
+        return self.base.render_needs()
+
     # ---- set-up: neighbours and matches, once (cached in the run folder)
 
     def setup(self, ctx: SetupContext) -> dict[str, Any]:
