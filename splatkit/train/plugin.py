@@ -73,6 +73,15 @@ class StepInfo:
     # called after another that edited the set (the parameterisation runs first) must not index them by row.
     focus: torch.Tensor | None = None  # (N,) >= 1: how much more a Gaussian deserves refinement, set by a
     # strategy wrapping another (LPM's error zones); ADC divides its growth threshold by it, MCMC weighs sampling
+    phase: int = 0  # which phase of the run (the parameterisation's `phases`, e.g. FLoD's levels; one by default)
+    phase_start: int = 0  # the step the phase began at
+    phase_steps: int = 0  # the phase's length in steps (0: the whole run)
+
+    @property
+    def phase_step(self) -> int:
+        """The step counted from the phase's start: what densification schedules follow, so they start again
+        in every phase (FLoD trains each level with its own schedule)."""
+        return self.step - self.phase_start
 
     @property
     def width(self) -> int:

@@ -4,6 +4,7 @@ strategy plug in through the same hooks (`splatkit.train.plugin`); the loop neve
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import json
@@ -75,6 +76,8 @@ class Trainer:
                            resumed=bool(latest), lr=cfg.lr)
         self.states = {key: plugin.setup(ctx) for key, plugin in self.plugins.items()}
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.phases = cfg.parameterisation.phases(cfg.steps)  # step counts; one phase unless e.g. FLoD levels
+        self.phase_starts = [sum(self.phases[:i]) for i in range(len(self.phases))]
         self.step = 0
         self.last_error: torch.Tensor | None = None
         if latest:
@@ -130,7 +133,9 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         cfg, step = self.cfg, self.step
-        self.model.set_progress(step / max(1, cfg.steps))
+        phase = bisect.bisect_right(self.phase_starts, step) - 1
+        start, length = self.phase_starts[phase], self.phases[phase]
+        self.model.set_progress((step - start) / max(1, length))
         train_ids = self.scene.train_ids
         index = train_ids[int(torch.randint(len(train_ids), (1,), generator=self.generator))]
         camera = self.scene.cameras[index]
@@ -148,7 +153,8 @@ class Trainer:
         rgb, target = ignore_masked(render.rgb, target, keep)  # masked pixels: no error, no gradient
         error = (rgb.detach() - target).abs().sum(dim=-1)
         self.last_error = error  # (H, W) of this step's view, for the live viewer
-        info = StepInfo(step, cfg.steps, camera, index, target, gaussians, render, error, self.extent)
+        info = StepInfo(step, cfg.steps, camera, index, target, gaussians, render, error, self.extent, phase=phase,
+                        phase_start=start, phase_steps=length)
         self._hook("pre_backward", info)
         loss = photometric_loss(rgb, target, keep, cfg.ssim_lambda)
         extra = {name: term for key, plugin in self.plugins.items()

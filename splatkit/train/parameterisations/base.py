@@ -28,6 +28,11 @@ class Parameterisation(Plugin):
         """The model in raw INRIA form for files and viewers (default: the inverse activations of `activate`)."""
         return Gaussians.from_activated(self.activate(model))
 
+    def phases(self, steps: int) -> list[int]:
+        """The run's phases as step counts summing to `steps` (FLoD: one per level). Strategies' schedules and
+        the learning-rate decay start again in each phase; the default is one phase."""
+        return [steps]
+
     def quantized(self, model: GaussianModel) -> QuantizedGaussians:
         """The model as a compact file stores it (default: every attribute in float16, positions gridded)."""
         return quantize(self.export(model))

@@ -54,7 +54,7 @@ class ADCStrategy(Strategy):
 
     @torch.no_grad()
     def post_backward(self, model: GaussianModel, state: dict, info: StepInfo) -> None:
-        if info.step >= self.refine_stop:
+        if info.phase_step >= self.refine_stop:
             return
         render = info.render
         visible = (render.radii > 0).all(dim=-1)
@@ -65,7 +65,7 @@ class ADCStrategy(Strategy):
 
     @torch.no_grad()
     def after_step(self, model: GaussianModel, state: dict, info: StepInfo) -> None:
-        step, extent = info.step, info.scene_extent
+        step, extent = info.phase_step, info.scene_extent
         if self.refines_at(step):
             extra = self._grow(model, state, extent, info.focus)
             self._prune(model, step, extent, extra)

@@ -66,7 +66,7 @@ class MCMCStrategy(Strategy):
 
     @torch.no_grad()
     def after_step(self, model: GaussianModel, state: dict, info: StepInfo) -> None:
-        if self.refines_at(info.step):  # relocation and growth sample by opacity, times the focus where given
+        if self.refines_at(info.phase_step):  # relocation and growth sample by opacity, times the focus where given
             opacities = model.activated().opacities
             ops.relocate_dead(model, opacities <= self.min_opacity, state["generator"], self.min_opacity, info.focus)
             target = min(self.cap_max, int((1.0 + self.growth) * len(model)))
