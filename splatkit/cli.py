@@ -25,6 +25,7 @@ from splatkit.io.compact import save_compact
 from splatkit.io.export import describe, slimmed, write_model
 from splatkit.io.formats import EXTENSIONS, detect_format, format_from_extension, read_splats, stored_bytes
 from splatkit.model.gaussians import Gaussians
+from splatkit.model.levels import single_level
 from splatkit.render import rasterize, resolve_device
 from splatkit.render.api import Device
 from splatkit.render.camera_path import CameraPath, render_video
@@ -136,7 +137,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     images = open_images(record.config, scene, cfg.run, record.scene_path)
     source = cfg.model or _model_file(cfg.run)
     out = cfg.run / "eval" / (source.name if cfg.model else "")
-    model = _model_in_scene_frame(read_splats(source), scene).to(resolve_device(cfg.device))
+    model = _model_in_scene_frame(single_level(read_splats(source)), scene).to(resolve_device(cfg.device))
     result = evaluate(model, scene, images, scene.test_ids, backend=cfg.backend, side_by_side_dir=out)
     for view in result["views"]:
         masked = f"  ({view['masked']:.1%} of pixels masked out)" if "masked" in view else ""
@@ -162,7 +163,7 @@ def _model_file(model: Path) -> Path:
 
 def run_render_path(cfg: RenderConfig) -> Path:
     path = CameraPath.load(cfg.path)
-    model = read_splats(_model_file(cfg.model)).to(resolve_device(cfg.device))
+    model = single_level(read_splats(_model_file(cfg.model))).to(resolve_device(cfg.device))
     out = cfg.out if cfg.out.suffix else cfg.out / f"{cfg.path.stem}.mp4"
     with Progress(TextColumn("[bold]video"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as progress:
@@ -187,7 +188,7 @@ def run_render(cfg: RenderConfig) -> list[Path]:
         if cfg.scene is None:
             raise SplatkitError(f"{cfg.model}: rendering a model file needs --scene to give the cameras")
         scene, ply = load_scene(resolve_scene_path(cfg.scene), data_factor=cfg.data_factor or 1), cfg.model
-    model = _model_in_scene_frame(read_splats(ply), scene).to(resolve_device(cfg.device))
+    model = _model_in_scene_frame(single_level(read_splats(ply)), scene).to(resolve_device(cfg.device))
     ids = {"test": scene.test_ids, "train": scene.train_ids, "all": list(range(len(scene.cameras)))}[cfg.split]
     if not ids:
         raise SplatkitError(f"{cfg.model}: no {cfg.split} views to render (the run holds none out); "

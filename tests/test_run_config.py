@@ -17,7 +17,7 @@ from splatkit.errors import SplatkitError
 from splatkit.train import checkpoint
 from splatkit.train.config import TrainConfig
 from splatkit.train.run_record import read_run
-from splatkit.train.parameterisations import PARAMETERISATIONS, EaglesQuantized, Plain3DGS
+from splatkit.train.parameterisations import PARAMETERISATIONS, EaglesQuantized, FLoD, Plain3DGS
 from splatkit.train.strategies import STRATEGIES, ADCStrategy, LPMStrategy, MCMCStrategy
 from splatkit.train.trainer import train
 
@@ -33,8 +33,10 @@ STRATEGY_CASES = {
 
 
 # Each parameterisation with the settings of its resume case (EAGLES trains coarse-to-fine, as --quantize does).
-PARAMETERISATION_CASES = {"3dgs": (Plain3DGS(), {}), "eagles": (EaglesQuantized(), {"coarse_to_fine": True})}
-RESUME_CASES = [(name, "3dgs") for name in sorted(STRATEGY_CASES)] + [("adc", "eagles"), ("mcmc", "eagles")]
+PARAMETERISATION_CASES = {"3dgs": (Plain3DGS(), {}), "eagles": (EaglesQuantized(), {"coarse_to_fine": True}),
+                          "flod": (FLoD(levels=3, level_steps=(1, 1, 2), tau=0.1), {})}
+RESUME_CASES = [(name, "3dgs") for name in sorted(STRATEGY_CASES)] + [("adc", "eagles"), ("mcmc", "eagles"),
+                                                                      ("adc", "flod")]
 
 
 def test_every_registered_plugin_has_a_resume_case():

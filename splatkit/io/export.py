@@ -15,6 +15,7 @@ from splatkit.errors import file_error
 from splatkit.io._common import with_sh_degree
 from splatkit.io.formats import detect_format, read_splats, stored_bytes, write_splats
 from splatkit.model.gaussians import Gaussians
+from splatkit.model.levels import single_level
 from splatkit.model.quantized import QuantizedGaussians
 
 M = TypeVar("M", Gaussians, QuantizedGaussians)
@@ -32,8 +33,13 @@ def slimmed(g: M, path: str | Path, *, sh_degree: int | None = None, min_opacity
     return with_sh_degree(g, sh_degree, path)
 
 
+LEVEL_FORMATS = ("ply",)  # formats that keep every level of a FLoD model (with each splat's level)
+
+
 def write_model(g: Gaussians, path: str | Path, fmt: str, *, spz_version: int = 3) -> None:
-    """Write `g` in `fmt`, passing the SPZ version only to the SPZ writer."""
+    """Write `g` in `fmt`, passing the SPZ version only to the SPZ writer; a format that cannot hold levels of
+    detail gets the finest level of a model that has them."""
+    g = g if fmt in LEVEL_FORMATS else single_level(g)
     write_splats(g, path, fmt, **({"version": spz_version} if fmt == "spz" else {}))
 
 

@@ -1,5 +1,7 @@
 """INRIA 3DGS `.ply`: one `vertex` element of float32 properties (x y z, nx ny nz, f_dc_0..2, f_rest_*,
-opacity, scale_0..2, rot_0..3), raw (pre-activation) values, f_rest channel-major, rot_0 = w, OpenCV axes."""
+opacity, scale_0..2, rot_0..3), raw (pre-activation) values, f_rest channel-major, rot_0 = w, OpenCV axes.
+A model with levels of detail (FLoD) adds a uchar `level` property (1 = coarsest), which INRIA-style readers
+skip as they skip normals."""
 
 from __future__ import annotations
 
@@ -34,9 +36,12 @@ def save_ply(gaussians: Gaussians, path: str | Path) -> None:
     columns = [g.means, torch.zeros(n, 3), g.sh0.reshape(n, 3), rest, g.opacities[:, None], g.scales, g.quats]
     data = torch.cat(columns, dim=1).numpy().astype(np.float32)
     names = _property_names(rest.shape[1])
-    vertices = np.empty(n, dtype=[(name, "<f4") for name in names])
+    level = [("level", "u1")] if g.level is not None else []
+    vertices = np.empty(n, dtype=[(name, "<f4") for name in names] + level)
     for i, name in enumerate(names):
         vertices[name] = data[:, i]
+    if level:
+        vertices["level"] = g.level.numpy()
     with atomic_path(path) as tmp:
         PlyData([PlyElement.describe(vertices, "vertex")], byte_order="<").write(str(tmp))
 
@@ -80,6 +85,17 @@ def load_ply(path: str | Path) -> Gaussians:
         opacities=column("opacity")[:, 0],
         sh0=column("f_dc_0", "f_dc_1", "f_dc_2")[:, None, :],
         shN=rest.reshape(n, 3, coeffs).transpose(1, 2).contiguous(),
+        level=_levels(vertex, names, path),
     )
     return checked_values(gaussians, path)
+
+
+def _levels(vertex, names: list[str], path: Path) -> torch.Tensor | None:
+    """The optional FLoD level of each splat, (N,) int64, counted from 1."""
+    if "level" not in names:
+        return None
+    level = np.asarray(vertex["level"])
+    if level.dtype.kind not in "iu" or (len(level) and level.min() < 1):
+        raise file_error(path, "the level property must hold whole numbers from 1 (levels of detail)")
+    return torch.from_numpy(level.astype(np.int64))
 

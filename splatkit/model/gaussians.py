@@ -41,7 +41,8 @@ class _PerGaussian:
         return torch.cat([self.sh0, self.shN], dim=1)
 
     def as_dict(self) -> dict[str, torch.Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """Every per-Gaussian tensor by field name (optional fields that are None left out)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
 
 @dataclass
@@ -73,6 +74,7 @@ class Gaussians(_PerGaussian):
     opacities: torch.Tensor  # (N,) logits
     sh0: torch.Tensor  # (N, 1, 3)
     shN: torch.Tensor  # (N, K-1, 3), K = (degree+1)^2
+    level: torch.Tensor | None = None  # (N,) int64 level of detail (FLoD: 1 coarsest); None: a model without levels
 
     # Activations and their inverses, declared once.
     @staticmethod
@@ -101,7 +103,7 @@ class Gaussians(_PerGaussian):
 
     @classmethod
     def from_dict(cls, d: dict[str, torch.Tensor]) -> "Gaussians":
-        return cls(**{name: d[name] for name in PARAM_NAMES})
+        return cls(**{name: d[name] for name in PARAM_NAMES}, level=d.get("level"))
 
     def activated(self) -> ActivatedGaussians:
         """The values a rasterizer consumes; differentiable with respect to these raw tensors."""
@@ -131,7 +133,7 @@ class Gaussians(_PerGaussian):
         if shN.shape[1] < rest:
             pad = shN.new_zeros(len(self), rest - shN.shape[1], 3)
             shN = torch.cat([shN, pad], dim=1)
-        return Gaussians(self.means, self.scales, self.quats, self.opacities, self.sh0, shN)
+        return Gaussians(self.means, self.scales, self.quats, self.opacities, self.sh0, shN, self.level)
 
     def transformed(self, t: Similarity) -> "Gaussians":
         """The same scene in the frame x' = scale * R (x - center): centres and sizes follow, orientations
@@ -147,7 +149,8 @@ class Gaussians(_PerGaussian):
             quats = as_tensor(xyzw[:, [3, 0, 1, 2]])
             if self.sh_degree > 0:
                 shN = torch.einsum("kj,njc->nkc", as_tensor(sh_rotation(R, self.sh_degree).numpy()), self.shN)
-        return Gaussians(means, self.scales + float(np.log(t.scale)), quats, self.opacities, self.sh0, shN)
+        return Gaussians(means, self.scales + float(np.log(t.scale)), quats, self.opacities, self.sh0, shN,
+                         self.level)
 
     def is_finite(self) -> bool:
         return all(bool(torch.isfinite(v).all()) for v in self.as_dict().values())

@@ -101,6 +101,12 @@ class GaussianModel:
         for group in self.optimizers[name].param_groups:
             group["lr"] = rate
 
+    def restart_moments(self) -> None:
+        """Forget every optimiser's state (moments and step count), as a freshly set-up optimiser (FLoD starts
+        each level so)."""
+        for optimizer in self.optimizers.values():
+            optimizer.state.clear()
+
     def step(self) -> None:
         """One Adam step of every trainable parameter, then clear the gradients."""
         for optimizer in self.optimizers.values():

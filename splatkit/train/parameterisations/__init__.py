@@ -2,6 +2,7 @@
 
 from splatkit.train.parameterisations.base import PARAMETERISATIONS, Parameterisation
 from splatkit.train.parameterisations.eagles import EaglesQuantized
+from splatkit.train.parameterisations.flod import FLoD
 from splatkit.train.parameterisations.plain import Plain3DGS
 
-__all__ = ["PARAMETERISATIONS", "EaglesQuantized", "Parameterisation", "Plain3DGS"]
+__all__ = ["PARAMETERISATIONS", "EaglesQuantized", "FLoD", "Parameterisation", "Plain3DGS"]

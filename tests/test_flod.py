@@ -1,0 +1,92 @@
+"""FLoD levels of detail (Seo et al. 2024) as a parameterisation: each level's size floor holds, a level switch
+seeds the next level with copies that render as their frozen parents, frozen levels stay as they were while
+training goes on, the run's phases follow the level budgets, and the level index survives the run's files."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from splatkit.data.cameras import Camera
+from splatkit.io.ply import load_ply
+from splatkit.model.gaussians import PARAM_NAMES, init_from_points
+from splatkit.model.levels import level_counts, single_level
+from splatkit.render import rasterize
+from splatkit.train.config import TrainConfig
+from splatkit.train.gaussian_model import GaussianModel
+from splatkit.train.learning_rates import LearningRates
+from splatkit.train.parameterisations import FLoD
+from splatkit.train.strategies import ADCStrategy
+from splatkit.train.trainer import start, train
+
+pytestmark = pytest.mark.xdist_group("tiny_scene")
+
+
+def _model(n: int = 400) -> tuple[GaussianModel, FLoD]:
+    rng = np.random.default_rng(0)
+    init = init_from_points(rng.normal(size=(n, 3)), rng.uniform(size=(n, 3)), sh_degree=1)
+    flod = FLoD(levels=3, tau=0.2, rho=4.0, level_steps=(1, 1, 1))
+    model = GaussianModel(flod)
+    flod.create(model, init, LearningRates(), scene_extent=1.0)
+    return model, flod
+
+
+def test_floors_follow_tau_over_rho_and_the_top_level_has_none():
+    flod = FLoD()
+    assert [flod.floor(level) for level in range(1, 6)] == [0.2, 0.05, 0.0125, 0.003125, 0.0]
+    assert flod.phases(100_000) == [10_000, 15_000, 20_000, 25_000, 30_000]
+    assert sum(flod.phases(7_001)) == 7_001
+
+
+def test_a_level_switch_seeds_copies_that_render_as_their_frozen_parents():
+    model, flod = _model()
+    with torch.no_grad():  # sizes near and far above the floor
+        model.params["scales"].copy_(torch.linspace(-12, 1, 1200).reshape(400, 3))
+    camera = Camera.from_pose("c", np.eye(3), np.array([0.0, 0.0, -5.0]), math.radians(50), 80, 60)
+    before = model.activated()
+    image = rasterize(before, camera, backend="native").rgb
+    flod.next_level(model)
+    assert flod.current_level(model) == 2 and len(model.params["frozen_means"]) == 400
+    after = model.activated()
+    torch.testing.assert_close(after.scales, before.scales, rtol=1e-6, atol=0)
+    torch.testing.assert_close(rasterize(after, camera, backend="native").rgb, image, rtol=0, atol=1e-6)
+    frozen = single_level(model.gaussians(), 1)
+    torch.testing.assert_close(frozen.activated_scales, before.scales, rtol=1e-6, atol=0)
+    assert all(model.optimizers[name].state == {} for name in model.optimizers)  # moments restart
+
+
+def test_training_through_the_levels_keeps_floors_frozen_levels_and_level_indices(tiny_scene, tmp_path):
+    flod = FLoD(levels=3, level_steps=(1, 1, 1), tau=0.1)
+    cfg = TrainConfig(scene=str(tiny_scene), out=tmp_path / "run", steps=60, eval_steps=(), backend="native",
+                      device="cpu", parameterisation=flod, checkpoint_every=60, log_every=10,
+                      strategy=ADCStrategy(refine_start=5, refine_every=5, reset_every=1000, grow_grad2d=2e-5))
+    trainer = start(cfg)
+    assert trainer.phases == [20, 20, 20]
+    snapshots = {}
+    for _ in range(60):
+        trainer.train_step()
+        g = trainer.model.gaussians()
+        for level, count in level_counts(g).items():  # no Gaussian is smaller than its level's floor
+            sizes = g.activated_scales[g.level == level]
+            assert (sizes >= flod.floor(level) * (1 - 1e-6)).all(), (trainer.step, level)
+        if trainer.step in (20, 40):  # a level just froze: keep what it holds
+            snapshots[trainer.step // 20] = single_level(g, trainer.step // 20)
+    final = trainer.model.gaussians()
+    assert sorted(level_counts(final)) == [1, 2, 3]
+    for level, frozen in snapshots.items():  # unchanged by the training of the levels after it
+        for name in PARAM_NAMES:
+            assert torch.equal(getattr(single_level(final, level), name), getattr(frozen, name)), (level, name)
+    assert all(not model_param.requires_grad for name, model_param in trainer.model.params.items()
+               if name.startswith("frozen_"))
+
+
+def test_a_finished_run_writes_every_level_and_renders_the_finest(tiny_scene, tmp_path):
+    cfg = TrainConfig(scene=str(tiny_scene), out=tmp_path / "run", steps=30, eval_steps=(), backend="native",
+                      device="cpu", parameterisation=FLoD(levels=3, level_steps=(1, 1, 1), tau=0.1))
+    metrics = train(cfg, show_progress=False)
+    ply = load_ply(tmp_path / "run" / "point_cloud.ply")
+    counts = level_counts(ply)
+    assert sorted(counts) == [1, 2, 3] and metrics["num_gaussians"] == counts[3]
