@@ -9,8 +9,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.spatial import cKDTree
 
 from splatkit.data.cameras import Camera
+from splatkit.cli import main
+from splatkit.io.formats import read_splats
 from splatkit.io.ply import load_ply
 from splatkit.model.gaussians import PARAM_NAMES, init_from_points
 from splatkit.model.levels import level_counts, single_level
@@ -90,3 +93,11 @@ def test_a_finished_run_writes_every_level_and_renders_the_finest(tiny_scene, tm
     ply = load_ply(tmp_path / "run" / "point_cloud.ply")
     counts = level_counts(ply)
     assert sorted(counts) == [1, 2, 3] and metrics["num_gaussians"] == counts[3]
+    for fmt, name in (("compact", "m.spkz"), ("ply", "m.ply"), ("spz", "m.spz")):  # levels kept where stored
+        assert main(["export", str(tmp_path / "run"), "--format", fmt, "-o", str(tmp_path / name)]) == 0
+        back = read_splats(tmp_path / name)
+        assert level_counts(back) == (counts if fmt != "spz" else {}) and len(back) == (
+            sum(counts.values()) if fmt != "spz" else counts[3])
+        for level in counts if fmt != "spz" else ():  # each level's splats where it has them (files reorder)
+            ours, theirs = single_level(back, level).means.numpy(), single_level(ply, level).means.numpy()
+            assert cKDTree(theirs).query(ours)[0].max() < 1e-3 * (1 + np.abs(theirs).max()), (fmt, level)

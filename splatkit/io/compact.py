@@ -5,6 +5,7 @@ Layout, little-endian: magic "SPKZ", a u8 version (1), a u32 header length, a UT
 whose byte lengths the header lists in order. The header holds the count, SH degree, the position grid's
 bounds, and for each attribute how it is stored:
 
+- levels of detail (FLoD models only, header "levels": true): each Gaussian's level as a byte, zstd.
 - positions: the 16-bit grid values (N, 3) in Morton order, split into high and low byte planes and
   zstd-compressed (spatially coherent high bytes compress well; the low bytes are close to noise).
 - every other attribute as a latent code (EAGLES' trained decoders, or a uniform grid's diagonal one): the
@@ -154,6 +155,8 @@ def save_compact(q: QuantizedGaussians, path: str | Path) -> None:
         raise file_error(path, "nothing to write: the model has no splats")
     compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
     sections: list[bytes] = [compressor.compress(_planes(q.means_grid.numpy().astype(np.uint16)))]
+    if q.level is not None:
+        sections.append(compressor.compress(q.level.numpy().astype(np.uint8).tobytes()))
     attributes: dict[str, dict] = {}
     for name in CODABLE:
         code = q.attributes[name]
@@ -163,7 +166,7 @@ def save_compact(q: QuantizedGaussians, path: str | Path) -> None:
         decoder = np.concatenate([code.matrix.numpy().ravel(), code.bias.numpy()]).astype("<f4")
         sections += [decoder.tobytes(), stream, table, escaped]
     header = json.dumps({"count": len(q), "sh_degree": q.sh_degree, "grid_lo": q.grid_lo.tolist(),
-                         "grid_hi": q.grid_hi.tolist(), "attributes": attributes,
+                         "grid_hi": q.grid_hi.tolist(), "attributes": attributes, "levels": q.level is not None,
                          "sections": [len(s) for s in sections]}).encode()
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(PREAMBLE.pack(MAGIC, VERSION, len(header)))
@@ -210,6 +213,11 @@ def load_compact(path: str | Path) -> QuantizedGaussians:
             raise file_error(path, "corrupt header (too few sections)") from None
 
     grid = _from_planes(_unzstd(section(), path, 6 * count), count, 3, np.dtype("<u2"), path)
+    level = None
+    if header.get("levels") is True:
+        level = np.frombuffer(_unzstd(section(), path, count), np.uint8).astype(np.int64)
+        if len(level) != count or level.min(initial=1) < 1:
+            raise file_error(path, "corrupt levels section (a level per splat, counted from 1)")
     values: dict[str, LatentCode] = {}
     for name in CODABLE:
         spec = attributes[name]
@@ -231,7 +239,8 @@ def load_compact(path: str | Path) -> QuantizedGaussians:
                                   torch.from_numpy(weights[dim * width:].copy()))
     if next(sections, None) is not None:
         raise file_error(path, "corrupt header (more sections than attributes)")
-    return QuantizedGaussians(torch.from_numpy(grid.astype(np.int32)), lo, hi, values, degree)
+    return QuantizedGaussians(torch.from_numpy(grid.astype(np.int32)), lo, hi, values, degree,
+                              None if level is None else torch.from_numpy(level))
 
 
 def read_compact(path: str | Path) -> Gaussians:
@@ -250,8 +259,11 @@ def compact_bytes_per_part(path: str | Path) -> dict[str, int]:
     """Bytes of each part of a compact file (header, positions, each attribute), for size reports."""
     data = read_file(path)
     _, _, header_size = PREAMBLE.unpack_from(data)
-    sizes = json.loads(data[PREAMBLE.size:PREAMBLE.size + header_size])["sections"]
-    parts = {"header": PREAMBLE.size + header_size, "means": sizes[0]}
+    header = json.loads(data[PREAMBLE.size:PREAMBLE.size + header_size])
+    sizes = list(header["sections"])
+    parts = {"header": PREAMBLE.size + header_size, "means": sizes.pop(0)}
+    if header.get("levels"):
+        parts["level"] = sizes.pop(0)
     for i, name in enumerate(CODABLE):
-        parts[name] = sum(sizes[1 + 4 * i:5 + 4 * i])
+        parts[name] = sum(sizes[4 * i:4 * i + 4])
     return parts

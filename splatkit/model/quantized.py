@@ -93,6 +93,7 @@ class QuantizedGaussians:
     grid_hi: np.ndarray
     attributes: dict[str, LatentCode]
     sh_degree: int
+    level: torch.Tensor | None = None  # (N,) int64 FLoD level of each Gaussian (`Gaussians.level`)
 
     def __len__(self) -> int:
         return self.means_grid.shape[0]
@@ -114,7 +115,8 @@ class QuantizedGaussians:
 
     def decoded(self) -> Gaussians:
         """The raw float32 Gaussians these values stand for (what every renderer and player format takes)."""
-        return Gaussians(self.means(), *(self.raw(name) for name in ("scales", "quats", "opacities", "sh0", "shN")))
+        return Gaussians(self.means(), *(self.raw(name) for name in ("scales", "quats", "opacities", "sh0", "shN")),
+                         level=self.level)
 
     @property
     def activated_opacities(self) -> torch.Tensor:
@@ -135,7 +137,7 @@ class QuantizedGaussians:
                 sh_turn = torch.kron(sh_rotation(R, self.sh_degree), torch.eye(3, dtype=torch.float64))
                 attributes["shN"] = attributes["shN"].mapped(sh_turn.float())
         means = torch.from_numpy(t.apply_points(self.means().numpy()))
-        return quantize_positions(means, attributes, self.sh_degree)
+        return quantize_positions(means, attributes, self.sh_degree, self.level)
 
     def with_sh_degree(self, degree: int) -> "QuantizedGaussians":
         """Drop SH bands above `degree` (the SH decoder loses the outputs of those bands)."""
@@ -148,7 +150,8 @@ class QuantizedGaussians:
 
     def subset(self, rows: torch.Tensor) -> "QuantizedGaussians":
         attributes = {name: code.subset(rows) for name, code in self.attributes.items()}
-        return replace(self, means_grid=self.means_grid[rows], attributes=attributes)
+        return replace(self, means_grid=self.means_grid[rows], attributes=attributes,
+                       level=None if self.level is None else self.level[rows])
 
 
 def _left_product(q: np.ndarray) -> np.ndarray:
@@ -165,8 +168,8 @@ def grid_code(values: torch.Tensor, step: float) -> LatentCode:
     return LatentCode(latents, torch.eye(width) * step, torch.zeros(width))
 
 
-def quantize_positions(means: torch.Tensor, attributes: dict[str, LatentCode], sh_degree: int
-                       ) -> QuantizedGaussians:
+def quantize_positions(means: torch.Tensor, attributes: dict[str, LatentCode], sh_degree: int,
+                       level: torch.Tensor | None = None) -> QuantizedGaussians:
     """Put `means` (N, 3) on the 16-bit grid of `QuantizedGaussians` (bounds from their own extent), with the
     Gaussians in Morton (Z-order) order of their cells: neighbours in the file are neighbours in space, so the
     positions' high bytes (and attributes that vary smoothly) compress far better."""
@@ -176,7 +179,8 @@ def quantize_positions(means: torch.Tensor, attributes: dict[str, LatentCode], s
     span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
     steps = 2**POSITION_BITS - 1
     grid = torch.round((t - lo) / span * steps).clamp(0, steps).int().cpu()
-    q = QuantizedGaussians(grid, lo.cpu().numpy(), (lo + span).cpu().numpy(), attributes, sh_degree)
+    q = QuantizedGaussians(grid, lo.cpu().numpy(), (lo + span).cpu().numpy(), attributes, sh_degree,
+                           None if level is None else level.cpu())
     return q.subset(torch.from_numpy(np.argsort(morton_codes(grid.numpy()), kind="stable")))
 
 
@@ -204,4 +208,4 @@ def quantize(g: Gaussians, codes: dict[str, LatentCode] | None = None) -> Quanti
         else:
             values = g.activated_quats if name == "quats" else getattr(g, name)
             attributes[name] = grid_code(values.reshape(len(g), -1), GRID_STEPS[name])
-    return quantize_positions(g.means, attributes, sh_degree_from_bases(1 + g.shN.shape[1]))
+    return quantize_positions(g.means, attributes, sh_degree_from_bases(1 + g.shN.shape[1]), g.level)
