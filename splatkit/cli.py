@@ -7,7 +7,7 @@ import functools
 import json
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
@@ -25,7 +25,7 @@ from splatkit.io.compact import save_compact
 from splatkit.io.export import describe, slimmed, write_model
 from splatkit.io.formats import EXTENSIONS, detect_format, format_from_extension, read_splats, stored_bytes
 from splatkit.model.gaussians import Gaussians
-from splatkit.model.levels import single_level
+from splatkit.model.levels import LevelChoice
 from splatkit.render import rasterize, resolve_device
 from splatkit.render.api import Device
 from splatkit.render.camera_path import CameraPath, render_video
@@ -38,6 +38,30 @@ from splatkit.viewer.config import ViewConfig
 
 
 @dataclass
+class LevelFlags:
+    """Which levels of a model with levels of detail (FLoD) to draw; a model without levels is drawn whole."""
+
+    level: Optional[int] = None
+    """Draw this level (1 = coarsest; default: the finest the model holds)."""
+    levels: Optional[str] = None
+    """COARSEST:FINEST, FLoD's selective rendering: each level where a camera's distance falls in its band."""
+    budget: Optional[int] = None
+    """The finest selective set with at most this many splats per view."""
+
+    def choice(self) -> LevelChoice:
+        span = None
+        if self.levels is not None:
+            parts = self.levels.split(":")
+            if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+                raise SplatkitError(f"--levels {self.levels}: give COARSEST:FINEST, e.g. 3:5")
+            span = (int(parts[0]), int(parts[1]))
+        return LevelChoice(self.level, span, self.budget)
+
+
+Levels = tyro.conf.OmitArgPrefixes[LevelFlags]
+
+
+@dataclass
 class EvalConfig:
     """PSNR and SSIM of a trained run on its held-out views (per view and mean), with side-by-side PNGs."""
 
@@ -46,6 +70,7 @@ class EvalConfig:
     model: Optional[Path] = None
     """Score this splat file instead of the run's model (e.g. an export, to see what its quantisation costs);
     it must be in the capture's frame, as exports are by default. Side-by-sides go to <run>/eval/<file name>/."""
+    lod: Levels = field(default_factory=LevelFlags)
     device: Device = "auto"
     """auto (CUDA when torch sees a GPU), cpu or cuda."""
     backend: str = "auto"
@@ -66,6 +91,7 @@ class RenderConfig:
     out: Path = Path("renders")
     data_factor: Optional[int] = None
     """Image downsampling (default: the run's, else 1)."""
+    lod: Levels = field(default_factory=LevelFlags)
     device: Device = "auto"
     """auto (CUDA when torch sees a GPU), cpu or cuda."""
     backend: str = "auto"
@@ -137,8 +163,9 @@ def run_eval(cfg: EvalConfig) -> dict:
     images = open_images(record.config, scene, cfg.run, record.scene_path)
     source = cfg.model or _model_file(cfg.run)
     out = cfg.run / "eval" / (source.name if cfg.model else "")
-    model = _model_in_scene_frame(single_level(read_splats(source)), scene).to(resolve_device(cfg.device))
-    result = evaluate(model, scene, images, scene.test_ids, backend=cfg.backend, side_by_side_dir=out)
+    levels = cfg.lod.choice()
+    model = _model_in_scene_frame(read_splats(source), scene).to(resolve_device(cfg.device))
+    result = evaluate(model, scene, images, scene.test_ids, backend=cfg.backend, side_by_side_dir=out, levels=levels)
     for view in result["views"]:
         masked = f"  ({view['masked']:.1%} of pixels masked out)" if "masked" in view else ""
         console.print(f"{view['name']:>24}  PSNR {view['psnr']:6.2f}  SSIM {view['ssim']:.4f}{masked}")
@@ -163,12 +190,13 @@ def _model_file(model: Path) -> Path:
 
 def run_render_path(cfg: RenderConfig) -> Path:
     path = CameraPath.load(cfg.path)
-    model = single_level(read_splats(_model_file(cfg.model))).to(resolve_device(cfg.device))
+    levels = cfg.lod.choice()
+    model = read_splats(_model_file(cfg.model)).to(resolve_device(cfg.device))
     out = cfg.out if cfg.out.suffix else cfg.out / f"{cfg.path.stem}.mp4"
     with Progress(TextColumn("[bold]video"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as progress:
         task = progress.add_task("video", total=path.num_frames)
-        render_video(model, path, out, backend=cfg.backend,
+        render_video(model, path, out, backend=cfg.backend, levels=levels,
                      on_frame=lambda done, total: progress.update(task, completed=done))
     console.print(f"wrote {path.num_frames} frames ({path.width}x{path.height}, {path.fps:g} fps) to {out}")
     return out
@@ -188,7 +216,8 @@ def run_render(cfg: RenderConfig) -> list[Path]:
         if cfg.scene is None:
             raise SplatkitError(f"{cfg.model}: rendering a model file needs --scene to give the cameras")
         scene, ply = load_scene(resolve_scene_path(cfg.scene), data_factor=cfg.data_factor or 1), cfg.model
-    model = _model_in_scene_frame(single_level(read_splats(ply)), scene).to(resolve_device(cfg.device))
+    levels = cfg.lod.choice()
+    model = _model_in_scene_frame(read_splats(ply), scene).to(resolve_device(cfg.device))
     ids = {"test": scene.test_ids, "train": scene.train_ids, "all": list(range(len(scene.cameras)))}[cfg.split]
     if not ids:
         raise SplatkitError(f"{cfg.model}: no {cfg.split} views to render (the run holds none out); "
@@ -197,8 +226,8 @@ def run_render(cfg: RenderConfig) -> list[Path]:
     try:
         for i in ids:
             camera = scene.cameras[i]
-            image = rasterize(model, camera, background=scene.background or (0.0, 0.0, 0.0),
-                              backend=cfg.backend).rgb
+            image = rasterize(levels.for_view(model, camera), camera,
+                              background=scene.background or (0.0, 0.0, 0.0), backend=cfg.backend).rgb
             path = cfg.out / scene.output_names[i]
             save_png(path, to_uint8(image))
             written.append(path)

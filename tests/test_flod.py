@@ -15,8 +15,9 @@ from splatkit.data.cameras import Camera
 from splatkit.cli import main
 from splatkit.io.formats import read_splats
 from splatkit.io.ply import load_ply
-from splatkit.model.gaussians import PARAM_NAMES, init_from_points
-from splatkit.model.levels import level_counts, single_level
+from splatkit.errors import SplatkitError
+from splatkit.model.gaussians import PARAM_NAMES, Gaussians, init_from_points
+from splatkit.model.levels import LevelChoice, band_edges, level_counts, single_level
 from splatkit.render import rasterize
 from splatkit.train.config import TrainConfig
 from splatkit.train.gaussian_model import GaussianModel
@@ -101,3 +102,49 @@ def test_a_finished_run_writes_every_level_and_renders_the_finest(tiny_scene, tm
         for level in counts if fmt != "spz" else ():  # each level's splats where it has them (files reorder)
             ours, theirs = single_level(back, level).means.numpy(), single_level(ply, level).means.numpy()
             assert cKDTree(theirs).query(ours)[0].max() < 1e-3 * (1 + np.abs(theirs).max()), (fmt, level)
+
+
+def test_band_edges_are_where_each_floor_projects_to_one_pixel():
+    floors = {1: 0.2, 2: 0.05, 3: 0.0125, 4: 0.003125, 5: 1e-4}
+    edges = band_edges(floors, 3, 5, focal=100.0)  # d(l) = 100 * s_min(l) / 1 px
+    assert edges == {5: (0.0, 0.3125), 4: (0.3125, 1.25), 3: (1.25, math.inf)}
+    assert band_edges(floors, 1, 2, focal=400.0, screen_size=2.0) == {2: (0.0, 40.0), 1: (40.0, math.inf)}
+    assert band_edges(floors, 4, 4, focal=100.0) == {4: (0.0, math.inf)}
+
+
+def _levelled(distances_per_level: dict[int, list[float]], floors: dict[int, float]) -> Gaussians:
+    """Gaussians on the +z axis at the given distances from the origin, each level's smallest axis at its floor."""
+    rows = [(level, d) for level, ds in distances_per_level.items() for d in ds]
+    n = len(rows)
+    means = torch.tensor([[0.0, 0.0, d] for _, d in rows])
+    scales = torch.log(torch.tensor([[floors[level], 1.0, 1.0] for level, _ in rows]))
+    return Gaussians(means, scales, torch.tensor([[1.0, 0, 0, 0]] * n), torch.zeros(n), torch.zeros(n, 1, 3),
+                     torch.zeros(n, 0, 3), level=torch.tensor([level for level, _ in rows]))
+
+
+def test_selective_rendering_takes_each_level_within_its_band():
+    floors = {1: 0.2, 2: 0.05, 3: 0.0125}
+    g = _levelled({1: [0.5, 5.0, 50.0], 2: [0.5, 5.0, 50.0], 3: [0.5, 5.0, 50.0]}, floors)
+    camera = Camera.from_pose("c", np.eye(3), np.zeros(3), 2 * math.atan(0.5), 100, 100)  # focal 100 px
+    chosen = LevelChoice(levels=(1, 3)).for_view(g, camera)
+    # level 3 nearer than 100 px * 0.05 = 5, level 2 in [5, 100 * 0.2 = 20), level 1 from 20 on
+    assert sorted(zip(chosen.level.tolist(), chosen.means[:, 2].tolist())) == [(1, 50.0), (2, 5.0), (3, 0.5)]
+    assert torch.equal(LevelChoice(level=2).for_view(g, camera).level, torch.tensor([2, 2, 2]))
+
+
+def test_a_budget_picks_the_finest_set_that_fits_and_never_more():
+    floors = {1: 0.2, 2: 0.05, 3: 0.0125}
+    rng = np.random.default_rng(0)
+    g = _levelled({1: list(rng.uniform(0.1, 60, 20)), 2: list(rng.uniform(0.1, 60, 80)),
+                   3: list(rng.uniform(0.1, 60, 320))}, floors)
+    camera = Camera.from_pose("c", np.eye(3), np.zeros(3), 2 * math.atan(0.5), 100, 100)
+    sizes = {(a, b): len(LevelChoice(levels=(a, b)).for_view(g, camera)) for b in (1, 2, 3) for a in range(1, b + 1)}
+    for budget in (20, 25, 60, 100, 150, 319, 320, 1000):
+        chosen = LevelChoice(budget=budget).for_view(g, camera)
+        fitting = [(b, a) for (a, b), n in sizes.items() if n <= budget]
+        b, a = max(fitting)  # the finest level near the camera first, then the finest far away
+        assert len(chosen) == sizes[(a, b)] <= budget, budget
+    with pytest.raises(SplatkitError, match="no level fits"):
+        LevelChoice(budget=19).for_view(g, camera)
+    with pytest.raises(SplatkitError, match="one of"):
+        LevelChoice(level=1, budget=5)

@@ -3,6 +3,11 @@ Gaussian's level in `Gaussians.level` (1 = coarsest); what is rendered, scored o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import torch
+
+from splatkit.data.cameras import Camera
 from splatkit.errors import SplatkitError
 from splatkit.model.gaussians import Gaussians
 
@@ -27,3 +32,92 @@ def single_level(g: Gaussians, level: int | None = None) -> Gaussians:
     if chosen not in counts:
         raise SplatkitError(f"--level {level}: the model holds levels {', '.join(map(str, counts))}")
     return g.subset(g.level == chosen)
+
+
+def level_floors(g: Gaussians) -> dict[int, float]:
+    """{level: its smallest activated scale}, world units: FLoD's floor s_min(l) of each level, read from the
+    model itself (every level has Gaussians flattened down to its floor), so files need no extra metadata."""
+    sizes = g.activated_scales.min(dim=1).values
+    return {level: float(sizes[g.level == level].min()) for level in level_counts(g)}
+
+
+def band_edges(floors: dict[int, float], coarsest: int, finest: int, focal: float, screen_size: float = 1.0
+               ) -> dict[int, tuple[float, float]]:
+    """Camera-distance band [near, far) of each level in [coarsest, finest] (FLoD's selective rendering, eq. 6).
+    A level serves from where its own floor shrinks to `screen_size` pixels, d = focal * s_min(l) / screen_size,
+    out to where the next coarser level's floor does: nearer, its detail would show as blur; further, the
+    coarser level looks the same with fewer Gaussians. The finest level also serves everything nearer, the
+    coarsest everything further. `focal` in pixels, distances in the model's units."""
+    def d(level: int) -> float:
+        return focal * floors[level] / screen_size
+
+    return {level: (0.0 if level == finest else d(level), float("inf") if level == coarsest else d(level - 1))
+            for level in range(coarsest, finest + 1)}
+
+
+def selective(g: Gaussians, center: torch.Tensor, focal: float, coarsest: int, finest: int,
+              screen_size: float = 1.0) -> Gaussians:
+    """The Gaussians FLoD's selective rendering draws from a camera at `center` (3,): of each level in
+    [coarsest, finest], those whose distance to the camera falls in its band (`band_edges`)."""
+    counts = level_counts(g)
+    missing = [level for level in range(coarsest, finest + 1) if level not in counts]
+    if missing or coarsest > finest:
+        raise SplatkitError(f"--levels {coarsest}:{finest}: the model holds levels {', '.join(map(str, counts))}")
+    edges = band_edges(level_floors(g), coarsest, finest, focal, screen_size)
+    distance = (g.means - center.to(g.means)).norm(dim=1)
+    keep = torch.zeros(len(g), dtype=torch.bool, device=g.means.device)
+    for level, (near, far) in edges.items():
+        keep |= (g.level == level) & (distance >= near) & (distance < far)
+    return g.subset(keep)
+
+
+def _view(camera: Camera) -> tuple[torch.Tensor, float]:
+    """The camera's centre (3,) and its smaller focal length in pixels (FLoD's f)."""
+    return torch.as_tensor(camera.center, dtype=torch.float32), float(min(camera.K[0, 0], camera.K[1, 1]))
+
+
+def within_budget(g: Gaussians, camera: Camera, budget: int, screen_size: float = 1.0) -> Gaussians:
+    """The finest selective set from `camera` with at most `budget` splats: the range [a, b] with the finest b,
+    then the finest a (coarse levels only far away), whose set fits. Raises SplatkitError when not even the
+    coarsest level fits."""
+    center, focal = _view(camera)
+    best = None
+    for finest in sorted(level_counts(g), reverse=True):
+        for coarsest in range(finest, min(level_counts(g)) - 1, -1):
+            chosen = selective(g, center, focal, coarsest, finest, screen_size)
+            if len(chosen) <= budget:
+                best = chosen
+                break
+        if best is not None:
+            return best
+    smallest = min(level_counts(g).values())
+    raise SplatkitError(f"--budget {budget}: no level fits (the smallest, level {min(level_counts(g))}, holds "
+                        f"{smallest:,} splats)")
+
+
+@dataclass(frozen=True)
+class LevelChoice:
+    """Which Gaussians of a model with levels of detail to draw from a camera: one `level` (default: the
+    finest), a selective range `levels` = (coarsest, finest) banded by distance from the camera, or the finest
+    selective set within `budget` splats. `screen_size` (pixels) sets the bands. A model without levels is
+    drawn whole (asking it for levels is an error)."""
+
+    level: int | None = None
+    levels: tuple[int, int] | None = None
+    budget: int | None = None
+    screen_size: float = 1.0
+
+    def __post_init__(self) -> None:
+        if sum(option is not None for option in (self.level, self.levels, self.budget)) > 1:
+            raise SplatkitError("give one of --level, --levels and --budget")
+
+    def for_view(self, g: Gaussians, camera: Camera) -> Gaussians:
+        if self.levels is None and self.budget is None:
+            return single_level(g, self.level)
+        if not level_counts(g):
+            raise SplatkitError("--levels/--budget: the model has no levels of detail (train with "
+                                "parameterisation:flod)")
+        if self.budget is not None:
+            return within_budget(g, camera, self.budget, self.screen_size)
+        center, focal = _view(camera)
+        return selective(g, center, focal, *self.levels, self.screen_size)

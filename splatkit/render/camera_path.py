@@ -33,6 +33,7 @@ from splatkit.data.cameras import Camera
 from splatkit.data.scene import Similarity
 from splatkit.errors import SplatkitError, file_error
 from splatkit.model.gaussians import Gaussians
+from splatkit.model.levels import LevelChoice
 
 PATH_VERSION = 1
 
@@ -165,10 +166,11 @@ def _xyzw(wxyz: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def render_video(gaussians: Gaussians, path: CameraPath, out: Path, *, backend: str = "auto",
                  on_frame: Callable[[int, int], None] | None = None,
-                 run: Callable[[Callable[[], Any]], Any] = lambda work: work()) -> Path:
+                 run: Callable[[Callable[[], Any]], Any] = lambda work: work(),
+                 levels: LevelChoice = LevelChoice()) -> Path:
     """Render every frame of `path` and encode an H.264 MP4 (imageio's ffmpeg) at `out`, atomically.
     `on_frame(done, total)` reports progress; `run(work)` is where each frame's render runs (beside live
-    training: on the training thread, between steps)."""
+    training: on the training thread, between steps); `levels` picks a model's levels of detail per frame."""
     from splatkit.render import rasterize
 
     if path.problem():
@@ -186,7 +188,8 @@ def render_video(gaussians: Gaussians, path: CameraPath, out: Path, *, backend: 
                                     pixelformat="yuv420p", macro_block_size=1, ffmpeg_log_level="error")
         try:
             for i, camera in enumerate(cameras):
-                image = run(lambda: rasterize(gaussians, camera, background=path.background, backend=backend).rgb)
+                image = run(lambda: rasterize(levels.for_view(gaussians, camera), camera, background=path.background,
+                                              backend=backend).rgb)
                 writer.append_data((image.clamp(0, 1).cpu().numpy() * 255 + 0.5).astype(np.uint8))
                 if on_frame:
                     on_frame(i + 1, len(cameras))

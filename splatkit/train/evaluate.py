@@ -12,6 +12,7 @@ from splatkit.atomic import atomic_path
 from splatkit.data.images import ImageStore
 from splatkit.data.scene import Scene
 from splatkit.model.gaussians import Gaussians
+from splatkit.model.levels import LevelChoice
 from splatkit.render import rasterize
 from splatkit.train.metrics import ignore_masked, psnr, ssim
 
@@ -40,8 +41,10 @@ def evaluate(
     *,
     backend: str = "auto",
     side_by_side_dir: Path | None = None,
+    levels: LevelChoice = LevelChoice(),
 ) -> dict:
-    """Per-view and mean PSNR/SSIM over cameras `ids` of `scene`.
+    """Per-view and mean PSNR/SSIM over cameras `ids` of `scene` (of a model with levels of detail, what
+    `levels` picks for each view: by default its finest level).
 
     Views with a mask are scored on their kept pixels only; their entry then says which share of the pixels
     was ignored (`masked`), and the result's `masked` is true when any view was masked.
@@ -50,7 +53,8 @@ def evaluate(
     views = []
     for i in ids:
         camera = scene.cameras[i]
-        render = rasterize(gaussians, camera, background=background, backend=backend).rgb.clamp(0, 1)
+        render = rasterize(levels.for_view(gaussians, camera), camera, background=background,
+                           backend=backend).rgb.clamp(0, 1)
         target = torch.from_numpy(images[i]).to(render.device)
         keep = keep_mask(images, i, render.device)
         scored, truth = ignore_masked(render, target, keep)

@@ -25,7 +25,6 @@ from splatkit.data.demo_scene import demo_scene_path
 from splatkit.errors import SplatkitError, file_error
 from splatkit.io.ply import save_ply
 from splatkit.model.gaussians import Gaussians, init_from_points
-from splatkit.model.levels import single_level
 from splatkit.render import rasterize, resolve_backend, resolve_device
 from splatkit.train import checkpoint
 from splatkit.train.coarse_to_fine import downsampled, resolution_scale
@@ -177,7 +176,7 @@ class Trainer:
             if cfg.coarse_to_fine else 1.0
 
     def evaluate(self, side_by_side_dir: Path | None = None) -> dict:
-        return evaluate(single_level(self.gaussians), self.scene, self.images, self.scene.test_ids,
+        return evaluate(self.gaussians, self.scene, self.images, self.scene.test_ids,
                         backend=self.backend, side_by_side_dir=side_by_side_dir)
 
     def export_ply(self) -> Path:
