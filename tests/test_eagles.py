@@ -198,7 +198,8 @@ def test_a_downsampled_view_projects_points_where_the_full_one_does_scaled():
 def test_quantize_preset_sets_defaults_that_flags_override():
     cfg = parse(["train", "demo", "--quantize", "--steps", "7000"])
     assert isinstance(cfg.parameterisation, EaglesQuantized) and cfg.coarse_to_fine
-    assert (cfg.strategy.refine_every, cfg.strategy.refine_stop, cfg.strategy.reset_every) == (125, 4200, 2500)
+    assert (cfg.strategy.refine_every, cfg.strategy.refine_until, cfg.strategy.reset_every) == (125, 0.6, 2500)
+    assert cfg.strategy.refine_end(7000) == 4200
     cfg = parse(["train", "demo", "--quantize", "--no-coarse-to-fine", "strategy:mcmc", "--strategy.cap-max", "9"])
     assert isinstance(cfg.strategy, MCMCStrategy) and cfg.strategy.cap_max == 9 and not cfg.coarse_to_fine
     cfg = parse(["train", "demo", "--quantize", "strategy:adc", "--strategy.refine-every", "50"])

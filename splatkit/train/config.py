@@ -96,5 +96,5 @@ def quantize_preset(cfg: TrainConfig) -> TrainConfig:
     coarse-to-fine, and ADC refining every 125 steps until 60% of the run with an opacity reset every 2,500
     (the reference's 18,000 of 30,000 steps). The CLI lays the user's flags over these, so each stays
     overridable."""
-    adc = ADCStrategy(refine_every=125, refine_stop=round(0.6 * cfg.steps), reset_every=2_500)
+    adc = ADCStrategy(refine_every=125, refine_until=0.6, reset_every=2_500)
     return replace(cfg, quantize=True, parameterisation=EaglesQuantized(), coarse_to_fine=True, strategy=adc)

@@ -35,6 +35,9 @@ class ADCStrategy(Strategy):
     refine_start: int = 500
     refine_stop: int = 15_000
     refine_every: int = 100
+    refine_until: float = 1.0
+    """Stop refining after this fraction of the run (of each level, with FLoD) if that comes before
+    refine_stop."""
     reset_every: int = 3_000
     seed: int = 0
     """Seed of the split sampler (its state is checkpointed)."""
@@ -54,7 +57,7 @@ class ADCStrategy(Strategy):
 
     @torch.no_grad()
     def post_backward(self, model: GaussianModel, state: dict, info: StepInfo) -> None:
-        if info.phase_step >= self.refine_stop:
+        if not self.refining(info):
             return
         render = info.render
         visible = (render.radii > 0).all(dim=-1)
@@ -66,12 +69,12 @@ class ADCStrategy(Strategy):
     @torch.no_grad()
     def after_step(self, model: GaussianModel, state: dict, info: StepInfo) -> None:
         step, extent = info.phase_step, info.scene_extent
-        if self.refines_at(step):
+        if self.refines_at(info):
             extra = self._grow(model, state, extent, info.focus)
             self._prune(model, step, extent, extra)
             model.buffers["grad2d"].zero_()
             model.buffers["grad2d_count"].zero_()
-        if step > 0 and step % self.reset_every == 0 and step < self.refine_stop:
+        if step > 0 and step % self.reset_every == 0 and self.refining(info):
             ops.reset_opacities(model, 2 * self.prune_opa)
 
     def _grow(self, model: GaussianModel, state: dict, extent: float, focus: torch.Tensor | None) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from splatkit.errors import SplatkitError
-from splatkit.train.plugin import Plugin, Registry
+from splatkit.train.plugin import Plugin, Registry, StepInfo
 
 
 class Strategy(Plugin):
@@ -16,14 +16,27 @@ class Strategy(Plugin):
 
     init_opacity: ClassVar[float] = 0.1
     init_scale: ClassVar[float] = 1.0
-    # Strategies that grow and prune on a cadence set these fields (ADC and MCMC do).
+    # Strategies that grow and prune on a cadence set these fields (ADC and MCMC do), in steps of each phase
+    # of the run (`StepInfo.phase_step`; one phase unless e.g. FLoD's levels).
     refine_start: int
     refine_stop: int
     refine_every: int
+    refine_until: float
 
-    def refines_at(self, step: int) -> bool:
-        """Whether the Gaussians are grown, pruned or relocated after `step` (strictly between start and stop)."""
-        return self.refine_start < step < self.refine_stop and step % self.refine_every == 0
+    def refine_end(self, phase_steps: int) -> int:
+        """The step of a phase of `phase_steps` steps (0: unknown) at which refinement stops: `refine_stop`, or
+        `refine_until` of the phase when that comes first."""
+        return min(self.refine_stop, round(self.refine_until * phase_steps)) if phase_steps else self.refine_stop
+
+    def refining(self, info: StepInfo) -> bool:
+        """Whether this step lies before the phase's refinement stops."""
+        return info.phase_step < self.refine_end(info.phase_steps)
+
+    def refines_at(self, info: StepInfo) -> bool:
+        """Whether the Gaussians are grown, pruned or relocated after this step (strictly between start and
+        stop, on the cadence)."""
+        step = info.phase_step
+        return self.refine_start < step < self.refine_end(info.phase_steps) and step % self.refine_every == 0
 
     def require(self, **valid: bool) -> None:
         """Raise one line naming the first setting whose check is False (`refine_every=self.refine_every >= 1`)."""

@@ -140,7 +140,7 @@ class LPMStrategy(Strategy):
 
     @torch.no_grad()
     def after_step(self, model: GaussianModel, state: dict, info: StepInfo) -> None:
-        refine, reset = self.base.refines_at(info.phase_step), self.resets_at(info.phase_step)
+        refine, reset = self.base.refines_at(info), self.resets_at(info.phase_step)
         zones: list[Zone] = []
         if refine or reset:
             started = time.perf_counter()

@@ -38,6 +38,9 @@ class MCMCStrategy(Strategy):
     refine_start: int = 500
     refine_stop: int = 25_000
     refine_every: int = 100
+    refine_until: float = 1.0
+    """Stop relocating and growing after this fraction of the run (of each level, with FLoD) if that comes
+    before refine_stop."""
     min_opacity: float = 0.005
     """Gaussians at or below this opacity are dead and get relocated."""
     growth: float = 0.05
@@ -66,7 +69,7 @@ class MCMCStrategy(Strategy):
 
     @torch.no_grad()
     def after_step(self, model: GaussianModel, state: dict, info: StepInfo) -> None:
-        if self.refines_at(info.phase_step):  # relocation and growth sample by opacity, times the focus where given
+        if self.refines_at(info):  # relocation and growth sample by opacity, times the focus where given
             opacities = model.activated().opacities
             ops.relocate_dead(model, opacities <= self.min_opacity, state["generator"], self.min_opacity, info.focus)
             target = min(self.cap_max, int((1.0 + self.growth) * len(model)))
