@@ -29,7 +29,7 @@ from splatkit.model.levels import LevelChoice
 from splatkit.render import rasterize, resolve_device
 from splatkit.render.api import Device
 from splatkit.render.camera_path import CameraPath, render_video
-from splatkit.train.config import TrainConfig, quantize_preset
+from splatkit.train.config import TrainConfig, lod_preset, quantize_preset
 from splatkit.train.run_record import RunRecord, read_run
 from splatkit.train.evaluate import evaluate, save_png, to_uint8
 from splatkit.train.trainer import console, open_images, resolve_scene_path, train
@@ -351,8 +351,12 @@ def parse_train(args: list[str]) -> TrainConfig:
     with the saved config as its defaults), so `--resume --steps 20000` trains further and
     `--resume --strategy.cap-max 500000` changes one setting of the saved strategy."""
     cfg, unknown = tyro.cli(TrainConfig, args=args, prog="splatkit train", config=CASCADE, return_unknown_args=True)
-    if cfg.quantize and not cfg.resume and not unknown:  # the preset becomes the defaults the flags override
-        return tyro.cli(TrainConfig, args=args, default=quantize_preset(cfg), prog="splatkit train", config=CASCADE)
+    if cfg.quantize and cfg.lod:
+        raise SplatkitError("--quantize and --lod each choose the parameterisation (quantized latents, levels "
+                            "of detail); they do not combine yet: pick one")
+    preset = quantize_preset if cfg.quantize else lod_preset if cfg.lod else None
+    if preset is not None and not cfg.resume and not unknown:  # the preset becomes the defaults flags override
+        return tyro.cli(TrainConfig, args=args, default=preset(cfg), prog="splatkit train", config=CASCADE)
     if not cfg.resume or not (cfg.run_dir() / "config.json").is_file():
         # Nothing saved to lay flags over (train() explains what is missing); tyro reports unknown flags.
         return tyro.cli(TrainConfig, args=args, prog="splatkit train", config=CASCADE) if unknown else cfg

@@ -148,3 +148,17 @@ def test_a_budget_picks_the_finest_set_that_fits_and_never_more():
         LevelChoice(budget=19).for_view(g, camera)
     with pytest.raises(SplatkitError, match="one of"):
         LevelChoice(level=1, budget=5)
+
+
+def test_lod_preset_sets_defaults_that_flags_override_and_refuses_quantize(capsys):
+    from splatkit.cli import parse
+
+    cfg = parse(["train", "demo", "--lod", "--steps", "7000"])
+    assert isinstance(cfg.parameterisation, FLoD) and cfg.lod
+    assert (cfg.strategy.refine_start, cfg.strategy.refine_until) == (100, 0.5)
+    assert FLoD().phases(7000) == [700, 1050, 1400, 1750, 2100]
+    cfg = parse(["train", "demo", "--lod", "parameterisation:flod", "--parameterisation.levels", "3",
+                 "--parameterisation.level-steps", "1", "1", "1"])
+    assert cfg.parameterisation.levels == 3 and cfg.strategy.refine_until == 0.5
+    assert main(["train", "demo", "--lod", "--quantize"]) == 2
+    assert "do not combine" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import tyro
 
 from splatkit.render.api import Device
 from splatkit.train.learning_rates import LearningRates
-from splatkit.train.parameterisations import PARAMETERISATIONS, EaglesQuantized, Plain3DGS
+from splatkit.train.parameterisations import PARAMETERISATIONS, EaglesQuantized, FLoD, Plain3DGS
 from splatkit.train.strategies import STRATEGIES, ADCStrategy
 
 # Types of the plug-in fields: one tyro subcommand per registered name (`strategy:mcmc`).
@@ -63,6 +63,10 @@ class TrainConfig:
     """Train compact (EAGLES): quantized-latent parameterisation, coarse-to-fine, and EAGLES' ADC schedule
     (refine every 125 steps until 60% of the run, opacity reset every 2,500), each overridable by its own flag
     (`quantize_preset`)."""
+    lod: bool = False
+    """Train levels of detail (FLoD): 5 levels one after another, each with a floor under its Gaussians' sizes,
+    and ADC restarting in each level, refining until half of it (`lod_preset`; each setting overridable).
+    Render one level, a selective range or a splat budget with --level, --levels, --budget."""
     coarse_to_fine: bool = False
     """Train on downsampled photos whose size rises from --coarse-to-fine-start of full size to full size on a
     cosine schedule (EAGLES; on with --quantize): early steps see coarse structure and cost a fraction of a
@@ -98,3 +102,12 @@ def quantize_preset(cfg: TrainConfig) -> TrainConfig:
     overridable."""
     adc = ADCStrategy(refine_every=125, refine_until=0.6, reset_every=2_500)
     return replace(cfg, quantize=True, parameterisation=EaglesQuantized(), coarse_to_fine=True, strategy=adc)
+
+
+def lod_preset(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with the settings `--lod` stands for (FLoD, Seo et al. 2024): five levels with the reference's
+    relative budgets (10:15:20:25:30) shared out of --steps, and ADC restarting in each level from step 100,
+    refining every 100 steps until half of the level (the reference: 40-50%). The CLI lays the user's flags
+    over these."""
+    adc = ADCStrategy(refine_start=100, refine_every=100, refine_until=0.5)
+    return replace(cfg, lod=True, parameterisation=FLoD(), strategy=adc)

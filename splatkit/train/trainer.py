@@ -248,9 +248,10 @@ def check_settings(cfg: TrainConfig) -> None:
         raise SplatkitError(f"--coarse-to-fine-start {cfg.coarse_to_fine_start}: must be in (0, 1]")
     if not 0 <= cfg.coarse_to_fine_until <= 1:
         raise SplatkitError(f"--coarse-to-fine-until {cfg.coarse_to_fine_until}: must be in [0, 1]")
-    if cfg.quantize and cfg.parameterisation.name == "3dgs":
-        raise SplatkitError("--quantize trains quantized latents: it cannot run with parameterisation:3dgs "
-                            "(from Python, build the config with splatkit.train.config.quantize_preset)")
+    for flag, name, preset in (("quantize", "eagles", "quantize_preset"), ("lod", "flod", "lod_preset")):
+        if getattr(cfg, flag) and cfg.parameterisation.name != name:
+            raise SplatkitError(f"--{flag} trains parameterisation:{name}, not {cfg.parameterisation.name} "
+                                f"(from Python, build the config with splatkit.train.config.{preset})")
     for plugin in (cfg.parameterisation, cfg.strategy):
         plugin.validate()
     resolve_backend(cfg.backend, resolve_device(cfg.device), render_needs(cfg))
