@@ -347,27 +347,35 @@ CASCADE = (tyro.conf.CascadeSubcommandArgs,)
 
 
 def parse_train(args: list[str]) -> TrainConfig:
-    """`splatkit train` flags. On --resume they are laid over the run's saved settings (tyro parses them again
-    with the saved config as its defaults), so `--resume --steps 20000` trains further and
-    `--resume --strategy.cap-max 500000` changes one setting of the saved strategy."""
+    """`splatkit train` flags, laid over defaults when there are some: on --resume the run's saved settings
+    (tyro parses the flags again with the saved config as its defaults), so `--resume --steps 20000` trains
+    further and `--resume --strategy.cap-max 500000` changes one setting of the saved strategy; with
+    --quantize or --lod that preset's settings, so `--quantize --parameterisation.no-influence-prune` changes
+    one of them."""
     cfg, unknown = tyro.cli(TrainConfig, args=args, prog="splatkit train", config=CASCADE, return_unknown_args=True)
     if cfg.quantize and cfg.lod:
         raise SplatkitError("--quantize and --lod each choose the parameterisation (quantized latents, levels "
                             "of detail); they do not combine yet: pick one")
-    preset = quantize_preset if cfg.quantize else lod_preset if cfg.lod else None
-    if preset is not None and not cfg.resume and not unknown:  # the preset becomes the defaults flags override
-        return tyro.cli(TrainConfig, args=args, default=preset(cfg), prog="splatkit train", config=CASCADE)
-    if not cfg.resume or not (cfg.run_dir() / "config.json").is_file():
-        # Nothing saved to lay flags over (train() explains what is missing); tyro reports unknown flags.
+    if cfg.resume and (cfg.run_dir() / "config.json").is_file():
+        defaults = dataclasses.replace(read_run(cfg.run_dir()).config, scene=cfg.scene, out=cfg.out, resume=True)
+    elif cfg.quantize or cfg.lod:
+        defaults = (quantize_preset if cfg.quantize else lod_preset)(cfg)
+    else:  # nothing to lay flags over (a resume without a run: train() says so); tyro reports unknown flags
         return tyro.cli(TrainConfig, args=args, prog="splatkit train", config=CASCADE) if unknown else cfg
-    saved = read_run(cfg.run_dir()).config
-    defaults = dataclasses.replace(saved, scene=cfg.scene, out=cfg.out, resume=True)
-    # tyro reads a subcommand's flags after its name only: `--strategy.x` alone means the saved strategy's.
-    given = [a.split("=")[0] for a in args]
-    if any(a.startswith("--strategy.") for a in given) and not any(a.startswith("strategy:") for a in given):
-        first = next(i for i, a in enumerate(given) if a.startswith("--strategy."))
-        args = [*args[:first], f"strategy:{saved.strategy.name}", *args[first:]]
-    return tyro.cli(TrainConfig, args=args, default=defaults, prog="splatkit train", config=CASCADE)
+    return tyro.cli(TrainConfig, args=_name_plugins(args, defaults), default=defaults, prog="splatkit train",
+                    config=CASCADE)
+
+
+def _name_plugins(args: list[str], defaults: TrainConfig) -> list[str]:
+    """tyro reads a plug-in's flags only after its subcommand: `--strategy.x` alone means the defaults'
+    strategy, so its name goes in front of the first such flag (plug-ins in the config's order)."""
+    for field_name in ("parameterisation", "strategy"):
+        given = [a.split("=")[0] for a in args]
+        if any(a.startswith(f"--{field_name}.") for a in given) and \
+                not any(a.startswith(f"{field_name}:") for a in given):
+            first = next(i for i, a in enumerate(given) if a.startswith(f"--{field_name}."))
+            args = [*args[:first], f"{field_name}:{getattr(defaults, field_name).name}", *args[first:]]
+    return args
 
 
 def run_train(cfg: TrainConfig) -> dict:

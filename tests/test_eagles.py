@@ -206,3 +206,9 @@ def test_quantize_preset_sets_defaults_that_flags_override():
     assert isinstance(cfg.strategy, ADCStrategy) and cfg.strategy.refine_every == 50
     plain = parse(["train", "demo"])
     assert plain.parameterisation.name == "3dgs" and not plain.coarse_to_fine and plain.strategy.refine_every == 100
+
+
+def test_preset_plugin_flags_need_no_subcommand_name():
+    cfg = parse(["train", "demo", "--quantize", "--strategy.refine-every", "50", "--parameterisation.no-influence-prune"])
+    assert isinstance(cfg.parameterisation, EaglesQuantized) and not cfg.parameterisation.influence_prune
+    assert cfg.strategy.refine_every == 50 and cfg.strategy.refine_until == 0.6 and cfg.coarse_to_fine
