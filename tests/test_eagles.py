@@ -209,6 +209,7 @@ def test_quantize_preset_sets_defaults_that_flags_override():
 
 
 def test_preset_plugin_flags_need_no_subcommand_name():
-    cfg = parse(["train", "demo", "--quantize", "--strategy.refine-every", "50", "--parameterisation.no-influence-prune"])
+    cfg = parse(["train", "demo", "--quantize", "--strategy.refine-every", "50",
+                 "--parameterisation.no-influence-prune"])
     assert isinstance(cfg.parameterisation, EaglesQuantized) and not cfg.parameterisation.influence_prune
     assert cfg.strategy.refine_every == 50 and cfg.strategy.refine_until == 0.6 and cfg.coarse_to_fine

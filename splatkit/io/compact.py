@@ -5,11 +5,12 @@ Layout, little-endian: magic "SPKZ", a u8 version (1), a u32 header length, a UT
 whose byte lengths the header lists in order. The header holds the count, SH degree, the position grid's
 bounds, and for each attribute how it is stored:
 
-- levels of detail (FLoD models only, header "levels": true): each Gaussian's level as a byte, zstd.
 - positions: the 16-bit grid values (N, 3) in Morton order, split into high and low byte planes and
   zstd-compressed (spatially coherent high bytes compress well; the low bytes are close to noise).
+- levels of detail (FLoD models only, header "levels": true): each Gaussian's level as a byte, zstd.
 - every other attribute as a latent code (EAGLES' trained decoders, or a uniform grid's diagonal one): the
-  decoder (matrix (D, C) and bias (C,) as float32) and the integer latents (N, D), range-coded (constriction's queue coder) one column after another, each column with its own empirical
+  decoder (matrix (D, C) and bias (C,) as float32) and the integer latents (N, D), range-coded
+  (constriction's queue coder) one column after another, each column with its own empirical
   model: the column's values and their counts are stored (zstd) and the coder uses exactly those frequencies,
   so a column costs its empirical entropy plus a few bytes. Values rarer than 1 in 10,000 (the reference's
   threshold) are coded as one escape symbol and stored apart, losslessly (EAGLES replaces them by the mode and

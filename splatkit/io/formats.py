@@ -40,8 +40,8 @@ WRITERS: dict[str, Callable[..., None]] = {
     "ply": _save_ply, "compressed-ply": save_compressed_ply, "spz": save_spz, "splat": save_splat, "sog": save_sog,
     "sog-meta": save_sog_meta}
 # Longest first. An unbundled SOG is a meta.json: "scene.meta.json" (images scene.*.webp) or plain "meta.json".
-EXTENSIONS = {".compressed.ply": "compressed-ply", ".meta.json": "sog-meta", "meta.json": "sog-meta", ".spkz": "compact",
-              ".ply": "ply", ".spz": "spz", ".splat": "splat", ".sog": "sog"}
+EXTENSIONS = {".compressed.ply": "compressed-ply", ".meta.json": "sog-meta", "meta.json": "sog-meta",
+              ".spkz": "compact", ".ply": "ply", ".spz": "spz", ".splat": "splat", ".sog": "sog"}
 
 
 def detect_format(path: str | Path) -> str:

@@ -189,7 +189,8 @@ def write_player(out_dir: Path, model_file: Path, camera: Camera | None = None, 
     lives elsewhere (an unbundled SOG's meta.json with its images), and return the page's relative URL showing
     it from `camera` (without one the page frames the model's bounds itself); `fit_window` fills the browser
     window instead of a canvas of the camera's size (see `camera_query`). `engine` is "playcanvas" (index.html)
-    or "spark" (spark.html); by default `engine_for(model_file)`. Every file is replaced atomically, and nothing is written if npm fails."""
+    or "spark" (spark.html); by default `engine_for(model_file)`. Every file is replaced atomically, and nothing
+    is written if npm fails."""
     out_dir, model_file = Path(out_dir), Path(model_file)
     engine = engine or engine_for(model_file)
     if engine not in ENGINES:

@@ -1,6 +1,6 @@
 """PlayCanvas SOG, "Spatially Ordered Gaussians" (meta.json version 2; 5-20x smaller than the INRIA PLY, the
-most for big scenes; loaded by the PlayCanvas engine, SuperSplat and Spark). Spec: developer.playcanvas.com, user manual, Gaussian
-splatting, formats, "The SOG Format"; this module follows it as splat-transform writes it
+most for big scenes; loaded by the PlayCanvas engine, SuperSplat and Spark). Spec: developer.playcanvas.com,
+user manual, Gaussian splatting, formats, "The SOG Format"; this module follows it as splat-transform writes it
 (src/lib/writers/write-sog.ts) and the PlayCanvas engine decodes it (src/scene/gsplat/gsplat-sog-data.js and
 the sog shader chunks).
 

@@ -26,7 +26,7 @@ def single_level(g: Gaussians, level: int | None = None) -> Gaussians:
     counts = level_counts(g)
     if not counts:
         if level is not None:
-            raise SplatkitError(f"--level {level}: the model has no levels of detail (train with parameterisation:flod)")
+            raise SplatkitError(f"--level {level}: the model has no levels of detail (train with --lod)")
         return g
     chosen = max(counts) if level is None else level
     if chosen not in counts:
