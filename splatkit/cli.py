@@ -19,13 +19,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from splatkit.atomic import write_text_atomic
 from splatkit.data import Scene, load_scene
+from splatkit.data.cameras import Camera
 from splatkit.data.scene import Similarity
 from splatkit.errors import SplatkitError, file_error
 from splatkit.io.compact import save_compact
-from splatkit.io.export import describe, slimmed, write_model
+from splatkit.io.export import LEVEL_FORMATS, describe, slimmed, write_model
 from splatkit.io.formats import EXTENSIONS, detect_format, format_from_extension, read_splats, stored_bytes
 from splatkit.model.gaussians import Gaussians
-from splatkit.model.levels import LevelChoice
+from splatkit.model.levels import LevelChoice, band_edges, level_counts, level_floors, single_level
+from splatkit.model.quantized import QuantizedGaussians
 from splatkit.render import rasterize, resolve_device
 from splatkit.render.api import Device
 from splatkit.render.camera_path import CameraPath, render_video
@@ -125,6 +127,12 @@ class ExportConfig:
     player: Optional[Path] = None
     """Also write a web page that shows the export into this folder, ready to host: PlayCanvas for .ply and
     compressed.ply, Spark for .spz and .splat (their JavaScript comes from npm the first time)."""
+    lod: Levels = field(default_factory=LevelFlags)
+    """Of a model with levels of detail (FLoD): without these, .ply and .spkz keep every level and other
+    formats get the finest; --levels and --budget choose from the run's first held-out camera."""
+    lod_set: Optional[Path] = None
+    """Write one file per level of a model with levels into this folder, with lod.json (each level's file,
+    count, bytes, size floor and distance band), so a phone can load a coarse level first, a finer one next."""
 
 
 @dataclass
@@ -270,47 +278,93 @@ def run_export(cfg: ExportConfig) -> Path:
     model = read_splats(source)
     if cfg.frame != "original" and record is None:
         raise SplatkitError(f"{cfg.model}: --frame {cfg.frame} needs a run folder (a lone file has no scene)")
-    scene = _run_scene(record) if record is not None and (cfg.frame == "upright" or cfg.player) else None
-    cameras_to_export = None  # scene cameras (training frame) -> exported frame
+    needs_view = cfg.player or cfg.lod_set or cfg.lod.levels or cfg.lod.budget
+    scene = _run_scene(record) if record is not None and (cfg.frame == "upright" or needs_view) else None
+    view = up = None  # the run's first held-out (else first) camera and the cameras' up, in the exported frame
     if record is not None:
         to_normalized = record.to_normalized
         file_to_export = _file_to_export(cfg.frame, scene, to_normalized, cfg.model)
         if not file_to_export.is_identity:
             model = model.transformed(file_to_export)
         cameras_to_export = to_normalized.inverse().then(file_to_export)
+        if cfg.format == "compact":  # the run's own latents, not a re-quantized float model
+            model = record.final_quantized().transformed(cameras_to_export)
+        if scene is not None:
+            camera = scene.cameras[scene.test_ids[0] if scene.test_ids else 0]
+            view = dataclasses.replace(camera, world_to_cam=cameras_to_export.apply_camera(camera.world_to_cam))
+            up = cameras_to_export.rotation @ up_from_cameras(scene.cameras)
     name = (cfg.model.name if record is not None else source.name.split(".")[0]) + _extension(cfg.format)
+    if cfg.lod_set is not None:
+        return _write_lod_set(cfg, model, view, name)
     out = cfg.out or (cfg.player or (source.parent / "export")) / name
     if cfg.player is not None and out.parent.resolve() != cfg.player.resolve():
         raise SplatkitError(f"{out}: with --player the model is written inside the player folder {cfg.player} "
                             "(drop -o, or give a file name in that folder)")
     if cfg.player is not None and cfg.format == "spz" and cfg.spz_version != 3:
         raise SplatkitError(f"{out}: the web player reads SPZ version 3 (gzip); drop --spz-version 4")
+    levels = cfg.lod.choice()
+    if levels.given:
+        model = _subset(model, levels.mask(_decoded(model), view))
     before = len(model)
-    if cfg.format == "compact" and record is not None:  # the run's own latents, not a re-quantized float model
-        shipped = record.final_quantized().transformed(record.to_normalized.inverse().then(file_to_export))
-        model = slimmed(shipped, out, sh_degree=cfg.sh_degree, min_opacity=cfg.prune_opacity)
-        save_compact(model, out)
-    else:
-        model = slimmed(model, out, sh_degree=cfg.sh_degree, min_opacity=cfg.prune_opacity)
-        write_model(model, out, cfg.format, spz_version=cfg.spz_version)
-    size = stored_bytes(out, cfg.format)
-    stored_degree = 0 if cfg.format == "splat" else model.sh_degree  # .splat keeps the base colour only
-    pruned = f" (pruned {before - len(model):,})" if len(model) < before else ""
-    console.print(f"wrote {len(model):,} splats{pruned}, SH degree {stored_degree}, {size / 1e6:.2f} MB "
-                  f"({size / len(model):.1f} B/splat) to {out}", highlight=False, soft_wrap=True)
+    model = slimmed(model, out, sh_degree=cfg.sh_degree, min_opacity=cfg.prune_opacity)
+    _write(model, out, cfg, pruned=before - len(model))
     if cfg.player is not None:
         from splatkit.io.player import write_player
 
-        camera = up = None
-        if scene is not None:  # open at the first held-out (else first) camera, orbit about the cameras' up
-            camera = scene.cameras[scene.test_ids[0] if scene.test_ids else 0]
-            camera = dataclasses.replace(camera, world_to_cam=cameras_to_export.apply_camera(camera.world_to_cam))
-            up = cameras_to_export.rotation @ up_from_cameras(scene.cameras)
         with console.status("writing the player page (the first time, npm fetches its engines)..."):
-            page = write_player(cfg.player, out, camera, fit_window=True, up=up)
+            page = write_player(cfg.player, out, view, fit_window=True, up=up)
         console.print(f"player page in {cfg.player}: serve that folder (e.g. `python -m http.server -d "
                       f"{cfg.player} 8000`) and open http://localhost:8000/{page}", highlight=False, soft_wrap=True)
     return out
+
+
+def _decoded(model: Gaussians | QuantizedGaussians) -> Gaussians:
+    return model.decoded() if isinstance(model, QuantizedGaussians) else model
+
+
+def _subset(model: Gaussians | QuantizedGaussians, mask: torch.Tensor | None) -> Gaussians | QuantizedGaussians:
+    return model if mask is None else model.subset(mask.to("cpu") if isinstance(model, QuantizedGaussians) else mask)
+
+
+def _write(model: Gaussians | QuantizedGaussians, out: Path, cfg: ExportConfig, pruned: int = 0) -> int:
+    """Write an export (a compact model as it is, anything else by its format) and say what it cost."""
+    if isinstance(model, QuantizedGaussians):
+        save_compact(model, out)
+    else:
+        write_model(model, out, cfg.format, spz_version=cfg.spz_version)
+    size = stored_bytes(out, cfg.format)
+    shipped = single_level(_decoded(model)) if cfg.format not in LEVEL_FORMATS else _decoded(model)
+    stored_degree = 0 if cfg.format == "splat" else model.sh_degree  # .splat keeps the base colour only
+    pruned_note = f" (pruned {pruned:,})" if pruned else ""
+    console.print(f"wrote {len(shipped):,} splats{pruned_note}, SH degree {stored_degree}, {size / 1e6:.2f} MB "
+                  f"({size / len(shipped):.1f} B/splat) to {out}", highlight=False, soft_wrap=True)
+    return size
+
+
+def _write_lod_set(cfg: ExportConfig, model: Gaussians | QuantizedGaussians, view: Camera | None, name: str
+                   ) -> Path:
+    """One file per level into `cfg.lod_set` and lod.json describing them (bands from the view's focal)."""
+    g = _decoded(model)
+    counts = level_counts(g)
+    if not counts:
+        raise SplatkitError(f"{cfg.model}: --lod-set needs a model with levels of detail (train with --lod)")
+    floors = level_floors(g)
+    focal = None if view is None else float(min(view.K[0, 0], view.K[1, 1]))
+    stem, ext = name[:-len(_extension(cfg.format))], _extension(cfg.format)
+    levels = []
+    for level in counts:
+        out = cfg.lod_set / f"{stem}-level{level}{ext}"
+        chosen = slimmed(_subset(model, g.level == level), out, sh_degree=cfg.sh_degree,
+                         min_opacity=cfg.prune_opacity)
+        size = _write(chosen, out, cfg)
+        band = band_edges(floors, min(counts), max(counts), focal)[level] if focal else None
+        levels.append({"level": level, "file": out.name, "count": len(chosen), "bytes": size,
+                       "floor": floors[level] if level < max(counts) else 0.0,
+                       "band": None if band is None else [band[0], band[1] if band[1] != float("inf") else None]})
+    manifest = {"format": cfg.format, "focal_px": focal, "screen_size_px": 1.0, "levels": levels}
+    write_text_atomic(cfg.lod_set / "lod.json", json.dumps(manifest, indent=2))
+    console.print(f"wrote {len(levels)} levels and lod.json to {cfg.lod_set}", highlight=False)
+    return cfg.lod_set / "lod.json"
 
 
 def run_convert(cfg: ConvertConfig) -> Path:

@@ -4,6 +4,7 @@ training goes on, the run's phases follow the level budgets, and the level index
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -102,6 +103,18 @@ def test_a_finished_run_writes_every_level_and_renders_the_finest(tiny_scene, tm
         for level in counts if fmt != "spz" else ():  # each level's splats where it has them (files reorder)
             ours, theirs = single_level(back, level).means.numpy(), single_level(ply, level).means.numpy()
             assert cKDTree(theirs).query(ours)[0].max() < 1e-3 * (1 + np.abs(theirs).max()), (fmt, level)
+    assert main(["export", str(tmp_path / "run"), "--format", "spz", "--level", "2", "-o",
+                 str(tmp_path / "2.spz")]) == 0
+    assert len(read_splats(tmp_path / "2.spz")) == counts[2]
+    assert main(["export", str(tmp_path / "run"), "--format", "compact", "--lod-set", str(tmp_path / "set")]) == 0
+    manifest = json.loads((tmp_path / "set" / "lod.json").read_text())
+    assert [entry["level"] for entry in manifest["levels"]] == [1, 2, 3] and manifest["focal_px"] > 0
+    for entry in manifest["levels"]:
+        path = tmp_path / "set" / entry["file"]
+        assert entry["bytes"] == path.stat().st_size and entry["count"] == len(read_splats(path))
+        assert entry["count"] == counts[entry["level"]]
+    bands = [entry["band"] for entry in manifest["levels"]]  # coarsest far out, finest from the camera on
+    assert bands[0][1] is None and bands[-1][0] == 0.0 and bands[0][0] == bands[1][1] and bands[1][0] == bands[2][1]
 
 
 def test_band_edges_are_where_each_floor_projects_to_one_pixel():

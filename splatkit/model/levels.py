@@ -20,18 +20,24 @@ def level_counts(g: Gaussians) -> dict[int, int]:
     return {int(v): int(c) for v, c in zip(values, counts)}
 
 
-def single_level(g: Gaussians, level: int | None = None) -> Gaussians:
-    """Level `level` of `g` (default: the finest it holds); a model without levels is returned unchanged when
-    `level` is None. Raises SplatkitError naming the levels there are for a level the model does not hold."""
+def level_mask(g: Gaussians, level: int | None = None) -> torch.Tensor | None:
+    """(N,) bool: the Gaussians of level `level` (default: the finest `g` holds); None for a model without
+    levels when `level` is None. Raises SplatkitError naming the levels there are for one the model lacks."""
     counts = level_counts(g)
     if not counts:
         if level is not None:
             raise SplatkitError(f"--level {level}: the model has no levels of detail (train with --lod)")
-        return g
+        return None
     chosen = max(counts) if level is None else level
     if chosen not in counts:
         raise SplatkitError(f"--level {level}: the model holds levels {', '.join(map(str, counts))}")
-    return g.subset(g.level == chosen)
+    return g.level == chosen
+
+
+def single_level(g: Gaussians, level: int | None = None) -> Gaussians:
+    """Level `level` of `g` (`level_mask`); a model without levels is returned unchanged when `level` is None."""
+    mask = level_mask(g, level)
+    return g if mask is None else g.subset(mask)
 
 
 def level_floors(g: Gaussians) -> dict[int, float]:
@@ -56,9 +62,9 @@ def band_edges(floors: dict[int, float], coarsest: int, finest: int, focal: floa
 
 
 def selective(g: Gaussians, center: torch.Tensor, focal: float, coarsest: int, finest: int,
-              screen_size: float = 1.0) -> Gaussians:
-    """The Gaussians FLoD's selective rendering draws from a camera at `center` (3,): of each level in
-    [coarsest, finest], those whose distance to the camera falls in its band (`band_edges`)."""
+              screen_size: float = 1.0) -> torch.Tensor:
+    """(N,) bool: the Gaussians FLoD's selective rendering draws from a camera at `center` (3,): of each level
+    in [coarsest, finest], those whose distance to the camera falls in its band (`band_edges`)."""
     counts = level_counts(g)
     missing = [level for level in range(coarsest, finest + 1) if level not in counts]
     if missing or coarsest > finest:
@@ -68,7 +74,7 @@ def selective(g: Gaussians, center: torch.Tensor, focal: float, coarsest: int, f
     keep = torch.zeros(len(g), dtype=torch.bool, device=g.means.device)
     for level, (near, far) in edges.items():
         keep |= (g.level == level) & (distance >= near) & (distance < far)
-    return g.subset(keep)
+    return keep
 
 
 def _view(camera: Camera) -> tuple[torch.Tensor, float]:
@@ -76,20 +82,16 @@ def _view(camera: Camera) -> tuple[torch.Tensor, float]:
     return torch.as_tensor(camera.center, dtype=torch.float32), float(min(camera.K[0, 0], camera.K[1, 1]))
 
 
-def within_budget(g: Gaussians, camera: Camera, budget: int, screen_size: float = 1.0) -> Gaussians:
-    """The finest selective set from `camera` with at most `budget` splats: the range [a, b] with the finest b,
-    then the finest a (coarse levels only far away), whose set fits. Raises SplatkitError when not even the
-    coarsest level fits."""
+def within_budget(g: Gaussians, camera: Camera, budget: int, screen_size: float = 1.0) -> torch.Tensor:
+    """(N,) bool: the finest selective set from `camera` with at most `budget` splats: the range [a, b] with
+    the finest b, then the finest a (coarse levels only far away), whose set fits. Raises SplatkitError when
+    not even the coarsest level fits."""
     center, focal = _view(camera)
-    best = None
     for finest in sorted(level_counts(g), reverse=True):
         for coarsest in range(finest, min(level_counts(g)) - 1, -1):
             chosen = selective(g, center, focal, coarsest, finest, screen_size)
-            if len(chosen) <= budget:
-                best = chosen
-                break
-        if best is not None:
-            return best
+            if int(chosen.sum()) <= budget:
+                return chosen
     smallest = min(level_counts(g).values())
     raise SplatkitError(f"--budget {budget}: no level fits (the smallest, level {min(level_counts(g))}, holds "
                         f"{smallest:,} splats)")
@@ -111,13 +113,26 @@ class LevelChoice:
         if sum(option is not None for option in (self.level, self.levels, self.budget)) > 1:
             raise SplatkitError("give one of --level, --levels and --budget")
 
-    def for_view(self, g: Gaussians, camera: Camera) -> Gaussians:
+    @property
+    def given(self) -> bool:
+        """Whether any option was set (a plain LevelChoice only picks the finest level of a levelled model)."""
+        return any(option is not None for option in (self.level, self.levels, self.budget))
+
+    def mask(self, g: Gaussians, camera: Camera | None) -> torch.Tensor | None:
+        """(N,) bool: what to draw of `g` from `camera` (needed for --levels and --budget); None: all of it."""
         if self.levels is None and self.budget is None:
-            return single_level(g, self.level)
+            return level_mask(g, self.level)
         if not level_counts(g):
-            raise SplatkitError("--levels/--budget: the model has no levels of detail (train with "
-                                "parameterisation:flod)")
+            raise SplatkitError("--levels/--budget: the model has no levels of detail (train with --lod)")
+        if camera is None:
+            raise SplatkitError("--levels/--budget choose by distance from a camera: give a run folder, whose "
+                                "first held-out camera is the viewpoint")
         if self.budget is not None:
             return within_budget(g, camera, self.budget, self.screen_size)
         center, focal = _view(camera)
         return selective(g, center, focal, *self.levels, self.screen_size)
+
+    def for_view(self, g: Gaussians, camera: Camera | None) -> Gaussians:
+        """The Gaussians of `g` to draw from `camera`."""
+        mask = self.mask(g, camera)
+        return g if mask is None else g.subset(mask)
