@@ -21,7 +21,8 @@ from splatkit.data import load_scene
 from splatkit.errors import SplatkitError
 from splatkit.io.formats import write_splats
 from splatkit.io.ply import load_ply, save_ply
-from splatkit.model.gaussians import init_from_points
+from splatkit.model.gaussians import Gaussians, init_from_points
+from splatkit.model.levels import LevelChoice, level_counts
 from splatkit.render import rasterize
 from splatkit.train.gaussian_model import GaussianModel
 from splatkit.train.learning_rates import LearningRates
@@ -468,3 +469,45 @@ def test_real_server_two_websocket_clients_get_their_own_renders(tiny_scene):
         for ws in sockets:
             ws.close()
         viewer.stop()
+
+
+def test_a_model_with_levels_offers_levels_selective_sets_and_a_budget(tiny_scene):
+    """Three levels of the same Gaussians, sized at FLoD-like floors: the view starts at the finest, draws one
+    level or a selective range when chosen, keeps within a budget, and labels what it draws in the stats."""
+    scene = load_scene(tiny_scene)
+    base = _model(scene)
+    n = len(base)
+    levels = []
+    for level, floor, every in ((1, 0.2, 4), (2, 0.05, 2), (3, 0.0, 1)):  # coarser levels hold fewer
+        g = base.subset(torch.arange(0, n, every))
+        g.scales = torch.log(torch.exp(g.scales) + floor)
+        levels.append(g.as_dict() | {"level": torch.full((len(g),), level)})
+    model = Gaussians.from_dict({k: torch.cat([d[k] for d in levels]) for k in levels[0]})
+    source = ModelSource(model, cameras=scene.cameras, name="lod")
+    client = _FakeClient()
+    client.set_camera(scene.cameras[0], 36)
+    session = ClientSession(client, source, SessionSettings(backend="torch"), RenderShare(), np.array([0, 0, 1.0]),
+                            frame_points(scene.points, np.array([0, 0, 1.0])))
+    try:
+        assert session.levels.options == ("level 1", "level 2", "level 3", "selective 1:3", "selective 2:3")
+        _wait_for(lambda: session.drawn_count == n)  # the finest level alone
+        session.levels.value = "level 1"
+        session.levels.fire()
+        _wait_for(lambda: len(client.images) >= 2)
+        assert session.level_choice() == LevelChoice(level=1) and session.drawn_count == len(range(0, n, 4))
+        session.levels.value = "selective 1:3"
+        session.levels.fire()
+        camera = camera_from_pose(session._pose, 36)
+        expected = len(LevelChoice(levels=(1, 3)).for_view(model, camera))
+        assert len(level_counts(LevelChoice(levels=(1, 3)).for_view(model, camera))) > 1  # bands mix levels
+        _wait_for(lambda: session.drawn_count == expected)
+        session.levels.value = "level 3"
+        session.budget.value = expected  # fits the selective set 1:3 (and maybe a finer one), not the finest level
+        session.budget.fire()
+        _wait_for(lambda: session.drawn_count <= expected)
+        assert f"**Gaussians** {session.drawn_count:,}" in session._stats_markdown()
+        session.budget.value = 1  # nothing fits: the finest level, with a line saying why
+        session.budget.fire()
+        _wait_for(lambda: session.drawn_count == n)
+    finally:
+        session.close()

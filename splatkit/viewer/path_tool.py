@@ -11,6 +11,7 @@ from typing import Callable
 
 import numpy as np
 
+from splatkit.model.levels import LevelChoice
 from splatkit.render.camera_path import CameraPath, Keyframe, render_video
 from splatkit.viewer.camera import ViewPose, matrix_to_wxyz
 from splatkit.viewer.source import ModelSource
@@ -19,9 +20,9 @@ from splatkit.viewer.source import ModelSource
 class CameraPathTool:
     def __init__(self, client, source: ModelSource, output_dir: Path, backend: str,
                  current_pose: Callable[[], ViewPose | None], background: Callable[[], tuple[float, float, float]],
-                 log=print) -> None:
+                 log=print, levels: Callable[[], LevelChoice] = LevelChoice) -> None:
         self.client, self.source, self.output_dir, self.backend = client, source, output_dir, backend
-        self.current_pose, self.background, self.log = current_pose, background, log
+        self.current_pose, self.background, self.log, self.levels = current_pose, background, log, levels
         self.keyframes: list[Keyframe] = []  # in the frame shown
         self._markers: list = []
         self._busy = threading.Lock()  # one playback or video at a time
@@ -128,7 +129,7 @@ class CameraPathTool:
                 note.body = f"frame {done} / {total}"
 
             render_video(self.source.snapshot().gaussians, self.path(), video, backend=self.backend,
-                         on_frame=progress, run=self.source.compute)
+                         levels=self.levels(), on_frame=progress, run=self.source.compute)
             note.title, note.body, note.loading = "Video saved", str(video), False
             note.with_close_button, note.auto_close_seconds = True, 10.0
             self.log(f"splatkit view: video saved to {video}")

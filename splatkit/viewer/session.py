@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from splatkit.errors import SplatkitError
+from splatkit.model.levels import LevelChoice, level_counts, single_level
 from splatkit.render import native_build, resolve_backend
 from splatkit.viewer.camera import Framing, ViewPose, camera_from_pose, frame_camera, pose_from_camera
 from splatkit.viewer.pacing import LatestSlot, RenderShare, SpeedMeter, choose_height
@@ -57,6 +59,12 @@ def error_image(error) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=-1)
 
 
+def _level_options(counts: dict[int, int]) -> list[str]:
+    """The Levels dropdown: each level, then selective ranges up to the finest (coarse far, fine near)."""
+    finest = max(counts)
+    return [f"level {level}" for level in counts] + [f"selective {a}:{finest}" for a in counts if a < finest]
+
+
 class ClientSession:
     def __init__(self, client, source: ModelSource, settings: SessionSettings, share: RenderShare,
                  up: np.ndarray, initial: Framing, initial_wxyz: np.ndarray | None = None, log=print) -> None:
@@ -75,6 +83,7 @@ class ClientSession:
         self._splat_version = -1
         self._splat_time = 0.0
         self._backend_checked = False
+        self.drawn_count: int | None = None  # Gaussians in the last image or splat set (a level choice's)
         self._build_gui()
         self._add_frustums()
         client.camera.on_update(self._on_camera)
@@ -106,11 +115,12 @@ class ClientSession:
                                                   initial_value=names[0] if names else "none")
             self.reset_view = gui.add_button("Reset view")
             self.screenshot = gui.add_button("Screenshot (PNG)")
+        self._build_levels_gui()
         with gui.add_folder("Stats"):
             self.stats_text = gui.add_markdown(self._stats_markdown())
         self.path_tool = CameraPathTool(self.client, src, self.settings.output_dir, self.settings.backend,
                                         current_pose=lambda: self._pose, background=self._background,
-                                        log=self.log)
+                                        log=self.log, levels=self.level_choice)
         if src.live:
             with gui.add_folder("Training"):
                 self.train_text = gui.add_markdown(self._training_markdown())
@@ -130,18 +140,58 @@ class ClientSession:
         self.reset_view.on_click(lambda _: apply_framing(self.client, self.initial, self.initial_wxyz))
         self.screenshot.on_click(lambda _: self.save_screenshot())
 
+    def _build_levels_gui(self) -> None:
+        """For a model with levels of detail (FLoD): which levels to draw, and a splat budget."""
+        self.levels = self.budget = None
+        counts = level_counts(self.source.snapshot().gaussians)
+        if not counts:
+            return
+        with self.client.gui.add_folder("Levels of detail"):
+            self.levels = self.client.gui.add_dropdown("Levels", _level_options(counts),
+                                                       initial_value=f"level {max(counts)}",
+                                                       hint="one level, or selective a:b (fine near, coarse far)")
+            self.budget = self.client.gui.add_number("Budget (splats)", 0, min=0, step=1000,
+                                                     hint="the finest selective set within this many splats per "
+                                                          "view; 0: off")
+        for handle in (self.levels, self.budget):
+            handle.on_update(lambda _: self.slot.put("refresh"))
+
+    def level_choice(self) -> LevelChoice:
+        """What the GUI asks to draw of a model with levels (a plain model: all of it)."""
+        if self.levels is None:
+            return LevelChoice()
+        if int(self.budget.value) > 0:
+            return LevelChoice(budget=int(self.budget.value))
+        kind, value = self.levels.value.split(" ")
+        if kind == "level":
+            return LevelChoice(level=int(value))
+        coarsest, finest = value.split(":")
+        return LevelChoice(levels=(int(coarsest), int(finest)))
+
+    def _drawn_model(self, snapshot, camera):
+        """The Gaussians to draw from `camera`: the GUI's level choice, or the finest level when it cannot be
+        met (a budget below the coarsest level, a level a live run has not reached yet)."""
+        try:
+            return self.level_choice().for_view(snapshot.gaussians, camera)
+        except SplatkitError as exc:
+            self.log(f"splatkit view: {exc}; showing the finest level")
+            return single_level(snapshot.gaussians)
+
     def _stats_markdown(self) -> str:
         now = time.perf_counter()
         fps = sum(1 for t in self.sent_times if now - t <= 1.0)
-        n = len(self.source.snapshot().gaussians)
+        n = self.drawn_count if self.drawn_count is not None else len(self.source.snapshot().gaussians)
         latency = f", latency {1000 * float(np.median(self.latencies)):.0f} ms" if self.latencies else ""
         return (f"**Gaussians** {n:,}  \n**Render** {1000 * self.speed.last_seconds:.0f} ms, {fps} fps{latency}")
 
     def _training_markdown(self) -> str:
         s = self.source.stats
         state = "paused" if self.source.paused.is_set() else "running"
+        counts = level_counts(self.source.snapshot().gaussians)
+        level = f"  \n**Training level** {max(counts)}" if counts else ""
         return (f"**Step** {s.step:,} / {s.total_steps:,} ({state})  \n**Loss** {s.loss:.4f}  "
-                f"**PSNR** {s.psnr:.2f}  \n**Gaussians** {s.num_gaussians:,}  **Speed** {s.steps_per_second:.1f} it/s")
+                f"**PSNR** {s.psnr:.2f}  \n**Gaussians** {s.num_gaussians:,}  **Speed** {s.steps_per_second:.1f} it/s"
+                + level)
 
     def _toggle_pause(self) -> None:
         if self.source.paused.is_set():
@@ -249,7 +299,21 @@ class ClientSession:
         while not self.slot.closed:
             self.train_text.content = self._training_markdown()
             self._update_overlays()
+            self._update_level_options()
             time.sleep(TRAINING_STATS_SECONDS)
+
+    def _update_level_options(self) -> None:
+        """A live FLoD run gains levels as it trains: offer them, and keep showing the one being trained when
+        that was shown."""
+        if self.levels is None:
+            return
+        options = _level_options(level_counts(self.source.snapshot().gaussians))
+        if tuple(options) != tuple(self.levels.options):
+            following = self.levels.value == [o for o in self.levels.options if o.startswith("level")][-1]
+            self.levels.options = options
+            if following:
+                self.levels.value = [o for o in options if o.startswith("level")][-1]
+            self.slot.put("refresh")
 
     def _update_overlays(self) -> None:
         """Draw the plug-ins' boxes (LPM's zones) as wireframes and the last step's error map, when asked for."""
@@ -280,9 +344,12 @@ class ClientSession:
         background = self._background()
         output, sh_degree = self.output.value, int(self.sh_degree.value)
 
+        drawn = self._drawn_model(snapshot, camera)
+        self.drawn_count = len(drawn)
+
         def timed_render() -> tuple[np.ndarray, float]:
             started = time.perf_counter()
-            image = render_image(snapshot.gaussians, camera, output=output, sh_degree=sh_degree,
+            image = render_image(drawn, camera, output=output, sh_degree=sh_degree,
                                  background=background, backend=self.settings.backend)
             return image, time.perf_counter() - started
 
@@ -331,6 +398,9 @@ class ClientSession:
             return
         if not force and time.perf_counter() - self._splat_time < SPLAT_REFRESH_SECONDS:
             return
-        arrays = splat_arrays(snapshot.gaussians)
+        camera = camera_from_pose(self._pose, 64) if self._pose is not None else None
+        drawn = self._drawn_model(snapshot, camera)
+        self.drawn_count = len(drawn)
+        arrays = splat_arrays(drawn)
         self._splats = self.client.scene.add_gaussian_splats("/splats", **arrays)
         self._splat_version, self._splat_time = snapshot.version, time.perf_counter()

@@ -18,7 +18,6 @@ from splatkit.data.scene import Scene, Similarity
 from splatkit.errors import SplatkitError, file_error
 from splatkit.io.formats import read_splats
 from splatkit.model.gaussians import Gaussians
-from splatkit.model.levels import single_level
 from splatkit.train import checkpoint
 from splatkit.train.run_record import RunRecord, read_run
 
@@ -95,7 +94,7 @@ def load_source(path: Path, device: torch.device | str = "cpu") -> ModelSource:
     if not path.exists():
         raise file_error(path, "no such file or folder")
     if not path.is_dir():
-        return ModelSource(single_level(read_splats(path)).to(device), name=path.name)  # any format splatkit reads
+        return ModelSource(read_splats(path).to(device), name=path.name)  # any format splatkit reads
     record = read_run(path)
     ply = path / "point_cloud.ply"
     checkpoints = checkpoint.list_checkpoints(path / "checkpoints")
@@ -114,7 +113,6 @@ def load_source(path: Path, device: torch.device | str = "cpu") -> ModelSource:
         to_file_frame = record.to_normalized.inverse()
     else:
         raise file_error(path, "the run has no point_cloud.ply and no checkpoint yet")
-    model = single_level(model)
     if len(model) == 0:
         raise file_error(path, "the model has no Gaussians")
     return ModelSource(model.to(device), cameras=scene.cameras if scene else None, name=path.name,
@@ -150,7 +148,7 @@ class LiveSource(ModelSource):
     @staticmethod
     def _copy(trainer) -> Gaussians:
         with torch.no_grad():
-            return Gaussians.from_dict({k: v.clone() for k, v in single_level(trainer.gaussians).as_dict().items()})
+            return Gaussians.from_dict({k: v.clone() for k, v in trainer.gaussians.as_dict().items()})
 
     def after_step(self, trainer, stats: dict[str, float], steps_per_second: float,
                    stop_requested=lambda: False) -> None:
