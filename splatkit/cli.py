@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import tyro
 from scipy.spatial.transform import Rotation
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from splatkit.atomic import write_text_atomic
@@ -41,7 +42,8 @@ from splatkit.viewer.config import ViewConfig
 
 @dataclass
 class LevelFlags:
-    """Which levels of a model with levels of detail (FLoD) to draw; a model without levels is drawn whole."""
+    """Which levels of a model with levels of detail (FLoD, `train --lod`) to draw (they need a model that has
+    levels; without these flags a model is drawn as it is, a levelled one at its finest level)."""
 
     level: Optional[int] = None
     """Draw this level (1 = coarsest; default: the finest the model holds)."""
@@ -111,7 +113,8 @@ class ExportConfig:
 
     model: tyro.conf.Positional[Path]
     """Run folder written by `splatkit train`, or a splat file."""
-    format: Format = "compressed-ply"
+    format: Optional[Format] = None
+    """Default: from -o's extension, else compressed-ply."""
     out: OutPath = None
     """Output file (default: <run>/export/<run name><format's extension>; with --player, inside that folder)."""
     sh_degree: Optional[int] = None
@@ -170,10 +173,12 @@ def run_eval(cfg: EvalConfig) -> dict:
         raise SplatkitError(f"{cfg.run}: the run has no held-out views (test_every=0)")
     images = open_images(record.config, scene, cfg.run, record.scene_path)
     source = cfg.model or _model_file(cfg.run)
-    out = cfg.run / "eval" / (source.name if cfg.model else "")
     levels = cfg.lod.choice()
+    # Another file or a chosen level gets its own folder, so the run's own evaluation is never overwritten.
+    out = cfg.run / "eval" / (source.name if cfg.model else "") / (levels.label if levels.given else "")
     model = _model_in_scene_frame(read_splats(source), scene).to(resolve_device(cfg.device))
     result = evaluate(model, scene, images, scene.test_ids, backend=cfg.backend, side_by_side_dir=out, levels=levels)
+    result["model"], result["levels"] = str(source), levels.label
     for view in result["views"]:
         masked = f"  ({view['masked']:.1%} of pixels masked out)" if "masked" in view else ""
         console.print(f"{view['name']:>24}  PSNR {view['psnr']:6.2f}  SSIM {view['ssim']:.4f}{masked}")
@@ -273,6 +278,8 @@ def _file_to_export(frame: str, scene: Scene | None, to_normalized: Similarity, 
 
 
 def run_export(cfg: ExportConfig) -> Path:
+    fmt = cfg.format or (format_from_extension(cfg.out) if cfg.out is not None else "compressed-ply")
+    cfg = dataclasses.replace(cfg, format=fmt)
     record = read_run(cfg.model) if cfg.model.is_dir() else None
     source = _model_file(cfg.model)
     model = read_splats(source)
@@ -294,6 +301,8 @@ def run_export(cfg: ExportConfig) -> Path:
             view = dataclasses.replace(camera, world_to_cam=cameras_to_export.apply_camera(camera.world_to_cam))
             up = cameras_to_export.rotation @ up_from_cameras(scene.cameras)
     name = (cfg.model.name if record is not None else source.name.split(".")[0]) + _extension(cfg.format)
+    if cfg.lod_set is not None and cfg.lod.choice().given:
+        raise SplatkitError("--lod-set writes every level; drop --level, --levels and --budget (or --lod-set)")
     if cfg.lod_set is not None:
         return _write_lod_set(cfg, model, view, name)
     out = cfg.out or (cfg.player or (source.parent / "export")) / name
@@ -480,7 +489,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse(argv)
         next(run for cls, run in COMMANDS.values() if isinstance(cfg, cls))(cfg)
     except SplatkitError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # The message is plain text: no markup, no emoji codes (":b:" in "--levels a:b" is not an emoji).
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True, emoji=False)
         return 2
     except KeyboardInterrupt:
         hint = "; continue with --resume (the last checkpoint is kept)" if isinstance(cfg, TrainConfig) else \

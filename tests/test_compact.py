@@ -213,3 +213,11 @@ def test_train_quantize_then_export_info_and_eval_the_compact_file(tiny_scene, t
     file_psnr = json.loads((run / "eval" / "m.spkz" / "metrics.json").read_text())["mean"]["psnr"]
     run_psnr = json.loads((run / "metrics.json").read_text())["psnr"]
     assert abs(file_psnr - run_psnr) <= 0.3  # the whole budget for compression; the file's grids cost less
+
+
+def test_a_model_without_sh_bands_converts_to_compact_and_back(tmp_path):
+    rng = np.random.default_rng(0)
+    g = init_from_points(rng.normal(size=(300, 3)), rng.uniform(size=(300, 3)), sh_degree=0)
+    write_compact(g, tmp_path / "m.spkz")
+    back = read_compact(tmp_path / "m.spkz")
+    assert back.sh_degree == 0 and back.shN.shape == (300, 0, 3) and len(back) == 300

@@ -4,6 +4,7 @@ run's own model, options do what they say, and bad input is one line naming the 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -173,3 +174,20 @@ def test_an_unbundled_sog_is_sized_with_its_images(tiny_run, tmp_path, capsys):
     capsys.readouterr()
     assert main(["info", str(out)]) == 0
     assert f"{total / len(read_splats(out)):.1f}" in capsys.readouterr().err
+
+
+def test_export_takes_the_format_from_the_output_name(tiny_run, tmp_path):
+    assert main(["export", str(tiny_run), "-o", str(tmp_path / "m.spz")]) == 0
+    assert detect_format(tmp_path / "m.spz") == "spz"
+    assert main(["export", str(tiny_run), "-o", str(tmp_path / "m.bin")]) == 2  # no format to tell from it
+
+
+def test_exports_are_readable_by_others_as_any_new_file(tiny_run, tmp_path):
+    """Written through a temporary file (atomic), yet with the mode the umask gives new files, not owner-only:
+    a player folder is served by a web server running as another user."""
+    previous = os.umask(0o022)
+    try:
+        assert main(["export", str(tiny_run), "-o", str(tmp_path / "m.sog")]) == 0
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "m.sog").stat().st_mode & 0o777 == 0o644

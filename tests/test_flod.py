@@ -5,6 +5,7 @@ training goes on, the run's phases follow the level budgets, and the level index
 from __future__ import annotations
 
 import json
+import re
 import math
 
 import numpy as np
@@ -113,6 +114,10 @@ def test_a_finished_run_writes_every_level_and_renders_the_finest(tiny_scene, tm
         path = tmp_path / "set" / entry["file"]
         assert entry["bytes"] == path.stat().st_size and entry["count"] == len(read_splats(path))
         assert entry["count"] == counts[entry["level"]]
+    before = (tmp_path / "run" / "metrics.json").read_bytes()
+    assert main(["eval", str(tmp_path / "run"), "--level", "1"]) == 0  # its own folder, labelled
+    scored = json.loads((tmp_path / "run" / "eval" / "level-1" / "metrics.json").read_text())
+    assert scored["levels"] == "level-1" and (tmp_path / "run" / "metrics.json").read_bytes() == before
     bands = [entry["band"] for entry in manifest["levels"]]  # coarsest far out, finest from the camera on
     assert bands[0][1] is None and bands[-1][0] == 0.0 and bands[0][0] == bands[1][1] and bands[1][0] == bands[2][1]
 
@@ -175,3 +180,13 @@ def test_lod_preset_sets_defaults_that_flags_override_and_refuses_quantize(capsy
     assert cfg.parameterisation.levels == 3 and cfg.strategy.refine_until == 0.5
     assert main(["train", "demo", "--lod", "--quantize"]) == 2
     assert "do not combine" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("choice, words", [
+    (dict(levels=(5, 3)), "coarser (smaller) level first"),
+    (dict(budget=0), "positive"),
+    (dict(level=1, levels=(1, 2)), "one of"),
+])
+def test_impossible_level_choices_get_one_line(choice, words):
+    with pytest.raises(SplatkitError, match=re.escape(words)):
+        LevelChoice(**choice)

@@ -71,8 +71,8 @@ def encode_latents(latents: np.ndarray) -> tuple[bytes, bytes, bytes]:
     """(N, D) integer latents -> (range-coded symbols, zstd table of every column's alphabet and counts, zstd
     escaped values in column order)."""
     encoder = constriction.stream.queue.RangeEncoder()
-    table: list[np.ndarray] = []
-    escaped: list[np.ndarray] = []
+    table: list[np.ndarray] = [np.zeros(0, np.int64)]  # a code of width 0 (SH degree 0's rest) has no column
+    escaped: list[np.ndarray] = [np.zeros(0, np.int64)]
     for column in latents.T:
         alphabet, counts, symbols = column_model(column)
         table += [np.array([len(alphabet)]), alphabet, counts]
@@ -226,7 +226,7 @@ def load_compact(path: str | Path) -> QuantizedGaussians:
         if not isinstance(spec, dict) or spec.get("width") != width:
             raise file_error(path, f"corrupt header ({name}: expected {width} values per splat)")
         dim = spec.get("dim")
-        if not isinstance(dim, int) or not 1 <= dim <= MAX_LATENT_DIM:
+        if not isinstance(dim, int) or not (1 if width else 0) <= dim <= MAX_LATENT_DIM:
             raise file_error(path, f"corrupt header ({name}: latent size {dim!r})")
         decoder = section()
         if len(decoder) != 4 * (dim + 1) * width:

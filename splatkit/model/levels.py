@@ -112,6 +112,20 @@ class LevelChoice:
     def __post_init__(self) -> None:
         if sum(option is not None for option in (self.level, self.levels, self.budget)) > 1:
             raise SplatkitError("give one of --level, --levels and --budget")
+        if self.budget is not None and self.budget < 1:
+            raise SplatkitError(f"--budget {self.budget}: must be a positive number of splats")
+        if self.levels is not None and not 1 <= self.levels[0] <= self.levels[1]:
+            raise SplatkitError(f"--levels {self.levels[0]}:{self.levels[1]}: give COARSEST:FINEST with the coarser "
+                                "(smaller) level first, e.g. 3:5")
+
+    @property
+    def label(self) -> str:
+        """A name for what was chosen (a folder name for its outputs): level-2, levels-3-5, budget-200000."""
+        if self.level is not None:
+            return f"level-{self.level}"
+        if self.levels is not None:
+            return f"levels-{self.levels[0]}-{self.levels[1]}"
+        return f"budget-{self.budget}" if self.budget is not None else "finest"
 
     @property
     def given(self) -> bool:

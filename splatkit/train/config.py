@@ -61,11 +61,10 @@ class TrainConfig:
     """Composite each render over a random colour (discourages transparent 'holes')."""
     quantize: bool = False
     """Train compact (EAGLES): quantized-latent parameterisation, coarse-to-fine, and EAGLES' ADC schedule
-    (refine every 125 steps until 60% of the run, opacity reset every 2,500), each overridable by its own flag
-    (`quantize_preset`)."""
+    (refine every 125 steps until 60% of the run, opacity reset every 2,500), each overridable by its own flag."""
     lod: bool = False
     """Train levels of detail (FLoD): 5 levels one after another, each with a floor under its Gaussians' sizes,
-    and ADC restarting in each level, refining until half of it (`lod_preset`; each setting overridable).
+    and ADC restarting in each level, refining until half of it (each setting overridable by its own flag).
     Render one level, a selective range or a splat budget with --level, --levels, --budget."""
     coarse_to_fine: bool = False
     """Train on downsampled photos whose size rises from --coarse-to-fine-start of full size to full size on a
