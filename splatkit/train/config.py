@@ -18,7 +18,7 @@ StrategyChoice = STRATEGIES.choice()
 ParameterisationChoice = PARAMETERISATIONS.choice()
 
 # Settings that make a run what it is, besides its scene: a resume may change anything else, never these.
-RUN_DEFINING = ("data_factor", "test_every", "seed", "strategy.name", "parameterisation.name")
+RUN_DEFINING = ("data_factor", "test_every", "seed", "strategy.name", "parameterisation.name", "quantize", "lod")
 
 
 @dataclass

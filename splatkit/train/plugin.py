@@ -168,4 +168,4 @@ class Registry(Generic[P]):
 
 
 def _summary(cls: type) -> str:
-    return (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+    return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
