@@ -293,9 +293,9 @@ def _wait_until(done: Callable[[], bool], what: Callable[[], str], path: Path) -
     if done():
         return
     bound = _wait_bound()
-    print(f"splatkit: waiting for {what()} to finish...", file=sys.stderr, flush=True)
     deadline = time.monotonic() + bound
-    with _signals_as_default():
+    with _signals_as_default():  # before saying so: a signal sent on reading the line must end the wait
+        print(f"splatkit: waiting for {what()} to finish...", file=sys.stderr, flush=True)
         while not done():
             if time.monotonic() >= deadline:
                 raise file_error(path, f"gave up after {bound:g} s waiting for {what()} to finish; let it finish "
