@@ -334,7 +334,7 @@ def train(cfg: TrainConfig, *, show_progress: bool = True,
     masked = sum(c.mask_path is not None for c in scene.cameras)
     console.print(f"splatkit: {len(scene.train_ids)} training / {len(scene.test_ids)} held-out views"
                   + (f" ({masked} with masks)" if masked else "") + f", {len(trainer.model):,} Gaussians, "
-                  f"strategy {cfg.strategy.name}, "
+                  f"strategy {cfg.strategy.name}, parameterisation {cfg.parameterisation.name}, "
                   f"{trainer.device.type} backend {trainer.backend}, "
                   f"run folder {run_dir}" + (f", resuming at step {trainer.step}" if trainer.step else ""))
     smoothed: dict[str, float] = {}

@@ -89,13 +89,15 @@ class EaglesQuantized(Parameterisation):
     """Seed of the decoders' initial weights."""
 
     def validate(self) -> None:
-        for name, ok in {"coded": len(set(self.coded)) == len(self.coded),
-                         "latent_lr": self.latent_lr > 0, "prune_every": 0 < self.prune_every <= 1,
-                         "prune_until": 0 <= self.prune_until <= 1, "prune_quantile": 0 <= self.prune_quantile < 1,
-                         **{f"{n}_dim": self.latent_dim(n) >= 1 for n in CODABLE}}.items():
+        rules = {"coded": (len(set(self.coded)) == len(self.coded), "each attribute once"),
+                 "latent_lr": (self.latent_lr > 0, "must be positive"),
+                 "prune_every": (0 < self.prune_every <= 1, "must be in (0, 1]"),
+                 "prune_until": (0 <= self.prune_until <= 1, "must be in [0, 1]"),
+                 "prune_quantile": (0 <= self.prune_quantile < 1, "must be in [0, 1)"),
+                 **{f"{n}_dim": (self.latent_dim(n) >= 1, "must be at least 1") for n in CODABLE}}
+        for name, (ok, rule) in rules.items():
             if not ok:
-                raise SplatkitError(f"--parameterisation.{name.replace('_', '-')} {getattr(self, name)}: "
-                                    "out of range")
+                raise SplatkitError(f"--parameterisation.{name.replace('_', '-')} {getattr(self, name)}: {rule}")
 
     def render_needs(self) -> frozenset[str]:
         return frozenset({"weight_sums"}) if self.influence_prune else frozenset()

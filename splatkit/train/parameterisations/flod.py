@@ -50,14 +50,15 @@ class FLoD(Parameterisation):
     """Overlap pruning stops after this fraction of a level (the reference: with densification, 40-50%)."""
 
     def validate(self) -> None:
-        checks = {"levels": self.levels >= 1, "tau": self.tau > 0, "rho": self.rho > 1,
-                  "level_steps": len(self.level_steps) == self.levels and min(self.level_steps) > 0,
-                  "overlap_every": 0 < self.overlap_every <= 1, "overlap_until": 0 <= self.overlap_until <= 1}
-        for name, ok in checks.items():
+        rules = {"levels": (self.levels >= 1, "must be at least 1"), "tau": (self.tau > 0, "must be positive"),
+                 "rho": (self.rho > 1, "must be above 1"),
+                 "level_steps": (len(self.level_steps) == self.levels and min(self.level_steps, default=0) > 0,
+                                 f"one positive budget per level ({self.levels})"),
+                 "overlap_every": (0 < self.overlap_every <= 1, "must be in (0, 1]"),
+                 "overlap_until": (0 <= self.overlap_until <= 1, "must be in [0, 1]")}
+        for name, (ok, rule) in rules.items():
             if not ok:
-                raise SplatkitError(f"--parameterisation.{name.replace('_', '-')} {getattr(self, name)}: out of "
-                                    f"range" + (f" (one budget per level: {self.levels})" if name == "level_steps"
-                                                else ""))
+                raise SplatkitError(f"--parameterisation.{name.replace('_', '-')} {getattr(self, name)}: {rule}")
 
     def floor(self, level: int) -> float:
         """s_min(level), world units of the training frame: tau / rho^(level - 1), 0 at the top level."""
