@@ -399,6 +399,8 @@ def run_info(cfg: InfoConfig):
             ("file size", f"{info.file_bytes / 1e6:.3f} MB"), ("bytes per splat", f"{info.bytes_per_splat:.1f}"),
             ("bounds", f"{xyz(lo)} .. {xyz(hi)}"), ("bulk (1-99%)", f"{xyz(blo)} .. {xyz(bhi)}"),
             ("median opacity", f"{info.median_opacity:.3f}"), ("median size", f"{info.median_scale:.3g}")]
+    if info.levels:
+        rows.append(("levels", ", ".join(f"{level}: {count:,}" for level, count in info.levels.items())))
     console.print(f"[bold]{info.path}[/]")
     for key, value in rows:
         console.print(f"  {key:>15}  {value}", highlight=False)

@@ -15,6 +15,7 @@ from scipy.spatial import cKDTree
 
 from splatkit.data.cameras import Camera
 from splatkit.cli import main
+from splatkit.io.export import describe
 from splatkit.io.formats import read_splats
 from splatkit.io.ply import load_ply
 from splatkit.errors import SplatkitError
@@ -114,6 +115,7 @@ def test_a_finished_run_writes_every_level_and_renders_the_finest(tiny_scene, tm
         path = tmp_path / "set" / entry["file"]
         assert entry["bytes"] == path.stat().st_size and entry["count"] == len(read_splats(path))
         assert entry["count"] == counts[entry["level"]]
+    assert describe(tmp_path / "run" / "point_cloud.ply").levels == counts  # `info` lists them
     before = (tmp_path / "run" / "metrics.json").read_bytes()
     assert main(["eval", str(tmp_path / "run"), "--level", "1"]) == 0  # its own folder, labelled
     scored = json.loads((tmp_path / "run" / "eval" / "level-1" / "metrics.json").read_text())

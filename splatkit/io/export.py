@@ -15,7 +15,7 @@ from splatkit.errors import file_error
 from splatkit.io._common import with_sh_degree
 from splatkit.io.formats import detect_format, read_splats, stored_bytes, write_splats
 from splatkit.model.gaussians import Gaussians
-from splatkit.model.levels import single_level
+from splatkit.model.levels import level_counts, single_level
 from splatkit.model.quantized import QuantizedGaussians
 
 M = TypeVar("M", Gaussians, QuantizedGaussians)
@@ -56,6 +56,7 @@ class SplatFileInfo:
     bulk: tuple[np.ndarray, np.ndarray]  # per-axis 1st and 99th percentile: the extent without floaters
     median_opacity: float
     median_scale: float  # median of each splat's largest axis
+    levels: dict[int, int]  # splats per level of detail (FLoD); {} for a model without levels
 
     @property
     def bytes_per_splat(self) -> float:
@@ -71,4 +72,5 @@ def describe(path: str | Path) -> SplatFileInfo:
         opacity = float(g.activated_opacities.median())
         scale = float(g.activated_scales.max(dim=1).values.median())
     return SplatFileInfo(path, fmt, stored_bytes(path, fmt), len(g), g.sh_degree,
-                         (means.min(0), means.max(0)), tuple(np.percentile(means, [1, 99], axis=0)), opacity, scale)
+                         (means.min(0), means.max(0)), tuple(np.percentile(means, [1, 99], axis=0)), opacity, scale,
+                         level_counts(g))
