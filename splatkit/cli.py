@@ -291,11 +291,11 @@ def run_export(cfg: ExportConfig) -> Path:
     if record is not None:
         to_normalized = record.to_normalized
         file_to_export = _file_to_export(cfg.frame, scene, to_normalized, cfg.model)
-        if not file_to_export.is_identity:
-            model = model.transformed(file_to_export)
         cameras_to_export = to_normalized.inverse().then(file_to_export)
         if cfg.format == "compact":  # the run's own latents, not a re-quantized float model
             model = record.final_quantized().transformed(cameras_to_export)
+        elif not file_to_export.is_identity:
+            model = model.transformed(file_to_export)
         if scene is not None:
             camera = scene.cameras[scene.test_ids[0] if scene.test_ids else 0]
             view = dataclasses.replace(camera, world_to_cam=cameras_to_export.apply_camera(camera.world_to_cam))
@@ -342,11 +342,11 @@ def _write(model: Gaussians | QuantizedGaussians, out: Path, cfg: ExportConfig, 
     else:
         write_model(model, out, cfg.format, spz_version=cfg.spz_version)
     size = stored_bytes(out, cfg.format)
-    shipped = single_level(_decoded(model)) if cfg.format not in LEVEL_FORMATS else _decoded(model)
+    count = len(model) if cfg.format in LEVEL_FORMATS else len(single_level(model))  # as write_model chose
     stored_degree = 0 if cfg.format == "splat" else model.sh_degree  # .splat keeps the base colour only
     pruned_note = f" (pruned {pruned:,})" if pruned else ""
-    console.print(f"wrote {len(shipped):,} splats{pruned_note}, SH degree {stored_degree}, {size / 1e6:.2f} MB "
-                  f"({size / len(shipped):.1f} B/splat) to {out}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {count:,} splats{pruned_note}, SH degree {stored_degree}, {size / 1e6:.2f} MB "
+                  f"({size / count:.1f} B/splat) to {out}", highlight=False, soft_wrap=True)
     return size
 
 

@@ -176,14 +176,17 @@ def test_a_damaged_latent_table_gets_one_line(tmp_path):
     path = tmp_path / "m.spkz"
     save_compact(parameterisation.quantized(model), path)
     data = bytearray(path.read_bytes())
+    refused = 0
     for offset in range(len(data) - 200, len(data), 7):  # flip bytes across the last sections, one at a time
         damaged = bytearray(data)
         damaged[offset] ^= 0x5A
         (tmp_path / "bad.spkz").write_bytes(bytes(damaged))
         try:
-            read_compact(tmp_path / "bad.spkz")
+            read_compact(tmp_path / "bad.spkz")  # a flip inside a decoder's floats still reads (other values)
         except SplatkitError as exc:
             assert "\n" not in str(exc) and "bad.spkz" in str(exc)
+            refused += 1
+    assert refused >= 5  # the tables, streams and escapes behind them are checked, not taken on trust
 
 
 def test_train_quantize_then_export_info_and_eval_the_compact_file(tiny_scene, tmp_path, capsys):

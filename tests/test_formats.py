@@ -27,6 +27,7 @@ from splatkit.io import compressed_ply, spz
 from splatkit.io.formats import detect_format, format_from_extension, read_splats, write_options, write_splats
 from splatkit.io.ply import load_ply
 from splatkit.model.gaussians import Gaussians
+from splatkit.model.morton import morton_order
 from splatkit.model.sh import SH_C0
 from splatkit.render import rasterize
 from splatkit.render.projection import covariance_3d
@@ -284,7 +285,7 @@ def test_compressed_ply_round_trip(tmp_path, model):
     back = read_splats(path)
     assert len(back) == len(model) and back.sh_degree == 3
     # The writer sorts in Morton order; the same order maps file rows to model rows (positions confirm it).
-    o = model.subset(torch.from_numpy(compressed_ply._morton_order(as_np(model.means))))
+    o = model.subset(torch.from_numpy(morton_order(as_np(model.means))))
     bounds = _chunk_bounds(path, len(model))
     lo, hi = bounds["pos"]
     assert_within(back.means, o.means, (hi - lo) / (2 * STEPS_11_10_11) + 2 * F32 * np.abs(as_np(o.means)), "position")
@@ -387,7 +388,7 @@ def test_written_layouts_follow_the_specs(tmp_path):
     assert [p.name for p in ply["chunk"].properties] == compressed_ply.CHUNK_PROPS
     assert [(p.name, p.val_dtype) for p in ply["vertex"].properties] == [(p, "u4") for p in compressed_ply.VERTEX_PROPS]
     assert [(p.name, p.val_dtype) for p in ply["sh"].properties] == [(f"f_rest_{i}", "u1") for i in range(45)]
-    o = g.subset(torch.from_numpy(compressed_ply._morton_order(as_np(g.means))))
+    o = g.subset(torch.from_numpy(morton_order(as_np(g.means))))
     for k, c in [(0, 0), (0, 1), (14, 2), (3, 1)]:
         q = np.asarray(ply["sh"][f"f_rest_{c * 15 + k}"], np.float64)
         assert_within((q + 0.5) / 256 * 8 - 4, np.clip(as_np(o.shN[:, k, c]), -4, 4), CPLY_SH + EPS, f"f_rest {k},{c}")

@@ -2,7 +2,7 @@
 derived from the format, the layout checked against the spec without splatkit's reader (decoded as the
 PlayCanvas engine's shaders do), the SH palette, and malformed files.
 
-The writer sorts splats in Morton order, so file rows map to model rows through `_morton_order`. Bounds:
+The writer sorts splats in Morton order, so file rows map to model rows through `morton_order`. Bounds:
 - position: a 16-bit code of v = sign(x) ln(|x| + 1) between the file's mins and maxs, rounded: |v' - v| <= h,
   half a step, h = (max - min) / 65535 / 2; mapped back through sign(v)(exp|v| - 1), whose slope is exp|v|,
   |x' - x| <= h exp(|v| + h), plus float32 rounding of the result;
@@ -31,7 +31,7 @@ from format_bounds import (EPS, F32, alpha, angle, as_np, assert_within, expect_
                            smallest_three_angle)
 from splatkit.errors import SplatkitError
 from splatkit.io import sog
-from splatkit.io.compressed_ply import _morton_order
+from splatkit.model.morton import morton_order
 from splatkit.io.formats import detect_format, format_from_extension, read_splats, write_options, write_splats
 from splatkit.io.ply import load_ply
 from splatkit.model.sh import SH_C0
@@ -62,7 +62,7 @@ def _pixels(data):
 
 
 def _in_file_order(g):
-    return g.subset(torch.from_numpy(_morton_order(as_np(g.means))))
+    return g.subset(torch.from_numpy(morton_order(as_np(g.means))))
 
 
 @pytest.fixture(params=["random", "inria"])

@@ -61,12 +61,6 @@ def _categorical(counts: np.ndarray) -> Any:
     return constriction.stream.model.Categorical(counts.astype(np.float64) / counts.sum(), perfect=False)
 
 
-def predicted_bits(counts: np.ndarray) -> float:
-    """Empirical entropy of a column, in bits: sum over symbols of count * log2(N / count)."""
-    counts = counts[counts > 0].astype(np.float64)
-    return float((counts * np.log2(counts.sum() / counts)).sum())
-
-
 def encode_latents(latents: np.ndarray) -> tuple[bytes, bytes, bytes]:
     """(N, D) integer latents -> (range-coded symbols, zstd table of every column's alphabet and counts, zstd
     escaped values in column order)."""
@@ -255,16 +249,3 @@ def write_compact(g: Gaussians, path: str | Path, *, sh_degree: int | None = Non
     check_writable(g, path)
     save_compact(quantize(with_sh_degree(g, sh_degree, path)), path)
 
-
-def compact_bytes_per_part(path: str | Path) -> dict[str, int]:
-    """Bytes of each part of a compact file (header, positions, each attribute), for size reports."""
-    data = read_file(path)
-    _, _, header_size = PREAMBLE.unpack_from(data)
-    header = json.loads(data[PREAMBLE.size:PREAMBLE.size + header_size])
-    sizes = list(header["sections"])
-    parts = {"header": PREAMBLE.size + header_size, "means": sizes.pop(0)}
-    if header.get("levels"):
-        parts["level"] = sizes.pop(0)
-    for i, name in enumerate(CODABLE):
-        parts[name] = sum(sizes[4 * i:4 * i + 4])
-    return parts

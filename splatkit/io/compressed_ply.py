@@ -24,6 +24,7 @@ from splatkit.errors import file_error
 from splatkit.io._common import (byte_to_opacity, from_smallest_three, gaussians_from_arrays, model_arrays,
                                  opacity_to_byte, read_file, smallest_three, unit_quats, with_sh_degree)
 from splatkit.model.gaussians import Gaussians
+from splatkit.model.morton import morton_order
 from splatkit.model.sh import SH_C0
 
 CHUNK = 256
@@ -153,22 +154,6 @@ def load_compressed_ply(path: str | Path) -> Gaussians:
                                  ((rgb - 0.5) / SH_C0)[:, None, :], shN)
 
 
-def _morton_order(p: np.ndarray) -> np.ndarray:
-    """Indices sorting points along a 30-bit Z-order curve over their bounding box, so chunks are compact."""
-    lo, hi = p.min(axis=0), p.max(axis=0)
-    extent = np.where(hi > lo, hi - lo, 1.0)
-    q = np.clip((p - lo) / extent * 1023.0, 0, 1023).astype(np.uint64)
-
-    def spread(v: np.ndarray) -> np.ndarray:  # 10 bits -> every third bit of 30
-        v = (v | (v << np.uint64(16))) & np.uint64(0x030000FF)
-        v = (v | (v << np.uint64(8))) & np.uint64(0x0300F00F)
-        v = (v | (v << np.uint64(4))) & np.uint64(0x030C30C3)
-        return (v | (v << np.uint64(2))) & np.uint64(0x09249249)
-
-    code = spread(q[:, 0]) | (spread(q[:, 1]) << np.uint64(1)) | (spread(q[:, 2]) << np.uint64(2))
-    return np.argsort(code, kind="stable")
-
-
 def _quantise(v: np.ndarray, lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
     """packUnorm((v - lo) / (hi - lo)): v (C, 256, k) within per-chunk bounds lo, hi (C, 1, k)."""
     span = hi - lo
@@ -182,7 +167,7 @@ def save_compressed_ply(g: Gaussians, path: str | Path, *, sh_degree: int | None
     a = model_arrays(with_sh_degree(g, sh_degree, path), path)
     n = len(a["means"])
     chunks = math.ceil(n / CHUNK)
-    order = _morton_order(a["means"].astype(np.float64))
+    order = morton_order(a["means"].astype(np.float64))
     # Pad the last chunk with copies of the last splat: they take part in the bounds only.
     padded = order[np.minimum(np.arange(chunks * CHUNK), n - 1)].reshape(chunks, CHUNK)
 

@@ -48,8 +48,8 @@ from splatkit.atomic import atomic_path
 from splatkit.errors import SplatkitError, file_error
 from splatkit.io._common import (byte_to_opacity, from_smallest_three, gaussians_from_arrays, model_arrays,
                                  opacity_to_byte, read_file, smallest_three, unit_quats, with_sh_degree)
-from splatkit.io.compressed_ply import _morton_order
 from splatkit.model.gaussians import Gaussians
+from splatkit.model.morton import morton_order
 
 ZIP_MAGIC = b"PK\x03\x04"
 META = "meta.json"
@@ -511,7 +511,7 @@ def _encode(g: Gaussians, path: str | Path, sh_degree: int | None, prefix: str) 
     width, height = _grid(n)
     if width > MAX_SIDE or height > MAX_SIDE:
         raise file_error(path, f"{n} splats need {width}x{height} images, beyond WebP's {MAX_SIDE}x{MAX_SIDE}")
-    order = _morton_order(a["means"].astype(np.float64))
+    order = morton_order(a["means"].astype(np.float64))
     a = {k: v[order] for k, v in a.items()}
     names = {role: f"{prefix}{role}.webp" for roles in FILES.values() for role in roles}
     images: dict[str, bytes] = {}

@@ -19,6 +19,7 @@ from scipy.spatial.transform import Rotation
 
 from splatkit.data.scene import Similarity
 from splatkit.model.gaussians import Gaussians
+from splatkit.model.morton import morton_order
 from splatkit.model.sh import SH_C0, num_sh_bases, sh_degree_from_bases, sh_rotation
 
 # What a latent code may stand for: every attribute but the position (EAGLES keeps positions as floats).
@@ -181,17 +182,7 @@ def quantize_positions(means: torch.Tensor, attributes: dict[str, LatentCode], s
     grid = torch.round((t - lo) / span * steps).clamp(0, steps).int().cpu()
     q = QuantizedGaussians(grid, lo.cpu().numpy(), (lo + span).cpu().numpy(), attributes, sh_degree,
                            None if level is None else level.cpu())
-    return q.subset(torch.from_numpy(np.argsort(morton_codes(grid.numpy()), kind="stable")))
-
-
-def morton_codes(grid: np.ndarray) -> np.ndarray:
-    """(N,) uint64 Z-order codes of (N, 3) 16-bit cells: bit b of axis a goes to bit 3 b + a."""
-    codes = np.zeros(len(grid), np.uint64)
-    for axis in range(3):
-        spread = grid[:, axis].astype(np.uint64)
-        for b in range(POSITION_BITS):
-            codes |= ((spread >> np.uint64(b)) & np.uint64(1)) << np.uint64(3 * b + axis)
-    return codes
+    return q.subset(torch.from_numpy(morton_order(grid.numpy().astype(np.float64))))
 
 
 def quantize(g: Gaussians, codes: dict[str, LatentCode] | None = None) -> QuantizedGaussians:
