@@ -26,6 +26,7 @@ from splatkit.train.config import TrainConfig
 from splatkit.train.gaussian_model import GaussianModel
 from splatkit.train.learning_rates import LearningRates
 from splatkit.train.parameterisations import FLoD
+from splatkit.train.plugin import StepInfo
 from splatkit.train.strategies import ADCStrategy
 from splatkit.train.trainer import start, train
 
@@ -175,8 +176,16 @@ def test_lod_preset_sets_defaults_that_flags_override_and_refuses_quantize(capsy
 
     cfg = parse(["train", "demo", "--lod", "--steps", "7000"])
     assert isinstance(cfg.parameterisation, FLoD) and cfg.lod
-    assert (cfg.strategy.refine_start, cfg.strategy.refine_until) == (100, 0.5)
     assert FLoD().phases(7000) == [700, 1050, 1400, 1750, 2100]
+    # The reference refines from its step 500 of 30,000 in the finest level, until 40-50% of each level.
+    assert (cfg.strategy.refine_start, cfg.strategy.refine_until) == (round(2100 * 500 / 30_000), 0.5)
+    # Its intervals (2,000, 1,000, 500, 500, 200 steps of levels of 10k, 15k, 20k, 25k, 30k) scaled to these
+    # levels, never under refine_every's 100 steps.
+    reference = [(2000, 10_000), (1000, 15_000), (500, 20_000), (500, 25_000), (200, 30_000)]
+    for phase, (length, (every, level_steps)) in enumerate(zip(FLoD().phases(7000), reference)):
+        info = StepInfo(0, 7000, None, 0, None, None, None, None, 1.0, phase=phase, phase_steps=length)
+        assert cfg.strategy.interval(info) == max(100, round(every / level_steps * length))
+    assert cfg.strategy.interval(StepInfo(0, 7000, None, 0, None, None, None, None, 1.0)) == 100
     cfg = parse(["train", "demo", "--lod", "parameterisation:flod", "--parameterisation.levels", "3",
                  "--parameterisation.level-steps", "1", "1", "1"])
     assert cfg.parameterisation.levels == 3 and cfg.strategy.refine_until == 0.5

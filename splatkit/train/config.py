@@ -105,8 +105,14 @@ def quantize_preset(cfg: TrainConfig) -> TrainConfig:
 
 def lod_preset(cfg: TrainConfig) -> TrainConfig:
     """`cfg` with the settings `--lod` stands for (FLoD, Seo et al. 2024): five levels with the reference's
-    relative budgets (10:15:20:25:30) shared out of --steps, and ADC restarting in each level from step 100,
-    refining every 100 steps until half of the level (the reference: 40-50%). The CLI lays the user's flags
+    relative budgets (10:15:20:25:30) shared out of --steps, and ADC restarting in each level with the
+    reference's schedule scaled to the level's length: refining every 20%, 6.7%, 2.5%, 2% and 0.67% of levels
+    1-5 (the reference: every 2,000, 1,000, 500, 500 and 200 steps), from 1/60 of the finest level (its 500 of
+    30,000 steps) until half of each level, never more often than ADC's 100 steps: refining every few steps
+    (the fractions of a short level) multiplied the Gaussians into a fog (cup, 1,500 steps: 312k Gaussians,
+    15 dB). Coarse levels, whose floors keep their gradients high, grow rarely. The CLI lays the user's flags
     over these."""
-    adc = ADCStrategy(refine_start=100, refine_every=100, refine_until=0.5)
-    return replace(cfg, lod=True, parameterisation=FLoD(), strategy=adc)
+    flod = FLoD()
+    adc = ADCStrategy(refine_start=round(flod.phases(cfg.steps)[-1] / 60), refine_until=0.5,
+                      refine_every_phase=(0.2, 1 / 15, 0.025, 0.02, 1 / 150))
+    return replace(cfg, lod=True, parameterisation=flod, strategy=adc)

@@ -38,12 +38,16 @@ class ADCStrategy(Strategy):
     refine_until: float = 1.0
     """Stop refining after this fraction of the run (of each level, with FLoD) if that comes before
     refine_stop."""
+    refine_every_phase: tuple[float, ...] = ()
+    """Per phase of the run (FLoD's levels), the refinement interval as a fraction of that phase, in place of
+    refine_every but never shorter than it (empty: refine_every in every phase)."""
     reset_every: int = 3_000
     seed: int = 0
     """Seed of the split sampler (its state is checkpointed)."""
 
     def validate(self) -> None:
-        self.require(refine_every=self.refine_every >= 1, reset_every=self.reset_every >= 1)
+        self.require(refine_every=self.refine_every >= 1, reset_every=self.reset_every >= 1,
+                     refine_every_phase=all(0 < f <= 1 for f in self.refine_every_phase))
 
     def setup(self, ctx: SetupContext) -> dict[str, Any]:
         n = len(ctx.model)

@@ -22,6 +22,7 @@ class Strategy(Plugin):
     refine_stop: int
     refine_every: int
     refine_until: float
+    refine_every_phase: tuple[float, ...]
 
     def refine_end(self, phase_steps: int) -> int:
         """The step of a phase of `phase_steps` steps (0: unknown) at which refinement stops: `refine_stop`, or
@@ -32,11 +33,19 @@ class Strategy(Plugin):
         """Whether this step lies before the phase's refinement stops."""
         return info.phase_step < self.refine_end(info.phase_steps)
 
+    def interval(self, info: StepInfo) -> int:
+        """Steps between refinements in this step's phase: `refine_every_phase[phase]` of the phase where
+        given but never fewer than `refine_every` (a mean gradient over fewer views is noise), else
+        `refine_every`."""
+        if info.phase < len(self.refine_every_phase) and info.phase_steps:
+            return max(self.refine_every, round(self.refine_every_phase[info.phase] * info.phase_steps))
+        return self.refine_every
+
     def refines_at(self, info: StepInfo) -> bool:
         """Whether the Gaussians are grown, pruned or relocated after this step (strictly between start and
         stop, on the cadence)."""
         step = info.phase_step
-        return self.refine_start < step < self.refine_end(info.phase_steps) and step % self.refine_every == 0
+        return self.refine_start < step < self.refine_end(info.phase_steps) and step % self.interval(info) == 0
 
     def require(self, **valid: bool) -> None:
         """Raise one line naming the first setting whose check is False (`refine_every=self.refine_every >= 1`)."""

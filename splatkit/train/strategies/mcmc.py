@@ -41,6 +41,9 @@ class MCMCStrategy(Strategy):
     refine_until: float = 1.0
     """Stop relocating and growing after this fraction of the run (of each level, with FLoD) if that comes
     before refine_stop."""
+    refine_every_phase: tuple[float, ...] = ()
+    """Per phase of the run (FLoD's levels), the refinement interval as a fraction of that phase, in place of
+    refine_every but never shorter than it (empty: refine_every in every phase)."""
     min_opacity: float = 0.005
     """Gaussians at or below this opacity are dead and get relocated."""
     growth: float = 0.05
@@ -54,7 +57,8 @@ class MCMCStrategy(Strategy):
 
     def validate(self) -> None:
         self.require(cap_max=self.cap_max >= 1, growth=self.growth >= 0, min_opacity=0 <= self.min_opacity < 1,
-                     refine_every=self.refine_every >= 1)
+                     refine_every=self.refine_every >= 1,
+                     refine_every_phase=all(0 < f <= 1 for f in self.refine_every_phase))
 
     def setup(self, ctx: SetupContext) -> dict[str, Any]:
         generator = torch.Generator().manual_seed(self.seed)
