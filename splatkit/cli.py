@@ -101,7 +101,7 @@ class RenderConfig:
     backend: str = "auto"
 
 
-Format = Literal["ply", "compressed-ply", "spz", "splat", "sog", "sog-meta", "compact"]
+Format = Literal["ply", "compressed-ply", "spz", "splat", "sog", "sog-meta", "sog-lod", "compact"]
 OutPath = Annotated[Optional[Path], tyro.conf.arg(aliases=("-o",))]
 
 
@@ -252,7 +252,10 @@ def run_render(cfg: RenderConfig) -> list[Path]:
 
 
 def _extension(fmt: str) -> str:
-    return next(ext for ext, f in EXTENSIONS.items() if f == fmt)
+    """What a file name of `fmt` ends with; a streamed SOG is a folder named after the model holding
+    lod-meta.json (the engine finds it by that name) and its chunks."""
+    ext = next(ext for ext, f in EXTENSIONS.items() if f == fmt)
+    return f"-lod/{ext}" if fmt == "sog-lod" else ext
 
 
 def _run_scene(record: RunRecord) -> Scene | None:
@@ -301,6 +304,8 @@ def run_export(cfg: ExportConfig) -> Path:
             view = dataclasses.replace(camera, world_to_cam=cameras_to_export.apply_camera(camera.world_to_cam))
             up = cameras_to_export.rotation @ up_from_cameras(scene.cameras)
     name = (cfg.model.name if record is not None else source.name.split(".")[0]) + _extension(cfg.format)
+    if cfg.lod_set is not None and cfg.format == "sog-lod":
+        raise SplatkitError("a streamed SOG (--format sog-lod) holds every level itself; drop --lod-set")
     if cfg.lod_set is not None and cfg.lod.choice().given:
         raise SplatkitError("--lod-set writes every level; drop --level, --levels and --budget (or --lod-set)")
     if cfg.lod_set is not None:

@@ -193,7 +193,7 @@ SPLAT_CALLS: tuple[Call, ...] = ((_load_as_seeded, _check_gaussians), (_describe
 READERS: dict[str, tuple[Call, ...]] = {
     "colmap-bin": SCENE_CALLS, "colmap-txt": SCENE_CALLS, "transforms-json": SCENE_CALLS,
     "ply": SPLAT_CALLS, "compressed-ply": SPLAT_CALLS, "spz": SPLAT_CALLS, "splat": SPLAT_CALLS,
-    "sog": SPLAT_CALLS, "sog-meta": SPLAT_CALLS, "compact": SPLAT_CALLS,
+    "sog": SPLAT_CALLS, "sog-meta": SPLAT_CALLS, "sog-lod": SPLAT_CALLS, "compact": SPLAT_CALLS,
     "masks": ((_read_mask, _check_mask),),  # splatkit.data.masks: fuzzed once that module exists
     "probe": ((_probe, lambda result, case: None),),  # not a reader: the harness's self-test
 }
@@ -638,6 +638,8 @@ JSON_VALUES = (math.nan, math.inf, -math.inf, 1e308, 1e9, 10**12, 2**64, -1, 0, 
 JSON_KEYS = ("w", "h", "fl_x", "fl_y", "cx", "cy", "k1", "k2", "k3", "p1", "p2", "camera_angle_x",
              "camera_angle_y", "camera_model", "file_path", "mask_path", "transform_matrix", "frames", "ply_file_path")
 SOG_JSON_KEYS = ("version", "count", "means", "mins", "maxs", "codebook", "files", "bands", "shN", "quats", "model")
+LOD_JSON_KEYS = ("version", "lodLevels", "counts", "filenames", "tree", "children", "lods", "bound", "file", "offset",
+                 "count", "environment", "0", "1")
 
 
 def _pack(fmt: str, value: float) -> bytes:
@@ -831,7 +833,7 @@ def edit_json(data: bytes, kind: str, draw: Draw) -> tuple[bytes, str]:
     if how == "add":
         dicts = [p for p in [(), *paths] if isinstance(_json_get(doc, p), dict)]
         path = draw(st.sampled_from(dicts)) if dicts else ()
-        keys = SOG_JSON_KEYS if kind == "sog-json" else JSON_KEYS
+        keys = {"sog-json": SOG_JSON_KEYS, "lod-json": LOD_JSON_KEYS}.get(kind, JSON_KEYS)
         key, value = draw(st.sampled_from(keys)), draw(st.sampled_from(JSON_VALUES))
         target = _json_get(doc, path) if dicts else None
         if target is None:
@@ -920,6 +922,7 @@ OPS: dict[str, tuple[Op, ...]] = {
     "spz-gzip": BYTE_OPS + tuple(in_gzip(op) for op in BYTE_OPS + (set_field,) * 4),
     "sog": BYTE_OPS + (in_zip,) * 8,
     "sog-json": BYTE_OPS + (edit_json,) * 8,
+    "lod-json": BYTE_OPS + (edit_json,) * 8,
     "webp": BYTE_OPS + (set_field,) * 3,
     "compact": BYTE_OPS + (set_field,) * 3,
     "png": BYTE_OPS + (set_field,) * 4 + (copy_record,) * 2,
@@ -1152,6 +1155,22 @@ def _sog_meta_seeds() -> list[Seed]:
             if name.endswith("meta.json")]
 
 
+def _sog_lod_seeds() -> list[Seed]:
+    """The INRIA file's first splats as a streamed SOG of two levels (its even and odd splats): lod-meta.json
+    with one leaf (the tree splits above 256 splats), and a chunk per level."""
+    import torch
+
+    from splatkit.io.formats import write_splats
+
+    g = _inria_subset()
+    g = replace(g, level=1 + torch.arange(len(g)) % 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_splats(g, Path(tmp) / "lod-meta.json")
+        files = {p.relative_to(tmp).as_posix(): p.read_bytes() for p in Path(tmp).rglob("*") if p.is_file()}
+    kinds = {n: "lod-json" if n == "lod-meta.json" else "sog-json" if n.endswith(".json") else "webp" for n in files}
+    return [Seed("two levels", "sog-lod", Tree(files, kinds), entry="lod-meta.json")]
+
+
 def _compact_seeds() -> list[Seed]:
     """The INRIA file's first splats as a compact file (every attribute on its grid) and as an EAGLES model's
     (trained decoders and latents for SH rest, rotation and opacity)."""
@@ -1195,7 +1214,8 @@ SEEDS: dict[str, Callable[[], list[Seed]]] = {
     "colmap-bin": lambda: _colmap_seeds(binary=True), "colmap-txt": lambda: _colmap_seeds(binary=False),
     "transforms-json": _transforms_seeds,
     "ply": _ply_seeds, "compressed-ply": _compressed_ply_seeds, "spz": _spz_seeds, "splat": _splat_seeds,
-    "sog": _sog_seeds, "sog-meta": _sog_meta_seeds, "compact": _compact_seeds, "masks": _mask_seeds,
+    "sog": _sog_seeds, "sog-meta": _sog_meta_seeds, "sog-lod": _sog_lod_seeds, "compact": _compact_seeds,
+    "masks": _mask_seeds,
 }
 
 

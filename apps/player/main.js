@@ -1,5 +1,6 @@
-// splatkit player, PlayCanvas engine: shows one .ply (INRIA or PlayCanvas compressed) or SOG (a .sog bundle, or
-// a meta.json with its .webp images beside it; the engine picks its parser by extension) from the camera in
+// splatkit player, PlayCanvas engine: shows one .ply (INRIA or PlayCanvas compressed) or SOG (a .sog bundle, a
+// meta.json with its .webp images beside it, or a streamed SOG's lod-meta.json with its chunk folders, streamed
+// by level of detail; the engine picks its parser by file name) from the camera in
 // the URL. params.js describes the URL parameters and the "ready" / error signals the tests wait for.
 
 import * as pc from './playcanvas.mjs';

@@ -33,7 +33,7 @@ def slimmed(g: M, path: str | Path, *, sh_degree: int | None = None, min_opacity
     return with_sh_degree(g, sh_degree, path)
 
 
-LEVEL_FORMATS = ("ply", "compact")  # formats that keep every level of a FLoD model (with each splat's level)
+LEVEL_FORMATS = ("ply", "compact", "sog-lod")  # formats that keep every level of a FLoD model
 
 
 def write_model(g: Gaussians, path: str | Path, fmt: str, *, spz_version: int = 3) -> None:

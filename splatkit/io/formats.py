@@ -4,8 +4,9 @@ the extension when no name is given; every writer replaces the target atomically
 
 Formats: "ply" (INRIA, lossless), "compressed-ply" (PlayCanvas, 16 B/splat), "spz" (Niantic), "splat"
 (antimatter15, 32 B/splat, no SH), "sog" (PlayCanvas SOG bundle: a zip of meta.json and WebP images),
-"sog-meta" (the same unbundled: a meta.json with its images beside it) and "compact" (splatkit's .spkz: quantized
-latents, entropy-coded)."""
+"sog-meta" (the same unbundled: a meta.json with its images beside it), "sog-lod" (PlayCanvas streamed SOG:
+lod-meta.json and a folder per chunk, every level of detail) and "compact" (splatkit's .spkz: quantized latents,
+entropy-coded)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from splatkit.io.compressed_ply import (HEADER_LIMIT, is_compressed_header, load
                                         save_compressed_ply)
 from splatkit.io.ply import load_ply, save_ply
 from splatkit.io.sog import META_LIMIT, ZIP_MAGIC, is_sog_meta, load_sog, save_sog, save_sog_meta, unbundled_files
+from splatkit.io.sog_lod import LIMIT as LOD_META_LIMIT
+from splatkit.io.sog_lod import files_of, is_lod_meta, load_sog_lod, save_sog_lod
 from splatkit.io.splat import RECORD, load_splat, save_splat
 from splatkit.io.spz import GZIP_MAGIC, MAGIC, load_spz, save_spz
 from splatkit.model.gaussians import Gaussians
@@ -34,13 +37,14 @@ def _save_ply(g: Gaussians, path: str | Path, *, sh_degree: int | None = None) -
 READERS: dict[str, Callable[[str | Path], Gaussians]] = {
     "compact": read_compact,
     "ply": load_ply, "compressed-ply": load_compressed_ply, "spz": load_spz, "splat": load_splat, "sog": load_sog,
-    "sog-meta": load_sog}
+    "sog-meta": load_sog, "sog-lod": load_sog_lod}
 WRITERS: dict[str, Callable[..., None]] = {
     "compact": write_compact,
     "ply": _save_ply, "compressed-ply": save_compressed_ply, "spz": save_spz, "splat": save_splat, "sog": save_sog,
-    "sog-meta": save_sog_meta}
+    "sog-meta": save_sog_meta, "sog-lod": save_sog_lod}
 # Longest first. An unbundled SOG is a meta.json: "scene.meta.json" (images scene.*.webp) or plain "meta.json".
-EXTENSIONS = {".compressed.ply": "compressed-ply", ".meta.json": "sog-meta", "meta.json": "sog-meta",
+EXTENSIONS = {"lod-meta.json": "sog-lod", ".compressed.ply": "compressed-ply", ".meta.json": "sog-meta",
+              "meta.json": "sog-meta",
               ".spkz": "compact", ".ply": "ply", ".spz": "spz", ".splat": "splat", ".sog": "sog"}
 
 
@@ -68,12 +72,14 @@ def detect_format(path: str | Path) -> str:
         return "spz"
     if head[:4] == ZIP_MAGIC:
         return "sog"  # the reader says so when the zip holds no meta.json
-    if head.lstrip()[:1] == b"{" and size <= META_LIMIT:
+    if head.lstrip()[:1] == b"{" and size <= max(META_LIMIT, LOD_META_LIMIT):
         try:
             text = path.read_bytes()
         except OSError as exc:
             raise file_error(path, f"cannot read the file ({exc.strerror})") from None
-        if is_sog_meta(text) or path.name.lower().endswith("meta.json"):  # the reader says what is wrong with it
+        if is_lod_meta(text) or path.name.lower().endswith("lod-meta.json"):  # the reader says what is wrong
+            return "sog-lod"
+        if is_sog_meta(text) or path.name.lower().endswith("meta.json"):
             return "sog-meta"
     if path.suffix.lower() == ".splat":
         if size == 0 or size % RECORD.itemsize:
@@ -90,11 +96,16 @@ def format_from_extension(path: str | Path) -> str:
     raise file_error(path, f"cannot tell the format from the extension (use {', '.join(EXTENSIONS)}) or name it with --format")
 
 
+def model_files(path: str | Path, fmt: str | None = None) -> list[Path]:
+    """Every file a model of format `fmt` (default: detected) consists of: the file itself, plus the images
+    beside an unbundled SOG's meta.json, or a streamed SOG's chunks (what to copy or ship)."""
+    fmt = fmt or detect_format(path)
+    return unbundled_files(path) if fmt == "sog-meta" else files_of(path) if fmt == "sog-lod" else [Path(path)]
+
+
 def stored_bytes(path: str | Path, fmt: str | None = None) -> int:
-    """What a splat file of format `fmt` (default: detected) costs to ship: its size, plus the images beside an
-    unbundled SOG's meta.json."""
-    files = unbundled_files(path) if (fmt or detect_format(path)) == "sog-meta" else [Path(path)]
-    return sum(f.stat().st_size for f in files)
+    """What a model file of format `fmt` (default: detected) costs to ship: all of `model_files`."""
+    return sum(f.stat().st_size for f in model_files(path, fmt))
 
 
 def read_splats(path: str | Path) -> Gaussians:

@@ -27,7 +27,7 @@ from splatkit._resources import resource_dir, user_cache
 from splatkit.atomic import atomic_path
 from splatkit.data.cameras import Camera
 from splatkit.errors import SplatkitError
-from splatkit.io.sog import unbundled_files
+from splatkit.io.formats import model_files
 
 APP_DIR = resource_dir("apps/player")
 NPM_FILES = ("package.json", "package-lock.json")
@@ -211,9 +211,9 @@ def write_player(out_dir: Path, model_file: Path, camera: Camera | None = None, 
         relative = model_file.resolve().relative_to(out_dir.resolve())
     except ValueError:
         relative = Path(model_file.name)
-        # An unbundled SOG is its meta.json and the images it names beside it (the page fetches those too).
-        model_files = unbundled_files(model_file) if model_file.suffix.lower() == ".json" else [model_file]
-        for src in model_files:
+        # An unbundled SOG is its meta.json and the images it names beside it, a streamed SOG its lod-meta.json
+        # and chunk folders (the page fetches those too).
+        for src in model_files(model_file):
             name = src.relative_to(model_file.parent).as_posix()
             if name in copies.values():
                 raise SplatkitError(f"{src}: the name clashes with the player's own files") from None

@@ -503,16 +503,19 @@ def _webp(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _encode(g: Gaussians, path: str | Path, sh_degree: int | None, prefix: str) -> tuple[bytes, dict[str, bytes]]:
-    """meta.json's bytes and the images' (by file name, each `prefix` + splat-transform's name)."""
+def _encode(g: Gaussians, path: str | Path, sh_degree: int | None, prefix: str, *, spatial_order: bool = True
+            ) -> tuple[bytes, dict[str, bytes]]:
+    """meta.json's bytes and the images' (by file name, each `prefix` + splat-transform's name); the splats
+    in Morton order, or in `g`'s order without `spatial_order` (a streamed SOG's chunk addresses its runs)."""
     g = with_sh_degree(g, sh_degree, path)
     a = model_arrays(g, path)
     n = len(a["means"])
     width, height = _grid(n)
     if width > MAX_SIDE or height > MAX_SIDE:
         raise file_error(path, f"{n} splats need {width}x{height} images, beyond WebP's {MAX_SIDE}x{MAX_SIDE}")
-    order = morton_order(a["means"].astype(np.float64))
-    a = {k: v[order] for k, v in a.items()}
+    if spatial_order:
+        order = morton_order(a["means"].astype(np.float64))
+        a = {k: v[order] for k, v in a.items()}
     names = {role: f"{prefix}{role}.webp" for roles in FILES.values() for role in roles}
     images: dict[str, bytes] = {}
 
@@ -583,10 +586,16 @@ def save_sog_meta(g: Gaussians, path: str | Path, *, sh_degree: int | None = Non
     them when `path` is `meta.json`, else prefixed by the part of the name before `meta.json` (`scene.meta.json`
     -> `scene.means_l.webp`, ...) so that several can share a folder. Each file is replaced atomically, meta.json
     last; files a previous export wrote and this one does not (SH images) are left alone."""
+    write_unbundled(g, path, sh_degree=sh_degree)
+
+
+def write_unbundled(g: Gaussians, path: str | Path, *, sh_degree: int | None = None, spatial_order: bool = True
+                    ) -> None:
+    """`save_sog_meta`, optionally keeping `g`'s splat order (`_encode`)."""
     path = Path(path)
     name = path.name
     prefix = name[:-len(META)] if name.lower().endswith(META) else path.stem + "."
-    meta, images = _encode(g, path, sh_degree, prefix)
+    meta, images = _encode(g, path, sh_degree, prefix, spatial_order=spatial_order)
     for image_name, data in [*images.items(), (path.name, meta)]:
         with atomic_path(path.parent / image_name) as tmp:
             tmp.write_bytes(data)
