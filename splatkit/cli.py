@@ -406,6 +406,9 @@ def run_info(cfg: InfoConfig):
             ("median opacity", f"{info.median_opacity:.3f}"), ("median size", f"{info.median_scale:.3g}")]
     if info.levels:
         rows.append(("levels", ", ".join(f"{level}: {count:,}" for level, count in info.levels.items())))
+    if info.latents:
+        rows.append(("integer codes", ", ".join(f"{name} {dim}->{width} ({values:,} values)"
+                                          for name, (dim, width, values) in info.latents.items())))
     console.print(f"[bold]{info.path}[/]")
     for key, value in rows:
         console.print(f"  {key:>15}  {value}", highlight=False)

@@ -200,10 +200,14 @@ def test_train_quantize_then_export_info_and_eval_the_compact_file(tiny_scene, t
     out = tmp_path / "m.spkz"
     assert main(["export", str(run), "--format", "compact", "-o", str(out)]) == 0
     assert detect_format(out) == "compact" and main(["info", str(out)]) == 0
-    assert "format  compact" in capsys.readouterr().err
     # The file holds the run's own latents, moved into the capture's frame by its decoders.
     record = read_run(run)
     trained = record.final_quantized()
+    # info names each attribute's latent size -> decoded width and how many distinct integers the file holds.
+    shown = " ".join(capsys.readouterr().err.split())
+    assert "format compact" in shown
+    values = len(trained.attributes["opacities"].latents.unique())
+    assert "shN 16->45" in shown and "quats 8->4" in shown and f"opacities 1->1 ({values:,} values)" in shown
     shipped = load_compact(out)
     assert len(shipped) == len(trained)
     for name in ("shN", "quats", "opacities"):

@@ -13,6 +13,7 @@ import torch
 
 from splatkit.errors import file_error
 from splatkit.io._common import with_sh_degree
+from splatkit.io.compact import load_compact
 from splatkit.io.formats import detect_format, read_splats, stored_bytes, write_splats
 from splatkit.model.gaussians import Gaussians
 from splatkit.model.levels import level_counts, single_level
@@ -57,6 +58,8 @@ class SplatFileInfo:
     median_opacity: float
     median_scale: float  # median of each splat's largest axis
     levels: dict[int, int]  # splats per level of detail (FLoD); {} for a model without levels
+    latents: dict[str, tuple[int, int, int]]  # compact file: attribute -> (latent size, decoded width, distinct
+    # latent values); {} for other formats
 
     @property
     def bytes_per_splat(self) -> float:
@@ -71,6 +74,10 @@ def describe(path: str | Path) -> SplatFileInfo:
     with torch.no_grad():
         opacity = float(g.activated_opacities.median())
         scale = float(g.activated_scales.max(dim=1).values.median())
+    latents = {}
+    if fmt == "compact":
+        latents = {name: (*code.matrix.shape, len(code.latents.unique()))
+                   for name, code in load_compact(path).attributes.items()}
     return SplatFileInfo(path, fmt, stored_bytes(path, fmt), len(g), g.sh_degree,
                          (means.min(0), means.max(0)), tuple(np.percentile(means, [1, 99], axis=0)), opacity, scale,
-                         level_counts(g))
+                         level_counts(g), latents)
