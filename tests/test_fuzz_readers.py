@@ -152,6 +152,10 @@ FOUND: dict[str, tuple[str, str, list[Edit], str | None]] = {
         ("ply", "fused.ply", [_field("fused.ply", "ply", "vertex[0].scale_1", 1e30)], "log-scales"),
     "colour bound whose SH overflows float32 (a warning)": ("compressed-ply", "biker.compressed.ply", [
         _field("biker.compressed.ply", "ply", "chunk[0].max_r", 3.4e38)], "NaN or infinite"),
+    "SOG shN.bands a list (not hashable)": ("sog-lod", "two levels", [
+        ("1_0/meta.json", lambda data: json.dumps({**json.loads(data), "shN": {**json.loads(data)["shN"],
+                                                                              "bands": [3]}}).encode())],
+        "shN.bands"),
 }
 
 

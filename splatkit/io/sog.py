@@ -167,7 +167,7 @@ def parse_meta(data: bytes, path: str | Path) -> SogMeta:
     if "shN" in meta:
         shN = _section(meta, "shN", path)
         degree, palette = shN.get("bands"), shN.get("count")
-        if degree not in SH_COEFFS or isinstance(degree, bool):
+        if not isinstance(degree, int) or isinstance(degree, bool) or degree not in SH_COEFFS:
             raise file_error(path, f"meta.json shN.bands must be 1, 2 or 3, not {degree!r}")
         if not isinstance(palette, int) or isinstance(palette, bool) or not 1 <= palette <= MAX_PALETTE:
             raise file_error(path, f"meta.json shN.count must be 1..{MAX_PALETTE} palette entries, not {palette!r}")
