@@ -24,10 +24,10 @@ from splatkit.data.cameras import Camera
 from splatkit.data.scene import Similarity
 from splatkit.errors import SplatkitError, file_error
 from splatkit.io.compact import save_compact
-from splatkit.io.export import LEVEL_FORMATS, describe, slimmed, write_model
+from splatkit.io.export import describe, slimmed, stored_count, write_model
 from splatkit.io.formats import EXTENSIONS, detect_format, format_from_extension, read_splats, stored_bytes
 from splatkit.model.gaussians import Gaussians
-from splatkit.model.levels import LevelChoice, band_edges, level_counts, level_floors, single_level
+from splatkit.model.levels import LevelChoice, band_edges, level_counts, level_floors
 from splatkit.model.quantized import QuantizedGaussians
 from splatkit.render import rasterize, resolve_device
 from splatkit.render.api import Device
@@ -304,14 +304,19 @@ def run_export(cfg: ExportConfig) -> Path:
             view = dataclasses.replace(camera, world_to_cam=cameras_to_export.apply_camera(camera.world_to_cam))
             up = cameras_to_export.rotation @ up_from_cameras(scene.cameras)
     name = (cfg.model.name if record is not None else source.name.split(".")[0]) + _extension(cfg.format)
-    if cfg.lod_set is not None and cfg.format == "sog-lod":
-        raise SplatkitError("a streamed SOG (--format sog-lod) holds every level itself; drop --lod-set")
-    if cfg.lod_set is not None and cfg.lod.choice().given:
-        raise SplatkitError("--lod-set writes every level; drop --level, --levels and --budget (or --lod-set)")
+    if cfg.format == "sog-lod" and (cfg.lod_set is not None or cfg.lod.choice().given):
+        raise SplatkitError("a streamed SOG (--format sog-lod) holds every level and the player picks among them; "
+                            "drop --lod-set, --level, --levels and --budget")
+    if cfg.lod_set is not None and (cfg.lod.choice().given or cfg.out is not None or cfg.player is not None):
+        raise SplatkitError("--lod-set writes a file per level into its folder; drop --level, --levels, --budget, "
+                            "-o and --player (or --lod-set)")
+    if cfg.player is not None and cfg.format == "compact":
+        raise SplatkitError("the web players do not read splatkit's compact file; export SOG, .ply or .spz for "
+                            "--player")
     if cfg.lod_set is not None:
         return _write_lod_set(cfg, model, view, name)
     out = cfg.out or (cfg.player or (source.parent / "export")) / name
-    if cfg.player is not None and out.parent.resolve() != cfg.player.resolve():
+    if cfg.player is not None and not out.resolve().is_relative_to(cfg.player.resolve()):
         raise SplatkitError(f"{out}: with --player the model is written inside the player folder {cfg.player} "
                             "(drop -o, or give a file name in that folder)")
     if cfg.player is not None and cfg.format == "spz" and cfg.spz_version != 3:
@@ -347,7 +352,7 @@ def _write(model: Gaussians | QuantizedGaussians, out: Path, cfg: ExportConfig, 
     else:
         write_model(model, out, cfg.format, spz_version=cfg.spz_version)
     size = stored_bytes(out, cfg.format)
-    count = len(model) if cfg.format in LEVEL_FORMATS else len(single_level(model))  # as write_model chose
+    count = stored_count(model, cfg.format)
     stored_degree = 0 if cfg.format == "splat" else model.sh_degree  # .splat keeps the base colour only
     pruned_note = f" (pruned {pruned:,})" if pruned else ""
     console.print(f"wrote {count:,} splats{pruned_note}, SH degree {stored_degree}, {size / 1e6:.2f} MB "
@@ -387,7 +392,9 @@ def run_convert(cfg: ConvertConfig) -> Path:
     model = slimmed(model, cfg.output, sh_degree=cfg.sh_degree, min_opacity=cfg.prune_opacity)
     write_model(model, cfg.output, fmt, spz_version=cfg.spz_version)
     size = stored_bytes(cfg.output, fmt)
-    console.print(f"{cfg.input} ({detect_format(cfg.input)}) -> {cfg.output} ({fmt}): {len(model):,} splats, "
+    written = stored_count(model, fmt)
+    note = f" (the finest of its levels; {fmt} holds one)" if written < len(model) else ""
+    console.print(f"{cfg.input} ({detect_format(cfg.input)}) -> {cfg.output} ({fmt}): {written:,} splats{note}, "
                   f"{size / 1e6:.2f} MB", highlight=False, soft_wrap=True)
     return cfg.output
 

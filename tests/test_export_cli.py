@@ -127,6 +127,14 @@ def test_convert_between_formats_and_info(tiny_run, tmp_path, capsys):
     (["export", "{run}/point_cloud.ply", "--frame", "training"], "run folder"),
     (["export", "{run}/point_cloud.ply", "--frame", "upright"], "run folder"),
     (["export", "{run}", "--player", "{tmp}/page", "-o", "{tmp}/elsewhere.compressed.ply"], "player folder"),
+    (["export", "{run}", "--player", "{tmp}/page", "--format", "compact"], "do not read splatkit's compact"),
+    (["export", "{run}", "--lod-set", "{tmp}/set", "-o", "{tmp}/x.spz"], "drop --level, --levels, --budget, -o"),
+    (["export", "{run}", "--format", "sog-lod", "--level", "1"], "holds every level"),
+    (["export", "{run}", "-o", "{tmp}/garbage.ply/x.spz"], "garbage.ply is a file, not a folder"),
+    (["export", "{run}", "--format", "sog-lod", "-o", "{tmp}/garbage.ply/lod-meta.json"], "is a file, not a folder"),
+    (["convert", "{run}/point_cloud.ply", "{tmp}", "--format", "spz"], "is a folder"),
+    (["info", "{run}"], "is a folder, not a splat file"),
+    (["render", "{run}", "--level", "0"], "levels count from 1"),
 ])
 def test_bad_input_is_one_line(tiny_run, tmp_path, capsys, argv, problem):
     (tmp_path / "garbage.ply").write_bytes(b"ply\nformat nonsense\n")

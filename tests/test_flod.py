@@ -191,6 +191,8 @@ def test_lod_preset_sets_defaults_that_flags_override_and_refuses_quantize(capsy
     assert cfg.parameterisation.levels == 3 and cfg.strategy.refine_until == 0.5
     assert main(["train", "demo", "--lod", "--quantize"]) == 2
     assert "do not combine" in capsys.readouterr().err
+    assert main(["train", "demo", "--lod", "--steps", "3"]) == 2  # five levels need five steps at least
+    assert "leaves level" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("choice, words", [

@@ -218,6 +218,15 @@ def test_player_shows_what_splatkit_renders(browser, engine, tiny_run, tmp_path,
     assert similarity > 0.9, similarity
 
 
+def test_export_of_a_streamed_sog_with_a_player_puts_it_in_the_page_folder(engine, tiny_run, tmp_path, capsys):
+    site = tmp_path / "site"
+    assert main(["export", str(tiny_run), "--format", "sog-lod", "--player", str(site)]) == 0
+    text = capsys.readouterr()
+    page_url = re.search(r"http://localhost:8000/(\S+)", text.out + text.err).group(1)
+    model = parse_qs(page_url.split("?", 1)[1])["file"][0]
+    assert model == f"{tiny_run.name}-lod/lod-meta.json" and (site / model).is_file()
+
+
 @pytest.mark.xdist_group("browser")
 def test_player_streams_the_finest_level_of_a_streamed_sog(browser, engine, tiny_run, tmp_path):
     """A streamed SOG (lod-meta.json, several leaves and chunks) of two levels: the run's model as the finest

@@ -100,6 +100,12 @@ def test_every_file_of_it_is_counted_and_the_name_is_fixed(tmp_path):
     assert {f.relative_to(tmp_path).parts[0] for f in files[1:]} == {n.split("/")[0] for n in meta["filenames"]}
     assert (read_splats(path).level == 1).all()
     expect_error(tmp_path / "m.json", "lod-meta.json", reader=lambda p: write_splats(g, p, "sog-lod"))
+    # Written again into the same place, with fewer chunks: the old chunks go, nothing else does.
+    (tmp_path / "notes.txt").write_text("mine")
+    old = set(files)
+    write_splats(g.subset(torch.arange(LEAF_MIN)), path)
+    assert len(model_files(path)) < len(old) and all(f.is_file() for f in model_files(path))
+    assert not any(f.exists() for f in old - set(model_files(path))) and (tmp_path / "notes.txt").is_file()
 
 
 @pytest.fixture(scope="module")

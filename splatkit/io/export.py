@@ -44,6 +44,11 @@ def write_model(g: Gaussians, path: str | Path, fmt: str, *, spz_version: int = 
     write_splats(g, path, fmt, **({"version": spz_version} if fmt == "spz" else {}))
 
 
+def stored_count(g: Gaussians, fmt: str) -> int:
+    """How many of `g`'s splats `write_model` stores in `fmt` (all, or the finest level's)."""
+    return len(g) if fmt in LEVEL_FORMATS else len(single_level(g))
+
+
 @dataclass(frozen=True)
 class SplatFileInfo:
     """What `splatkit info` reports about a splat file."""

@@ -53,6 +53,8 @@ def detect_format(path: str | Path) -> str:
     with SOG's "means" and "quats" an unbundled SOG's meta.json); `.splat` has no magic, so it is recognised by
     extension and a size that is a whole number of 32-byte records."""
     path = Path(path)
+    if path.is_dir():
+        raise file_error(path, "is a folder, not a splat file (a run folder's model is its point_cloud.ply)")
     if not path.is_file():
         raise file_error(path, "no such file")
     try:

@@ -17,6 +17,7 @@ levels is one level (lod 0).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -25,7 +26,8 @@ import numpy as np
 import torch
 
 from splatkit import __version__
-from splatkit.atomic import atomic_path
+from splatkit.atomic import atomic_path, make_folder
+from splatkit.errors import SplatkitError
 from splatkit.errors import file_error
 from splatkit.io._common import check_writable, read_file
 from splatkit.io.sog import load_sog, unbundled_files, write_unbundled
@@ -134,14 +136,17 @@ def save_sog_lod(g: Gaussians, path: str | Path, *, sh_degree: int | None = None
     path = Path(path)
     if path.name != FILE_NAME:
         raise file_error(path, f"a streamed SOG must be named {FILE_NAME} (the engine recognises it by name)")
+    if path.is_dir():
+        raise file_error(path, "is a folder; give the path of the lod-meta.json to write")
     check_writable(g, path)
+    previous = _previous_files(path)
     g = g.detach().to("cpu")
     lods = _lods(g)
     writer = _Writer(g.means.double().numpy(), lods, _boxes(g), chunk_splats, chunk_extent)
     tree = writer.node(np.arange(len(g)))
     for name, runs in zip(writer.filenames, writer.chunks):
         chunk = path.parent / name
-        chunk.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(chunk.parent)
         write_unbundled(g.subset(torch.from_numpy(np.concatenate(runs))), chunk, sh_degree=sh_degree,
                         spatial_order=False)
     counts = np.bincount(lods, minlength=int(lods.max()) + 1).tolist()
@@ -149,6 +154,24 @@ def save_sog_lod(g: Gaussians, path: str | Path, *, sh_degree: int | None = None
             "counts": counts, "lodLevels": len(counts), "filenames": writer.filenames, "tree": tree}
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(meta, separators=(",", ":")))
+    _remove_stale(previous, set(files_of(path)))
+
+
+def _previous_files(path: Path) -> list[Path]:
+    """The files of the streamed SOG `path` holds now, if it holds a readable one (replaced by this write)."""
+    try:
+        return files_of(path) if path.is_file() else []
+    except SplatkitError:
+        return []
+
+
+def _remove_stale(previous: list[Path], kept: set[Path]) -> None:
+    """Delete the chunk files the replaced lod-meta.json named and the new one does not (and their emptied
+    folders), so a folder exported into twice holds one streamed SOG; nothing else is touched."""
+    for stale in (p for p in previous if p not in kept):
+        stale.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            stale.parent.rmdir()  # only when empty
 
 
 # ---------------------------------------------------------------------------------------------- reading

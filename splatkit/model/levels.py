@@ -114,6 +114,10 @@ class LevelChoice:
             raise SplatkitError("give one of --level, --levels and --budget")
         if self.budget is not None and self.budget < 1:
             raise SplatkitError(f"--budget {self.budget}: must be a positive number of splats")
+        if self.level is not None and self.level < 1:
+            raise SplatkitError(f"--level {self.level}: levels count from 1 (the coarsest)")
+        if self.levels is not None and min(self.levels) < 1:
+            raise SplatkitError(f"--levels {self.levels[0]}:{self.levels[1]}: levels count from 1 (the coarsest)")
         if self.levels is not None and not 1 <= self.levels[0] <= self.levels[1]:
             raise SplatkitError(f"--levels {self.levels[0]}:{self.levels[1]}: give COARSEST:FINEST with the coarser "
                                 "(smaller) level first, e.g. 3:5")

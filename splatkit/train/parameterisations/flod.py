@@ -65,9 +65,15 @@ class FLoD(Parameterisation):
         return 0.0 if level >= self.levels else self.tau / self.rho ** (level - 1)
 
     def phases(self, steps: int) -> list[int]:
+        """Each level's steps: `level_steps` shared out of `steps`. Raises SplatkitError when a level would get
+        none (a run shorter than its levels)."""
         total = sum(self.level_steps)
         ends = [round(steps * sum(self.level_steps[:i + 1]) / total) for i in range(self.levels)]
-        return [b - a for a, b in zip([0, *ends[:-1]], ends)]
+        lengths = [b - a for a, b in zip([0, *ends[:-1]], ends)]
+        if steps > 0 and min(lengths) < 1:
+            raise SplatkitError(f"--steps {steps} leaves level {lengths.index(min(lengths)) + 1} of {self.levels} "
+                                "without a step: train longer or with fewer --parameterisation.levels")
+        return lengths
 
     # ------------------------------------------------------------------ parameters
 

@@ -40,7 +40,8 @@ class ADCStrategy(Strategy):
     refine_stop."""
     refine_every_phase: tuple[float, ...] = ()
     """Per phase of the run (FLoD's levels), the refinement interval as a fraction of that phase, in place of
-    refine_every but never shorter than it (empty: refine_every in every phase)."""
+    refine_every but never shorter than it (phases beyond the list, or all when it is empty: refine_every).
+    --lod sets the reference's five."""
     reset_every: int = 3_000
     seed: int = 0
     """Seed of the split sampler (its state is checkpointed)."""

@@ -43,7 +43,8 @@ class MCMCStrategy(Strategy):
     before refine_stop."""
     refine_every_phase: tuple[float, ...] = ()
     """Per phase of the run (FLoD's levels), the refinement interval as a fraction of that phase, in place of
-    refine_every but never shorter than it (empty: refine_every in every phase)."""
+    refine_every but never shorter than it (phases beyond the list, or all when it is empty: refine_every).
+    --lod sets the reference's five."""
     min_opacity: float = 0.005
     """Gaussians at or below this opacity are dead and get relocated."""
     growth: float = 0.05
