@@ -166,6 +166,12 @@ def _model_in_scene_frame(model: Gaussians, scene: Scene) -> Gaussians:
     return model.transformed(t)
 
 
+def _model_label(path: Path) -> str:
+    """A folder name for a model file's evaluation: its name, with its folder's for the fixed names of an
+    unbundled or streamed SOG (two lod-meta.json files must not share one)."""
+    return f"{path.parent.name}-{path.name}" if path.name.lower() in ("meta.json", "lod-meta.json") else path.name
+
+
 def run_eval(cfg: EvalConfig) -> dict:
     record = read_run(cfg.run)
     scene = record.load_scene()
@@ -175,7 +181,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     source = cfg.model or _model_file(cfg.run)
     levels = cfg.lod.choice()
     # Another file or a chosen level gets its own folder, so the run's own evaluation is never overwritten.
-    out = cfg.run / "eval" / (source.name if cfg.model else "") / (levels.label if levels.given else "")
+    out = cfg.run / "eval" / (_model_label(source) if cfg.model else "") / (levels.label if levels.given else "")
     model = _model_in_scene_frame(read_splats(source), scene).to(resolve_device(cfg.device))
     result = evaluate(model, scene, images, scene.test_ids, backend=cfg.backend, side_by_side_dir=out, levels=levels)
     result["model"], result["levels"] = str(source), levels.label

@@ -121,6 +121,12 @@ def test_a_finished_run_writes_every_level_and_renders_the_finest(tiny_scene, tm
     assert main(["eval", str(tmp_path / "run"), "--level", "1"]) == 0  # its own folder, labelled
     scored = json.loads((tmp_path / "run" / "eval" / "level-1" / "metrics.json").read_text())
     assert scored["levels"] == "level-1" and (tmp_path / "run" / "metrics.json").read_bytes() == before
+    # A streamed SOG of the run holds every level; its evaluation is labelled by its folder (the name is fixed).
+    streamed = tmp_path / "s" / "lod-meta.json"
+    assert main(["export", str(tmp_path / "run"), "--format", "sog-lod", "-o", str(streamed)]) == 0
+    assert level_counts(read_splats(streamed)) == counts
+    assert main(["eval", str(tmp_path / "run"), "--model", str(streamed), "--level", "2"]) == 0
+    assert (tmp_path / "run" / "eval" / "s-lod-meta.json" / "level-2" / "metrics.json").is_file()
     bands = [entry["band"] for entry in manifest["levels"]]  # coarsest far out, finest from the camera on
     assert bands[0][1] is None and bands[-1][0] == 0.0 and bands[0][0] == bands[1][1] and bands[1][0] == bands[2][1]
 
