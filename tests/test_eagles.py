@@ -163,7 +163,11 @@ def test_influence_pruning_removes_the_least_influential_fraction_on_its_schedul
     step(170)  # the sums of two renders: each Gaussian's rank is its influence's
     kept = influence >= 15
     assert len(model) == 85 and torch.equal(model.params["means"].detach(), tags[kept])
-    assert not model.buffers["influence"].any() and parameterisation.log(model, state) == {"influence_pruned": 15}
+    logged = parameterisation.log(model, state)
+    assert not model.buffers["influence"].any() and logged.pop("influence_pruned") == 15
+    # Beside it, each decoder's weight norm (what the latents' rate is divided by).
+    assert logged == {f"{name}_decoder_norm": float(model.params[f"{name}_decoder"].detach().norm())
+                      for name in parameterisation.coded}
 
 
 def test_coarse_to_fine_schedule_is_the_reference_cosine():
