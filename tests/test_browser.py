@@ -70,12 +70,15 @@ def _canvas_shot(page) -> np.ndarray:
         style.evaluate("element => element.remove()")
 
 
-def _settled_shot(page, timeout: float = 60.0) -> np.ndarray:
-    """The canvas once it stops changing (the full-resolution render after the previews)."""
-    previous, deadline = None, time.time() + timeout
+def _settled_shot(page, timeout: float = 90.0, unchanged: int = 3) -> np.ndarray:
+    """The canvas once it stops changing (the full-resolution render after the previews): the same picture in
+    `unchanged` + 1 shots a second apart. One repeat was not enough on a loaded machine, where the server can
+    take over a second between a preview (or the page's first camera) and the final frame."""
+    previous, same, deadline = None, 0, time.time() + timeout
     while time.time() < deadline:
         shot = _canvas_shot(page)
-        if previous is not None and np.abs(shot - previous).max() < 1e-6 and shot.std() > 0.02:
+        same = same + 1 if previous is not None and np.abs(shot - previous).max() < 1e-6 else 0
+        if same >= unchanged and shot.std() > 0.02:
             return shot
         previous = shot
         time.sleep(1.0)
