@@ -42,6 +42,26 @@ def _model(n: int = 400) -> tuple[GaussianModel, FLoD]:
     return model, flod
 
 
+def test_overlap_pruning_thins_crowds_to_one_per_cell_and_never_empties_a_level():
+    """Every point crowds closer than the threshold (fox's random initial points at level 1): the reference's
+    rule would remove them all; one per threshold-sized cell, the most opaque, must stay. Checked against a
+    plain loop over the points."""
+    model, flod = _model(n=2000)
+    with torch.no_grad():
+        model.params["means"].mul_(0.05)  # 3-NN distances ~0.01, all under the threshold below
+        model.params["opacities"].copy_(torch.randn(2000, generator=torch.Generator().manual_seed(3)))
+    threshold = 0.1
+    prune = flod.overlapping(model, threshold)
+    means, opacity = model.params["means"].detach().numpy(), model.params["opacities"].detach().numpy()
+    best: dict[tuple, int] = {}
+    for i, cell in enumerate(map(tuple, np.floor(means / threshold).astype(int))):
+        if cell not in best or opacity[i] > opacity[best[cell]]:
+            best[cell] = i
+    assert sorted(np.flatnonzero(~prune.numpy())) == sorted(best.values()) and 1 < len(best) < 2000
+    spread, _ = _model(n=50)  # points far apart: nothing crowds, nothing goes
+    assert not flod.overlapping(spread, 1e-3).any()
+
+
 def test_floors_follow_tau_over_rho_and_the_top_level_has_none():
     flod = FLoD()
     assert [flod.floor(level) for level in range(1, 6)] == [0.2, 0.05, 0.0125, 0.003125, 0.0]
