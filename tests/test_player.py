@@ -210,9 +210,9 @@ def test_player_shows_what_splatkit_renders(browser, engine, tiny_run, tmp_path,
     label = fmt + " off-centre" * off_centre + " fit" * fit
     print(f"{label}: PSNR {same:.2f} dB (control {different:.2f} dB), SSIM {similarity:.3f}")
     # Measured 29.7 (compressed), 29.7 (ply), 30.5 dB (spz), 29.6 dB (sog, bundled and not) and 28.1-28.2 dB
-    # off-centre (the engines' culling at the view's edges differs from ours), SSIM 0.97-0.98. The 26 dB bound leaves room for driver and
-    # sorting differences and sits far above a wrong frame convention (13.5 dB), another camera (17.5-17.7
-    # dB) and an ignored k= (19.2-19.3 dB).
+    # off-centre (the engines' culling at the view's edges differs from ours), SSIM 0.97-0.98. The 26 dB bound
+    # leaves room for driver and sorting differences and sits far above a wrong frame convention (13.5 dB),
+    # another camera (17.5-17.7 dB) and an ignored k= (19.2-19.3 dB).
     assert same > 26.0, (same, different, similarity)
     assert same > different + 6.0, (same, different)
     assert similarity > 0.9, similarity

@@ -95,7 +95,8 @@ def format_from_extension(path: str | Path) -> str:
     for ext, fmt in EXTENSIONS.items():
         if name.endswith(ext):
             return fmt
-    raise file_error(path, f"cannot tell the format from the extension (use {', '.join(EXTENSIONS)}) or name it with --format")
+    raise file_error(path, f"cannot tell the format from the extension (use {', '.join(EXTENSIONS)}) or name it "
+                           "with --format")
 
 
 def model_files(path: str | Path, fmt: str | None = None) -> list[Path]:

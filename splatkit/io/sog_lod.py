@@ -27,8 +27,7 @@ import torch
 
 from splatkit import __version__
 from splatkit.atomic import atomic_path, make_folder
-from splatkit.errors import SplatkitError
-from splatkit.errors import file_error
+from splatkit.errors import SplatkitError, file_error
 from splatkit.io._common import check_writable, read_file
 from splatkit.io.sog import load_sog, unbundled_files, write_unbundled
 from splatkit.model.gaussians import Gaussians
@@ -93,6 +92,8 @@ class _Writer:
         self.filenames: list[str] = []
         self.chunks: list[list[np.ndarray]] = []  # per file: its runs of splat indices
         self.open_file: dict[int, int] = {}  # lod -> index of its chunk being filled
+        self.filled: dict[int, int] = {}  # file -> splats in it so far
+        self.per_lod: dict[int, int] = {}  # lod -> chunks opened for it (the k of `<lod>_<k>`)
 
     def node(self, idx: np.ndarray) -> dict[str, Any]:
         centres = self.means[idx]
@@ -114,14 +115,15 @@ class _Writer:
             run = idx[self.lods[idx] == lod]
             run = run[morton_order(self.means[run])]
             file = self.open_file.get(lod)
-            filled = 0 if file is None else sum(len(r) for r in self.chunks[file])
-            if file is None or (filled and filled + len(run) > self.chunk_splats):
-                file, filled = len(self.filenames), 0
-                self.filenames.append(f"{lod}_{sum(n.startswith(f'{lod}_') for n in self.filenames)}/meta.json")
+            if file is None or (self.filled[file] and self.filled[file] + len(run) > self.chunk_splats):
+                file = self.open_file[lod] = len(self.filenames)
+                self.per_lod[lod] = self.per_lod.get(lod, -1) + 1
+                self.filenames.append(f"{lod}_{self.per_lod[lod]}/meta.json")
                 self.chunks.append([])
-                self.open_file[lod] = file
+                self.filled[file] = 0
+            refs[str(lod)] = {"file": file, "offset": self.filled[file], "count": len(run)}
             self.chunks[file].append(run)
-            refs[str(lod)] = {"file": file, "offset": filled, "count": len(run)}
+            self.filled[file] += len(run)
         return refs
 
 

@@ -220,5 +220,6 @@ class EaglesQuantized(Parameterisation):
 
     def log(self, model: GaussianModel, state: dict) -> dict[str, float]:
         pruned, state["pruned"] = state["pruned"], 0
-        norms = {f"{name}_decoder_norm": float(model.params[f"{name}_decoder"].detach().norm()) for name in self.coded}
+        norms = {f"{name}_decoder_norm": float(model.params[f"{name}_decoder"].detach().norm())
+                 for name in self.coded}
         return {"influence_pruned": float(pruned), **norms}

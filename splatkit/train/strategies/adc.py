@@ -47,8 +47,7 @@ class ADCStrategy(Strategy):
     """Seed of the split sampler (its state is checkpointed)."""
 
     def validate(self) -> None:
-        self.require(refine_every=self.refine_every >= 1, reset_every=self.reset_every >= 1,
-                     refine_every_phase=all(0 < f <= 1 for f in self.refine_every_phase))
+        self.require(**self.schedule_checks(), reset_every=self.reset_every >= 1)
 
     def setup(self, ctx: SetupContext) -> dict[str, Any]:
         n = len(ctx.model)

@@ -47,6 +47,11 @@ class Strategy(Plugin):
         step = info.phase_step
         return self.refine_start < step < self.refine_end(info.phase_steps) and step % self.interval(info) == 0
 
+    def schedule_checks(self) -> dict[str, bool]:
+        """The checks of the refinement cadence every strategy with one shares (for `require`)."""
+        return {"refine_every": self.refine_every >= 1,
+                "refine_every_phase": all(0 < f <= 1 for f in self.refine_every_phase)}
+
     def require(self, **valid: bool) -> None:
         """Raise one line naming the first setting whose check is False (`refine_every=self.refine_every >= 1`)."""
         for name, ok in valid.items():

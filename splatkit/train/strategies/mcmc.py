@@ -58,8 +58,7 @@ class MCMCStrategy(Strategy):
 
     def validate(self) -> None:
         self.require(cap_max=self.cap_max >= 1, growth=self.growth >= 0, min_opacity=0 <= self.min_opacity < 1,
-                     refine_every=self.refine_every >= 1,
-                     refine_every_phase=all(0 < f <= 1 for f in self.refine_every_phase))
+                     **self.schedule_checks())
 
     def setup(self, ctx: SetupContext) -> dict[str, Any]:
         generator = torch.Generator().manual_seed(self.seed)
