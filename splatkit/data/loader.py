@@ -8,13 +8,18 @@ from pathlib import Path
 import numpy as np
 
 from splatkit.data.colmap import load_colmap
+from splatkit.data.feedforward import find_pointmaps
+from splatkit.data.pointmap_scene import PointMapInit, load_pointmaps
 from splatkit.data.scene import Scene, Similarity, rig_radius
 from splatkit.data.transforms_json import load_transforms
 from splatkit.errors import SplatkitError, file_error
 
 
-def load_scene(path: str | Path, *, data_factor: int = 1, test_every: int = 8) -> Scene:
-    """Load a COLMAP folder or a transforms*.json scene, downsampled by `data_factor`.
+def load_scene(path: str | Path, *, data_factor: int = 1, test_every: int = 8,
+               pointmap_init: PointMapInit = PointMapInit()) -> Scene:
+    """Load a COLMAP folder, a transforms*.json scene or a folder of feed-forward point maps (`images/` +
+    `pointmaps.npz` or VGGT's `predictions.npz`, whose initial points `pointmap_init` chooses), downsampled by
+    `data_factor`. A folder with both a COLMAP model and point maps is read as COLMAP.
 
     The result lives in a normalised frame (centre = mean camera position, farthest camera at distance 1) so that
     learning rates and thresholds mean the same for every capture. Cameras are sorted by image name and every
@@ -37,9 +42,12 @@ def load_scene(path: str | Path, *, data_factor: int = 1, test_every: int = 8) -
         scene = load_colmap(path, data_factor)
     elif (path.is_file() and path.suffix == ".json") or (path.is_dir() and any(path.glob("transforms*.json"))):
         scene, predefined = load_transforms(path, data_factor)
+    elif path.is_dir() and find_pointmaps(path) is not None:
+        scene = load_pointmaps(path, data_factor, pointmap_init)
     else:
-        raise file_error(path, "not a scene: expected a COLMAP folder (images/ + sparse/) or transforms.json "
-                               "(or transforms_train.json)")
+        raise file_error(path, "not a scene: expected a COLMAP folder (images/ + sparse/), transforms.json "
+                               "(or transforms_train.json) or feed-forward point maps (images/ + pointmaps.npz "
+                               "or predictions.npz)")
     scene = _normalise_and_split(scene, test_every, predefined)
     if not scene.train_ids:
         why = "by the scene's own train/test files" if predefined else f"with --test-every {test_every}"

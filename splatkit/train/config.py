@@ -8,6 +8,7 @@ from typing import Optional
 
 import tyro
 
+from splatkit.data.pointmap_scene import PointMapInit
 from splatkit.render.api import Device
 from splatkit.train.learning_rates import LearningRates
 from splatkit.train.parameterisations import PARAMETERISATIONS, EaglesQuantized, FLoD, Plain3DGS
@@ -26,7 +27,8 @@ class TrainConfig:
     """Optimise Gaussians to match a scene's photos."""
 
     scene: tyro.conf.Positional[str]
-    """Scene folder (COLMAP model or transforms.json), or `demo` for the built-in demo scene."""
+    """Scene folder (COLMAP model, transforms.json, or photos with feed-forward point maps: pointmaps.npz or
+    VGGT's predictions.npz), or `demo` for the built-in demo scene."""
     out: Optional[Path] = None
     """Run folder (default: runs/<scene name>)."""
     steps: int = 30_000
@@ -35,6 +37,8 @@ class TrainConfig:
     """Downsample images by this factor (cached on disk beside the run)."""
     test_every: int = 8
     """Hold out every N-th image for evaluation (0: no test split)."""
+    init: PointMapInit = field(default_factory=PointMapInit)
+    """How a point-map scene's initial points are chosen from the predicted ones (other scenes ignore it)."""
     device: Device = "auto"
     """Where to train: auto (CUDA when torch sees a GPU, else the CPU), cpu or cuda."""
     backend: str = "auto"

@@ -35,7 +35,8 @@ class RunRecord:
         """The run's scene with its held-out split (`test_every`) and data factor, cameras in the training
         frame; `scene`/`data_factor` override the run's (e.g. render another capture's cameras)."""
         return load_scene(Path(scene) if scene is not None else self.scene_path,
-                          data_factor=data_factor or self.config.data_factor, test_every=self.config.test_every)
+                          data_factor=data_factor or self.config.data_factor, test_every=self.config.test_every,
+                          pointmap_init=self.config.init)
 
     def checkpoint_model(self, path: Path) -> GaussianModel:
         """The model saved in checkpoint `path`, with the run's parameterisation (training frame, CPU)."""

@@ -226,7 +226,8 @@ def prepare(cfg: TrainConfig) -> tuple[TrainConfig, Scene, ImageStore, Path]:
         _refuse_changes(config_path, saved.config, cfg, saved.scene_path, scene_path)
     elif checkpoint.list_checkpoints(run_dir / "checkpoints"):
         raise SplatkitError(f"{run_dir}: a run already lives here; add --resume to continue it or pick another --out")
-    scene = load_scene(scene_path, data_factor=cfg.data_factor, test_every=cfg.test_every)
+    scene = load_scene(scene_path, data_factor=cfg.data_factor, test_every=cfg.test_every,
+                       pointmap_init=cfg.init)
     images = open_images(cfg, scene, run_dir, scene_path)
     run_dir.mkdir(parents=True, exist_ok=True)
     return cfg, scene, images, run_dir
