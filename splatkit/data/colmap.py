@@ -1,4 +1,5 @@
-"""COLMAP scene folders (`images/` + `sparse/0/` or `sparse/`) -> a `Scene` in COLMAP's world frame.
+"""COLMAP scene folders (`images/` + `sparse/0/`, `sparse/` or InstantSplat's `sparse_N/0/`) -> a `Scene` in
+COLMAP's world frame.
 
 pycolmap does the parsing; this module adds what users need on top: undistortion for the radial/OpenCV models,
 the `images_N` shortcut for downsampled training, and one-line errors that name the broken file (pycolmap's own
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import math
 import mmap
+import os
 import struct
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from splatkit.data.cameras import Camera
 from splatkit.data.checks import (ROTATION_TOLERANCE, checked_undistortion, names_a_file, points_problem,
                                   pose_problem)
 from splatkit.data.images import image_size, opencv_intrinsics
-from splatkit.data.init_points import random_points_in_view
+from splatkit.data.init_points import random_points_in_view, read_ply_points
 from splatkit.data.masks import find_mask
 from splatkit.data.matches import Observations
 from splatkit.data.scene import Scene, Similarity
@@ -35,13 +38,22 @@ CAMERA_NUM_PARAMS = {int(m): len(pycolmap.Camera.create_from_model_id(0, m, 1.0,
 SUPPORTED_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
 
 
+def model_dirs(root: Path) -> list[Path]:
+    """The folders of `root` that may hold its COLMAP model: `sparse/0/` and `sparse/` (COLMAP, VGGT,
+    MASt3R-SfM), or InstantSplat's `sparse_<N views>/0/`."""
+    return [root / "sparse" / "0", root / "sparse", *sorted(root.glob("sparse_*/0"))]
+
+
 def find_model_dir(root: Path) -> Path:
-    """`sparse/0/` if it holds a model, else `sparse/` itself."""
-    for d in (root / "sparse" / "0", root / "sparse"):
-        if any((d / f"cameras{ext}").is_file() for ext in (".bin", ".txt")):
-            return d
-    raise file_error(root / "sparse", "no COLMAP model found (expected sparse/0/ or sparse/ with "
-                                      "cameras, images and points3D .bin or .txt files)")
+    """`sparse/0/` if it holds a model, else `sparse/` itself, else the one InstantSplat `sparse_N/0/`."""
+    found = [d for d in model_dirs(root) if any((d / f"cameras{ext}").is_file() for ext in (".bin", ".txt"))]
+    if len(found) > 1 and found[0] not in (root / "sparse" / "0", root / "sparse"):
+        raise file_error(root, f"holds {len(found)} InstantSplat models ({', '.join(d.parent.name for d in found)}); "
+                               "keep the one to train beside images/ in a folder of its own")
+    if not found:
+        raise file_error(root / "sparse", "no COLMAP model found (expected sparse/0/ or sparse/ with "
+                                          "cameras, images and points3D .bin or .txt files)")
+    return found[0]
 
 
 # ------------------------------------------------------------------------------------- .bin structure check
@@ -116,7 +128,15 @@ def _read_reconstruction(model_dir: Path) -> pycolmap.Reconstruction:
             if problem is not None:
                 raise file_error(f, f"truncated or corrupt COLMAP file ({problem})")
     try:
-        return pycolmap.Reconstruction(str(model_dir))
+        if any((model_dir / f"points3D{ext}").is_file() for ext in (".bin", ".txt")):
+            return pycolmap.Reconstruction(str(model_dir))
+        with tempfile.TemporaryDirectory() as tmp:  # InstantSplat: no points3D file, which pycolmap requires
+            for f in model_dir.iterdir():
+                if f.stem in _MODEL_FILES and f.suffix in (".bin", ".txt"):
+                    os.symlink(f.absolute(), Path(tmp) / f.name)
+            binary = (model_dir / "cameras.bin").is_file()
+            (Path(tmp) / f"points3D{'.bin' if binary else '.txt'}").write_bytes(bytes(8) if binary else b"")
+            return pycolmap.Reconstruction(tmp)
     except Exception as e:
         reason = f"{type(e).__name__}: {e}".replace("\n", " ")
         raise file_error(model_dir, f"could not read the COLMAP model ({reason})") from None
@@ -187,7 +207,8 @@ def _use_downsampled_folder(root: Path, cameras: list[Camera], factor: int) -> l
 def load_colmap(root: Path, data_factor: int = 1) -> Scene:
     """Cameras (scaled by `data_factor`, undistorted), 3D points and colours, in COLMAP's world frame.
 
-    A model without 3D points starts from random points the cameras see (as transforms.json scenes do). Masks
+    A model without 3D points starts from its `points3D.ply` if it has one (InstantSplat writes its points
+    there), else from random points the cameras see (as transforms.json scenes do). Masks
     in `masks/` beside `images/` are attached to their cameras (see `splatkit.data.masks`).
     The returned Scene has an identity `to_normalized` and no split; `load_scene` does both.
     """
@@ -238,7 +259,9 @@ def load_colmap(root: Path, data_factor: int = 1) -> Scene:
                     for im, camera in zip(images, cameras)]
 
     pts = rec.points3D
-    if len(pts) == 0:  # e.g. poses from elsewhere with an empty points3D: start from what the cameras see
+    if len(pts) == 0 and (model_dir / "points3D.ply").is_file():  # InstantSplat's points, as a .ply
+        points, colors = read_ply_points(model_dir / "points3D.ply")
+    elif len(pts) == 0:  # e.g. poses from elsewhere with an empty points3D: start from what the cameras see
         points, colors = random_points_in_view(cameras)
     else:
         points = np.array([p.xyz for p in pts.values()], np.float64)

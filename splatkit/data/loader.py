@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from splatkit.data.colmap import load_colmap
+from splatkit.data.colmap import load_colmap, model_dirs
 from splatkit.data.feedforward import find_pointmaps
 from splatkit.data.pointmap_scene import PointMapInit, load_pointmaps
 from splatkit.data.scene import Scene, Similarity, rig_radius
@@ -38,7 +38,7 @@ def load_scene(path: str | Path, *, data_factor: int = 1, test_every: int = 8,
         raise file_error(path, "scene path does not exist")
 
     predefined = False
-    if path.is_dir() and (path / "sparse").is_dir():
+    if path.is_dir() and any(d.is_dir() for d in model_dirs(path)):
         scene = load_colmap(path, data_factor)
     elif (path.is_file() and path.suffix == ".json") or (path.is_dir() and any(path.glob("transforms*.json"))):
         scene, predefined = load_transforms(path, data_factor)
