@@ -75,7 +75,8 @@ def peak_rss(path: Path, camera) -> int:
 
 
 def measure(run: Path, label: str, choice: LevelChoice, tmp: Path) -> dict:
-    """Everything the table shows for one choice of a run's model (training frame, first held-out view)."""
+    """Everything the table shows for one choice of a run's model (training frame): mean held-out PSNR/SSIM;
+    count, bytes, render time and RSS of the set drawn for the first held-out view."""
     record = read_run(run)
     scene = record.load_scene()
     images = ImageStore(scene.cameras, cache_dir=image_cache_dir(run, record.scene_path),
@@ -116,7 +117,8 @@ def bench_scene(scene: str, steps: int, factor: int, runs: Path, reference_budge
 
 def print_table(name: str, factor: int, steps: int, rows: list[dict]) -> None:
     top = [r for r in rows if r["label"].startswith("level")][-1]  # the finest level
-    print(f"\n{name}, data factor {factor}, {steps} steps, CPU; render at 1280 px wide, first held-out view")
+    print(f"\n{name}, data factor {factor}, {steps} steps, CPU; PSNR/SSIM: mean over the held-out views; "
+          "#Gaussians, bytes, render time at 1280 px wide and RSS: the first held-out view")
     print(f"{'set':16} {'#Gaussians':>11} {'PSNR':>6} {'SSIM':>7} {'ms':>7} {'vs top':>7} {'RSS MB':>7} "
           + " ".join(f"{fmt:>15}" for fmt, _ in FORMATS))
     for r in rows:
