@@ -40,7 +40,8 @@ def _text_model(source: Path, out: Path, *, camera_per_image: bool, keep_points:
     for im in images:
         cam_id = im.image_id if camera_per_image else 1
         if camera_per_image or not camera_lines:
-            camera_lines.append(f"{cam_id} PINHOLE {cam.width} {cam.height} " + " ".join(f"{v:.17g}" for v in cam.params))
+            params = " ".join(f"{v:.17g}" for v in cam.params)
+            camera_lines.append(f"{cam_id} PINHOLE {cam.width} {cam.height} {params}")
         pose = im.cam_from_world()
         qx, qy, qz, qw = pose.rotation.quat
         t = pose.translation

@@ -15,7 +15,7 @@ from PIL import Image
 from splatkit.data import load_scene
 from splatkit.data.colmap import load_colmap
 from splatkit.data.demo_scene import _build_world, trace
-from splatkit.data.feedforward import vggt_grid
+from splatkit.data.feedforward import dust3r_grid, vggt_grid
 from splatkit.data.pointmap_fixtures import grid_rays, projected_pointmaps, traced_pointmaps, write_scene
 from splatkit.data.pointmap_scene import PointMapInit, voxel_merge
 from splatkit.data.pointmaps import FILE_NAME, read_pointmaps, write_pointmaps
@@ -96,20 +96,34 @@ def cup_maps(cup):
     return projected_pointmaps(source.cameras, source.points)
 
 
-@pytest.mark.parametrize("layout,rtol", [("pointmaps", 1e-12), ("vggt", 4 * F32)])
-def test_cup_intrinsics_and_poses_come_back_through_the_crop_box(cup, cup_maps, tmp_path, layout, rtol):
-    """The model's 518x392 grid has x and y scales that differ (800/518 vs 600/392); mapped back through the
-    crop box the photo intrinsics are COLMAP's exactly (float64 file) or to float32 rounding (VGGT's file),
-    and the scene normalises like the COLMAP scene."""
-    assert cup_maps.grid_size == (518, 392)
-    scene = load_scene(write_scene(tmp_path / layout, cup_maps, cup / "images", layout), pointmap_init=ALL)
+@pytest.fixture(scope="module")
+def cup_dust3r_maps(cup):
+    source = load_colmap(cup)
+    return projected_pointmaps(source.cameras, source.points, dust3r_grid)
+
+
+# layout, grid, K's tolerance (relative; absolute in pixels), pose tolerance: as precise as each tool's file
+LAYOUT_CASES = [("pointmaps", "vggt", (1e-12, 0), 0), ("vggt", "vggt", (4 * F32, 0), 8 * F32),
+                ("cut3r", "dust3r", (4 * F32, 0), 8 * F32), ("monst3r", "dust3r", (0, 2e-6), 1e-12)]
+
+
+@pytest.mark.parametrize("layout,grid,k_tol,pose_tol", LAYOUT_CASES)
+def test_cup_intrinsics_and_poses_come_back_through_the_crop_box(cup, cup_maps, cup_dust3r_maps, tmp_path, layout,
+                                                                 grid, k_tol, pose_tol):
+    """VGGT's 518x392 grid has x and y scales that differ (800/518 vs 600/392), DUSt3R's is 512x384; mapped
+    back through the crop box the photo intrinsics are COLMAP's, exactly in splatkit's float64 file and to the
+    precision of each tool's files otherwise, and the scene normalises like the COLMAP scene."""
+    maps = cup_maps if grid == "vggt" else cup_dust3r_maps
+    assert maps.grid_size == ((518, 392) if grid == "vggt" else (512, 384))
+    scene = load_scene(write_scene(tmp_path / layout, maps, cup / "images", layout), pointmap_init=ALL)
     ref = load_scene(cup)
     assert [c.name for c in scene.cameras] == [c.name for c in ref.cameras]
     for a, b in zip(scene.cameras, ref.cameras):
         assert (a.width, a.height) == (b.width, b.height)
-        np.testing.assert_allclose(a.K, b.K, rtol=rtol, atol=0)
-        np.testing.assert_allclose(a.world_to_cam, b.world_to_cam, rtol=0, atol=8 * F32 if rtol > 1e-9 else 0)
+        np.testing.assert_allclose(a.K, b.K, rtol=k_tol[0], atol=k_tol[1] * 800 / 512)
+        np.testing.assert_allclose(a.world_to_cam, b.world_to_cam, rtol=0, atol=pose_tol)
     assert scene.test_ids == ref.test_ids
+    assert len(scene.points) > 0.9 * len(load_colmap(cup).points)
 
 
 @pytest.mark.slow
@@ -235,7 +249,7 @@ def test_confidence_filter_percentile_and_absolute(tiny_scene, demo_maps, tmp_pa
     strided = load_scene(scene_dir, pointmap_init=replace(ALL, conf="p0", stride=2))
     assert len(strided.points) == len(demo_maps.image_names) * 15 * 10
     for bad in ("p101", "lots", "nan"):
-        with pytest.raises(SplatkitError, match="--conf"):
+        with pytest.raises(SplatkitError, match="--init.conf"):
             load_scene(scene_dir, pointmap_init=replace(ALL, conf=bad))
 
 
@@ -290,11 +304,27 @@ def test_truncated_file_and_missing_photo(tiny_scene, demo_maps, tmp_path):
         load_scene(scene_dir)
 
 
+def test_monst3r_dynamic_masks_leave_moving_things_out(tiny_scene, tmp_path):
+    """MonST3R marks moving pixels 255 in dynamic_mask_<i>.png; their points are not initial points."""
+    cameras = load_colmap(tiny_scene).cameras
+    world = _build_world(np.random.default_rng(0))
+    maps = traced_pointmaps(cameras, lambda o, d: trace(world, o, d)[0], dust3r_grid)
+    scene_dir = write_scene(tmp_path / "s", maps, tiny_scene / "images", "monst3r")
+    every = replace(ALL, conf="p0")  # MonST3R writes log-confidence: 0 for the fixture's confidence 1
+    everything = len(load_scene(scene_dir, pointmap_init=every).points)
+    gw, gh = maps.grid_size
+    mask = np.zeros((gh, gw), np.uint8)
+    mask[: gh // 2] = 255
+    Image.fromarray(mask).save(scene_dir / "dynamic_mask_3.png")
+    assert len(load_scene(scene_dir, pointmap_init=every).points) == everything - gw * (gh // 2)
+
+
 def test_vggt_file_must_match_the_photo_folder(tiny_scene, demo_maps, tmp_path):
     """VGGT's file stores no image names: the count must match the sorted photos, and the grid must be VGGT's
     crop or pad of them (the demo maps' 30x20 grid is neither)."""
     scene_dir = write_scene(tmp_path / "s", demo_maps, tiny_scene / "images", "vggt")
-    with pytest.raises(SplatkitError, match=r"30x20 grid is neither VGGT's crop nor its pad"):
+    with pytest.raises(SplatkitError, match=r"30x20 grid is not what VGGT's crop or VGGT's pad makes of "
+                                            r"000.png \(48x36\)"):
         load_scene(scene_dir)
     (scene_dir / "images" / "009.png").unlink()
     with pytest.raises(SplatkitError, match="holds 10 views but .* has 9 photos"):

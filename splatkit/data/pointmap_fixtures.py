@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from PIL import Image
+from scipy.spatial.transform import Rotation
 
 from splatkit.atomic import atomic_path, make_folder
 from splatkit.data.cameras import Camera
@@ -88,9 +90,12 @@ def _stack(cameras: list[Camera], maps: list[tuple], conf: float) -> PointMaps:
 
 
 def write_scene(out: Path, maps: PointMaps, photos: Path, layout: str = "pointmaps") -> Path:
-    """A scene folder `out` with `images/` linking to the photos in `photos` and `maps` in `layout`:
-    "pointmaps" (splatkit's pointmaps.npz) or "vggt" (VGGT demo's predictions.npz: depth (S,H,W,1) with
-    depth_conf, extrinsic (S,3,4), intrinsic, world_points_from_depth, and a None entry as the demo saves)."""
+    """A scene folder `out` with `images/` linking to the photos in `photos` and `maps` written as a tool
+    writes them (`LAYOUTS`): "pointmaps" (splatkit's pointmaps.npz), "vggt" (VGGT demo's predictions.npz:
+    depth (S,H,W,1) with depth_conf, extrinsic (S,3,4), intrinsic, world_points_from_depth, and a None entry as
+    the demo saves), "cut3r" (depth/, conf/, camera/ per frame, camera-to-world poses) or "monst3r"
+    (pred_traj.txt with w-first quaternions, pred_intrinsics.txt, frame_*.npy, log-confidence conf_*.npy,
+    dynamic_mask_*.png). Pixels that are not valid get depth 0 and the lowest confidence each tool writes."""
     out = Path(out)
     make_folder(out / "images")
     for name in maps.image_names:
@@ -98,14 +103,15 @@ def write_scene(out: Path, maps: PointMaps, photos: Path, layout: str = "pointma
         if not link.exists():
             make_folder(link.parent)
             os.symlink(os.path.abspath(photos / name), link)
+    valid = maps.valid if maps.valid is not None else np.ones(maps.world_points.shape[:3], bool)
+    conf = maps.conf if maps.conf is not None else valid.astype(np.float32)
+    R, t = maps.cam_from_world[:, :3, :3], maps.cam_from_world[:, :3, 3]
+    depth = np.einsum("nij,nhwj->nhwi", R, maps.world_points.astype(np.float64))[..., 2] + t[:, 2, None, None]
+    depth = np.where(valid, depth, 0.0).astype(np.float32)
+    c2w = np.linalg.inv(maps.cam_from_world)
     if layout == "pointmaps":
         write_pointmaps(out / FILE_NAME, maps)
     elif layout == "vggt":
-        R, t = maps.cam_from_world[:, :3, :3], maps.cam_from_world[:, :3, 3]
-        depth = np.einsum("nij,nhwj->nhwi", R, maps.world_points.astype(np.float64))[..., 2] + t[:, 2, None, None]
-        valid = maps.valid if maps.valid is not None else np.ones(depth.shape, bool)
-        depth = np.where(valid, depth, 0.0).astype(np.float32)
-        conf = maps.conf if maps.conf is not None else valid.astype(np.float32)
         arrays = {"depth": depth[..., None], "depth_conf": np.where(valid, conf, 0).astype(np.float32),
                   "extrinsic": maps.cam_from_world[:, :3].astype(np.float32),
                   "intrinsic": maps.intrinsics.astype(np.float32),
@@ -113,6 +119,28 @@ def write_scene(out: Path, maps: PointMaps, photos: Path, layout: str = "pointma
                   "pose_enc_list": np.array(None, dtype=object)}
         with atomic_path(out / VGGT_FILE, suffix=".npz") as tmp:
             np.savez(tmp, **arrays)
+    elif layout == "cut3r":
+        for sub in ("depth", "conf", "camera"):
+            make_folder(out / sub)
+        for i in range(len(maps.image_names)):
+            np.save(out / "depth" / f"{i:06d}.npy", depth[i])
+            np.save(out / "conf" / f"{i:06d}.npy", np.where(valid[i], conf[i], 1.0).astype(np.float32))
+            np.savez(out / "camera" / f"{i:06d}.npz", pose=c2w[i].astype(np.float32),
+                     intrinsics=maps.intrinsics[i].astype(np.float32))
+    elif layout == "monst3r":
+        quats = Rotation.from_matrix(c2w[:, :3, :3]).as_quat()  # x y z w
+        lines = [" ".join(str(v) for v in (float(i), *c2w[i, :3, 3], quats[i, 3], *quats[i, :3]))
+                 for i in range(len(c2w))]
+        (out / "pred_traj.txt").write_text("\n".join(lines) + "\n")
+        np.savetxt(out / "pred_intrinsics.txt", maps.intrinsics.reshape(-1, 9), fmt="%.6f")
+        for i in range(len(maps.image_names)):
+            np.save(out / f"frame_{i:04d}.npy", depth[i])
+            with np.errstate(divide="ignore"):
+                np.save(out / f"conf_{i}.npy", np.log(np.where(valid[i], conf[i], 0.0)).astype(np.float32))
+            Image.fromarray(np.zeros(depth[i].shape, np.uint8)).save(out / f"dynamic_mask_{i}.png")
     else:
-        raise ValueError(f"unknown layout {layout!r}")
+        raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     return out
+
+
+LAYOUTS = ("pointmaps", "vggt", "cut3r", "monst3r")

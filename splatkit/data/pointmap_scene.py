@@ -50,7 +50,7 @@ class PointMapInit:
         except ValueError:
             value = float("nan")
         if not np.isfinite(value) or (text.startswith("p") and not 0 <= value <= 100):
-            raise SplatkitError(f"--conf {self.conf!r}: give a number (absolute) or pN with 0 <= N <= 100 "
+            raise SplatkitError(f"--init.conf {self.conf!r}: give a number (absolute) or pN with 0 <= N <= 100 "
                                 "(a percentile of the confidences)")
         if not text.startswith("p"):
             return value
@@ -102,7 +102,7 @@ def initial_points(maps: PointMaps, cameras: list[Camera], init: PointMapInit, p
     """(P,3) float64 world points and (P,3) float32 colours in [0, 1]: confident, strided, in front of their
     camera and inside their photo, then voxel-merged and capped as `init` says."""
     if init.stride < 1 or init.voxel < 0 or init.max_points < 0:
-        raise SplatkitError("--stride must be >= 1, --voxel and --max-points >= 0")
+        raise SplatkitError("--init.stride must be >= 1, --init.voxel and --init.max-points >= 0")
     s = init.stride
     keep = np.ones(maps.world_points.shape[:3], bool) if maps.valid is None else maps.valid.copy()
     if maps.conf is not None:
@@ -127,7 +127,7 @@ def initial_points(maps: PointMaps, cameras: list[Camera], init: PointMapInit, p
         colors.append(photo[y[inside], x[inside], :3].astype(np.float32) / 255.0)
     points_all, colors_all = np.concatenate(points), np.concatenate(colors)
     if len(points_all) == 0:
-        raise file_error(path, f"no predicted point passes --conf {init.conf} and lies in its photo")
+        raise file_error(path, f"no predicted point passes --init.conf {init.conf} and lies in its photo")
     if init.voxel > 0:
         edge = init.voxel * rig_radius(np.stack([c.center for c in cameras]), points_all)
         points_all, colors_all = voxel_merge(points_all, colors_all, edge)
