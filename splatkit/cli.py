@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from splatkit.atomic import write_text_atomic
 from splatkit.data import Scene, load_scene
 from splatkit.data.cameras import Camera
+from splatkit.data.process import ProcessConfig, process
 from splatkit.data.scene import Similarity
 from splatkit.errors import SplatkitError, file_error
 from splatkit.io.compact import save_compact
@@ -480,6 +481,7 @@ def run_view(cfg: ViewConfig) -> None:
 
 
 COMMANDS = {
+    "process": (ProcessConfig, process),
     "train": (TrainConfig, run_train),
     "eval": (EvalConfig, run_eval),
     "render": (RenderConfig, run_render),
