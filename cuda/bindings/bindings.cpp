@@ -75,7 +75,7 @@ std::vector<Tensor> preprocess_forward(Tensor means, Tensor quats, Tensor scales
 std::vector<Tensor> preprocess_backward(Tensor means, Tensor quats, Tensor scales, Tensor sh0, Tensor shN,
                                         Tensor viewmat, Tensor K, int64_t width, int64_t height, int64_t degree, double eps2d, Tensor radii,
                                         Tensor v_means2d, Tensor v_conics, Tensor v_depths, Tensor v_comp,
-                                        Tensor v_colors) {
+                                        Tensor v_colors, bool camera_grad) {
     auto in = preprocess_in(means, quats, scales, sh0, shN, viewmat, K, width, height, degree, eps2d, 0.0, 0.0);
     check(radii, "radii", torch::kInt32);
     for (auto* t : {&v_means2d, &v_conics, &v_depths, &v_comp, &v_colors}) check(*t, "gradient");
@@ -83,13 +83,15 @@ std::vector<Tensor> preprocess_backward(Tensor means, Tensor quats, Tensor scale
     Tensor v_scales = torch::empty_like(scales), v_sh0 = torch::empty_like(sh0), v_shN = torch::empty_like(shN);
     splatkit::PreprocessGradIn gi{radii.data_ptr<int32_t>(), v_means2d.data_ptr<float>(), v_conics.data_ptr<float>(),
                                   v_depths.data_ptr<float>(), v_comp.data_ptr<float>(), v_colors.data_ptr<float>()};
+    Tensor camera = torch::zeros({camera_grad ? splatkit::kCameraSums : 0}, means.options());
     splatkit::PreprocessGradOut out{v_means.data_ptr<float>(), v_quats.data_ptr<float>(), v_scales.data_ptr<float>(),
-                                    v_sh0.data_ptr<float>(), v_shN.data_ptr<float>()};
+                                    v_sh0.data_ptr<float>(), v_shN.data_ptr<float>(),
+                                    camera_grad ? camera.data_ptr<float>() : nullptr};
 #ifdef SPLATKIT_WITH_CUDA
     if (use_cuda(means)) splatkit::cuda::preprocess_backward(in, gi, out); else
 #endif
     { use_cuda(means); splatkit::cpu::preprocess_backward(in, gi, out); }
-    return {v_means, v_quats, v_scales, v_sh0, v_shN};
+    return {v_means, v_quats, v_scales, v_sh0, v_shN, camera};
 }
 
 #ifdef SPLATKIT_WITH_CUDA

@@ -153,8 +153,19 @@ void preprocess_forward(const PreprocessIn& in, const PreprocessOut& out) {
 
 void preprocess_backward(const PreprocessIn& in, const PreprocessGradIn& gi, const PreprocessGradOut& out) {
     const Vec3 campos = camera_center(in.cam);
-#pragma omp parallel for schedule(static)
-    for (int g = 0; g < in.n; ++g) preprocess_gaussian_vjp(in, gi, out, campos, g);
+    // Each thread sums its static share of the Gaussians into its own row; the rows are added in thread order,
+    // so the camera's gradient is the same on every run with the same thread count.
+    std::vector<float> partial((size_t)omp_get_max_threads() * kCameraSums, 0.0f);
+#pragma omp parallel
+    {
+        float* mine = partial.data() + (size_t)omp_get_thread_num() * kCameraSums;
+#pragma omp for schedule(static)
+        for (int g = 0; g < in.n; ++g) preprocess_gaussian_vjp(in, gi, out, campos, g, mine);
+    }
+    if (out.camera == nullptr) return;
+    for (int i = 0; i < kCameraSums; ++i) out.camera[i] = 0.0f;
+    for (size_t row = 0; row < partial.size(); row += kCameraSums)
+        for (int i = 0; i < kCameraSums; ++i) out.camera[i] += partial[row + i];
 }
 
 void bin_tiles(int n, int width, int height, const float* means2d, const float* conics, const float* opacities,

@@ -71,7 +71,14 @@ __global__ void preprocess_forward_kernel(PreprocessIn in, PreprocessOut out, Ve
 
 __global__ void preprocess_backward_kernel(PreprocessIn in, PreprocessGradIn gi, PreprocessGradOut out, Vec3 campos) {
     const int g = blockIdx.x * blockDim.x + threadIdx.x;
-    if (g < in.n) preprocess_gaussian_vjp(in, gi, out, campos, g);
+    float camera[kCameraSums] = {0.0f};
+    if (g < in.n) preprocess_gaussian_vjp(in, gi, out, campos, g, camera);
+    if (out.camera == nullptr) return;
+    // The camera's gradient: a sum over the warp by shuffles, then one atomic add per warp and value.
+    for (int i = 0; i < kCameraSums; ++i) {
+        const float v = warp_sum(camera[i]);
+        if ((threadIdx.x & 31) == 0 && v != 0.0f) atomicAdd(out.camera + i, v);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -348,6 +355,7 @@ void preprocess_forward(const PreprocessIn& in, const PreprocessOut& out) {
 
 void preprocess_backward(const PreprocessIn& in, const PreprocessGradIn& grad_in, const PreprocessGradOut& out) {
     if (in.n <= 0) return;
+    if (out.camera != nullptr) cudaMemsetAsync(out.camera, 0, kCameraSums * sizeof(float));
     preprocess_backward_kernel<<<blocks_for(in.n), kThreads>>>(in, grad_in, out, camera_center(in.cam));
     SPLATKIT_CUDA_CHECK_LAUNCH();
 }

@@ -25,6 +25,7 @@ Device = Literal["auto", "cpu", "cuda"]
 class RenderSettings:
     sh_degree: int
     antialiased: bool = False  # Mip-Splatting opacity compensation
+    viewmat: torch.Tensor | None = None  # cam_from_world (4, 4) replacing the camera's, e.g. a refined pose
 
 
 @dataclass
@@ -140,13 +141,16 @@ def rasterize(
     background: tuple[float, float, float] | torch.Tensor = (0.0, 0.0, 0.0),
     antialiased: bool = False,
     backend: str = "auto",
+    viewmat: torch.Tensor | None = None,
 ) -> RenderOutput:
     """Render N Gaussians from `camera` (OpenCV pinhole, `world_to_cam` 4x4, pixel centres at +0.5).
 
     `gaussians` are raw parameters (`Gaussians`, activated here) or already activated values (what a training
     parameterisation produces). `sh_degree` defaults to the model's; lower values ignore the higher bands (used
     while SH degrees are switched on during training). `background` is an RGB triple in [0, 1] (or a (3,)
-    tensor) the image is composited over. Outputs are differentiable with respect to the Gaussians' tensors.
+    tensor) the image is composited over. `viewmat`, a (4, 4) float32 cam_from_world tensor on the Gaussians'
+    device, replaces `camera.world_to_cam` (a pose being refined); outputs are differentiable with respect to
+    it as to the Gaussians' tensors (every backend: the native one sums each Gaussian's share in its kernels).
     Raises SplatkitError for an unknown backend or one that cannot run on the Gaussians' device. Example::
 
         out = rasterize(gaussians, scene.cameras[0], backend="torch")
@@ -156,7 +160,7 @@ def rasterize(
     degree = activated.sh_degree if sh_degree is None else min(sh_degree, activated.sh_degree)
     device = activated.means.device
     name = resolve_backend(backend, device)
-    out = _BACKENDS[name].render(activated, camera, RenderSettings(degree, antialiased))
+    out = _BACKENDS[name].render(activated, camera, RenderSettings(degree, antialiased, viewmat))
     bg = torch.as_tensor(background, dtype=out.color.dtype).to(device)
     rgb = out.color + (1.0 - out.alpha[..., None]) * bg
     depth = out.depth_sum / out.alpha.clamp(min=1e-10)

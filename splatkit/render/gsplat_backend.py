@@ -19,7 +19,7 @@ from splatkit.render.torch_backend import camera_tensors
 def render_gsplat(gaussians: ActivatedGaussians, camera: Camera, settings: RenderSettings) -> Rasterized:
     import gsplat
 
-    viewmat, K = camera_tensors(camera, gaussians.means.device)
+    viewmat, K = camera_tensors(camera, gaussians.means.device, settings.viewmat)
     # "RGB+D": the depth channel is the accumulated sum(w z), normalised once by rasterize() for every backend.
     colors, alphas, meta = gsplat.rasterization(
         gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities, gaussians.sh, viewmat[None],

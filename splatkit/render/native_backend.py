@@ -32,9 +32,23 @@ class _Preprocess(torch.autograd.Function):
     def backward(ctx, v_means2d, v_conics, v_depths, _v_radii, v_compensation, v_colors):
         means, quats, scales, sh0, shN, viewmat, K, radii = ctx.saved_tensors
         grads = [g.contiguous() for g in (v_means2d, v_conics, v_depths, v_compensation, v_colors)]
-        v_means, v_quats, v_scales, v_sh0, v_shN = load_extension().preprocess_backward(
-            means, quats, scales, sh0, shN, viewmat, K, *ctx.size, ctx.degree, EPS2D, radii, *grads)
-        return v_means, v_quats, v_scales, v_sh0, v_shN, None, None, None, None, None
+        camera_grad = ctx.needs_input_grad[5]
+        v_means, v_quats, v_scales, v_sh0, v_shN, sums = load_extension().preprocess_backward(
+            means, quats, scales, sh0, shN, viewmat, K, *ctx.size, ctx.degree, EPS2D, radii, *grads, camera_grad)
+        v_viewmat = _viewmat_grad(viewmat, sums) if camera_grad else None
+        return v_means, v_quats, v_scales, v_sh0, v_shN, v_viewmat, None, None, None, None
+
+
+def _viewmat_grad(viewmat: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
+    """dL/d(cam_from_world) (4, 4) from the kernels' sums (dL/dR, dL/dt through the Gaussians' camera-space
+    means and covariances; dL/d of their view directions d = mean - c, where the camera centre c = -R^T t
+    adds t (sum d)^T to dL/dR and R (sum d) to dL/dt)."""
+    R, t = viewmat[:3, :3], viewmat[:3, 3]
+    v_R, v_t, v_dir = sums[:9].reshape(3, 3), sums[9:12], sums[12:15]
+    grad = torch.zeros_like(viewmat)
+    grad[:3, :3] = v_R + torch.outer(t, v_dir)
+    grad[:3, 3] = v_t + R @ v_dir
+    return grad
 
 
 class _Blend(torch.autograd.Function):
@@ -58,7 +72,7 @@ class _Blend(torch.autograd.Function):
 
 
 def render_native(gaussians: ActivatedGaussians, camera: Camera, settings: RenderSettings) -> Rasterized:
-    viewmat, K = camera_tensors(camera, gaussians.means.device)
+    viewmat, K = camera_tensors(camera, gaussians.means.device, settings.viewmat)
     width, height = camera.width, camera.height
     means2d, conics, depths, radii, compensation, colors = _Preprocess.apply(
         gaussians.means.contiguous(), gaussians.quats.contiguous(), gaussians.scales.contiguous(),

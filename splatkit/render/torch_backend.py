@@ -12,15 +12,18 @@ from splatkit.render.projection import covariance_3d, project
 from splatkit.render.sh import eval_sh
 
 
-def camera_tensors(camera: Camera, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(world-to-camera 4x4, K 3x3) as float32 tensors on `device`."""
-    viewmat = torch.as_tensor(camera.world_to_cam, dtype=torch.float32, device=device)
-    K = torch.as_tensor(camera.K, dtype=torch.float32, device=device)
+def camera_tensors(camera: Camera, device: torch.device, viewmat: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(world-to-camera 4x4, K 3x3) as tensors on `device`: float32, or `viewmat` (a refined pose, kept as it
+    is so gradients reach it) with K in its dtype."""
+    if viewmat is None:
+        viewmat = torch.as_tensor(camera.world_to_cam, dtype=torch.float32, device=device)
+    K = torch.as_tensor(camera.K, dtype=viewmat.dtype, device=device)
     return viewmat, K
 
 
 def render_torch(gaussians: ActivatedGaussians, camera: Camera, settings: RenderSettings) -> Rasterized:
-    viewmat, K = camera_tensors(camera, gaussians.means.device)
+    viewmat, K = camera_tensors(camera, gaussians.means.device, settings.viewmat)
     covars = covariance_3d(gaussians.quats, gaussians.scales)
     proj = project(gaussians.means, covars, viewmat, K, camera.width, camera.height)
     opacities = gaussians.opacities * proj.compensation if settings.antialiased else gaussians.opacities

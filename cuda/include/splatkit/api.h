@@ -49,7 +49,13 @@ struct PreprocessGradOut {
     float* v_scales;  // N x 3
     float* v_sh0;     // N x 3
     float* v_shN;     // N x (bases - 1) x 3
+    // kCameraSums sums over the Gaussians, or nullptr when the camera's gradient is not wanted: dL/dR (3 x 3,
+    // row-major) and dL/dt through the camera-space means and covariances, then dL/d(view direction), which
+    // reaches R and t through the camera centre -R^T t (the caller adds t d^T to dL/dR and R d to dL/dt).
+    float* camera;
 };
+
+constexpr int kCameraSums = 15;
 
 struct BlendIn {
     int n, width, height;

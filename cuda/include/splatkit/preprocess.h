@@ -53,12 +53,13 @@ SPLATKIT_HD void preprocess_gaussian(const PreprocessIn& in, const PreprocessOut
     out.colors[3 * (size_t)g + 2] = color.z;
 }
 
-// Writes every gradient of Gaussian g (zeros when it was culled), so no output needs clearing beforehand.
+// Writes every gradient of Gaussian g (zeros when it was culled), so no output needs clearing beforehand, and
+// adds its share of the camera's gradient (PreprocessGradOut::camera's layout) to `camera`.
 SPLATKIT_HD void preprocess_gaussian_vjp(const PreprocessIn& in, const PreprocessGradIn& gi,
-                                         const PreprocessGradOut& out, Vec3 campos, int g) {
+                                         const PreprocessGradOut& out, Vec3 campos, int g, float* camera) {
     const int rest = in.bases - 1;
     float v_coeffs[3 * kMaxShBases] = {0.0f};
-    ProjectionGrad pg = {{0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f}};
+    ProjectionGrad pg = {};
     if (gi.radii[2 * (size_t)g] > 0 && gi.radii[2 * (size_t)g + 1] > 0) {
         const Vec3 mean = load3(in.means + 3 * (size_t)g);
         const Vec2 v_m2d = {gi.v_means2d[2 * (size_t)g], gi.v_means2d[2 * (size_t)g + 1]};
@@ -68,8 +69,13 @@ SPLATKIT_HD void preprocess_gaussian_vjp(const PreprocessIn& in, const Preproces
                                   in.eps2d, v_m2d, v_con, gi.v_depths[g], gi.v_compensation[g]);
         float coeffs[3 * kMaxShBases];
         gather_sh(in, g, coeffs);
-        pg.mean = pg.mean + sh_color_vjp(in.degree, mean - campos, coeffs, load3(gi.v_colors + 3 * (size_t)g),
-                                         v_coeffs);
+        const Vec3 v_dir = sh_color_vjp(in.degree, mean - campos, coeffs, load3(gi.v_colors + 3 * (size_t)g),
+                                        v_coeffs);
+        pg.mean = pg.mean + v_dir;
+        for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 3; ++j) camera[3 * i + j] += pg.view_R.m[i][j];
+        const float rest_sums[6] = {pg.view_t.x, pg.view_t.y, pg.view_t.z, v_dir.x, v_dir.y, v_dir.z};
+        for (int i = 0; i < 6; ++i) camera[9 + i] += rest_sums[i];
     }
     out.v_means[3 * (size_t)g] = pg.mean.x;
     out.v_means[3 * (size_t)g + 1] = pg.mean.y;

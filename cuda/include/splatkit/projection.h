@@ -119,10 +119,13 @@ struct ProjectionGrad {
     Vec3 mean;
     Vec4 quat;  // w.r.t. the raw (unnormalised) quaternion, (w, x, y, z) in fields (x, y, z, w)
     Vec3 scale;
+    Mat3 view_R;  // this Gaussian's share of dL/d(camera rotation) through its camera-space mean and covariance
+    Vec3 view_t;  // and of dL/d(camera translation)
 };
 
 // Vector-Jacobian product of project_gaussian for a visible Gaussian: given dL/d(mean2d, conic, depth,
-// compensation), return dL/d(mean, quat, scale). Recomputes the forward intermediates.
+// compensation), return dL/d(mean, quat, scale) and the Gaussian's share of dL/d(R, t) of the camera.
+// Recomputes the forward intermediates.
 SPLATKIT_HD ProjectionGrad project_gaussian_vjp(Vec3 mean, Vec4 quat, Vec3 scale, const PinholeCamera& cam, float eps2d,
                                                 Vec2 v_mean2d, Sym2 v_conic, float v_depth, float v_comp) {
     Vec3 pc = matvec(cam.R, mean) + cam.t;
@@ -188,6 +191,13 @@ SPLATKIT_HD ProjectionGrad project_gaussian_vjp(Vec3 mean, Vec4 quat, Vec3 scale
 
     ProjectionGrad out;
     out.mean = matvec_t(cam.R, v_pc);
+    // pc = W mean + t -> dL/dW += v_pc mean^T, dL/dt = v_pc; cov_c = W Sigma W^T with dL/dcov_c symmetric ->
+    // dL/dW += 2 dL/dcov_c W Sigma, and W Sigma = (W M) M^T.
+    const Mat3 v_W = matmul(v_cov_c, matmul(RM, transpose(M)));
+    const float pcv[3] = {v_pc.x, v_pc.y, v_pc.z}, mv[3] = {mean.x, mean.y, mean.z};
+    for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j) out.view_R.m[i][j] = pcv[i] * mv[j] + 2.0f * v_W.m[i][j];
+    out.view_t = v_pc;
     // cov_c = W Sigma W^T -> dL/dSigma = W^T dL/dcov_c W; Sigma = M M^T -> dL/dM = 2 dL/dSigma M.
     Mat3 v_sigma = matmul(transpose(cam.R), matmul(v_cov_c, cam.R));
     Mat3 v_M = matmul(v_sigma, M);
