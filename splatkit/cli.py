@@ -184,8 +184,12 @@ def run_eval(cfg: EvalConfig) -> dict:
     # Another file or a chosen level gets its own folder, so the run's own evaluation is never overwritten.
     out = cfg.run / "eval" / (_model_label(source) if cfg.model else "") / (levels.label if levels.given else "")
     model = _model_in_scene_frame(read_splats(source), scene).to(resolve_device(cfg.device))
+    scene, poses = record.camera_poses(scene).for_evaluation(model, images, cfg.backend)
     result = evaluate(model, scene, images, scene.test_ids, backend=cfg.backend, side_by_side_dir=out, levels=levels)
     result["model"], result["levels"] = str(source), levels.label
+    if poses is not None:
+        result["poses"] = poses
+        console.print(f"splatkit: {poses}", highlight=False, soft_wrap=True)
     for view in result["views"]:
         masked = f"  ({view['masked']:.1%} of pixels masked out)" if "masked" in view else ""
         console.print(f"{view['name']:>24}  PSNR {view['psnr']:6.2f}  SSIM {view['ssim']:.4f}{masked}")

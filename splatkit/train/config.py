@@ -78,6 +78,16 @@ class TrainConfig:
     """Image size at step 0, as a fraction of full size."""
     coarse_to_fine_until: float = 0.7
     """Fraction of the run after which training is at full size."""
+    pose_opt: bool = False
+    """Refine every training camera's pose with the Gaussians (a learnable rigid correction each, the first
+    camera pinned), for approximate poses (feed-forward models, few photos). Held-out views' poses are then
+    fitted against the frozen model before they are scored, and the metrics say so."""
+    pose_lr: float = 1e-3
+    """Adam rate of the pose corrections (radians, training-frame units), decaying exponentially..."""
+    pose_lr_final: float = 1e-5
+    """...to this at the last step."""
+    pose_eval_steps: int = 200
+    """Adam steps fitting each held-out pose before scoring (with --pose-opt)."""
     lr: LearningRates = field(default_factory=LearningRates)
     parameterisation: ParameterisationChoice = field(default_factory=Plain3DGS)
     """How parameters become Gaussians."""

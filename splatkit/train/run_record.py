@@ -19,6 +19,8 @@ from splatkit.model.sh import num_sh_bases
 from splatkit.train import checkpoint
 from splatkit.train.config import TrainConfig
 from splatkit.train.gaussian_model import GaussianModel
+from splatkit.train.poses import CameraPoses
+from splatkit.train.poses import declare as declare_poses
 
 
 @dataclass
@@ -45,11 +47,20 @@ class RunRecord:
         empty = Gaussians(torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0, 4), torch.zeros(0),
                           torch.zeros(0, 1, 3), torch.zeros(0, num_sh_bases(self.config.sh_degree) - 1, 3))
         self.config.parameterisation.create(model, empty, self.config.lr, 1.0)
+        if self.config.pose_opt:
+            declare_poses(model, 0, self.config.pose_lr, self.config.pose_lr_final)
         try:
             model.load_state_dict(state)
         except (KeyError, RuntimeError, ValueError) as exc:
             raise file_error(path, f"does not match the run's parameterisation ({exc})") from None
         return model
+
+    def camera_poses(self, scene: Scene) -> CameraPoses:
+        """The poses the run trained `scene`'s cameras with: refined by its last checkpoint's corrections when
+        it ran with --pose-opt, else the scene's own."""
+        kept = checkpoint.list_checkpoints(self.run_dir / "checkpoints") if self.config.pose_opt else []
+        model = self.checkpoint_model(kept[-1]) if kept else None
+        return CameraPoses(scene, model, eval_steps=self.config.pose_eval_steps)
 
     def checkpoint_gaussians(self, path: Path) -> Gaussians:
         """The model saved in checkpoint `path`, decoded to raw INRIA form (training frame, CPU)."""

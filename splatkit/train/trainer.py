@@ -33,6 +33,8 @@ from splatkit.train.evaluate import evaluate, keep_mask
 from splatkit.train.gaussian_model import GaussianModel
 from splatkit.train.metrics import ignore_masked, photometric_loss, psnr
 from splatkit.train.plugin import SetupContext, StepInfo
+from splatkit.train.poses import CameraPoses
+from splatkit.train.poses import declare as declare_poses
 from splatkit.train.run_record import read_run
 
 console = Console(stderr=True)
@@ -71,6 +73,9 @@ class Trainer:
             init_opacity=cfg.strategy.init_opacity if cfg.init_opacity is None else cfg.init_opacity,
             init_scale=cfg.strategy.init_scale if cfg.init_scale is None else cfg.init_scale)
         cfg.parameterisation.create(self.model, init, cfg.lr, self.extent)
+        if cfg.pose_opt:
+            declare_poses(self.model, len(scene.cameras), cfg.pose_lr, cfg.pose_lr_final)
+        self.poses = CameraPoses(scene, self.model, eval_steps=cfg.pose_eval_steps)
         latest = checkpoint.list_checkpoints(self.checkpoint_dir)[-1:] if cfg.resume else []
         ctx = SetupContext(scene, images, self.model, run_dir, cfg.steps, self.extent, cfg.seed,
                            resumed=bool(latest), lr=cfg.lr)
@@ -149,7 +154,7 @@ class Trainer:
 
         gaussians = self.model.activated()
         render = rasterize(gaussians, camera, sh_degree=min(step // cfg.sh_degree_interval, cfg.sh_degree),
-                           background=background, backend=self.backend)
+                           background=background, backend=self.backend, viewmat=self.poses.viewmat(index))
         rgb, target = ignore_masked(render.rgb, target, keep)  # masked pixels: no error, no gradient
         error = (rgb.detach() - target).abs().sum(dim=-1)
         self.last_error = error  # (H, W) of this step's view, for the live viewer
@@ -176,8 +181,11 @@ class Trainer:
             if cfg.coarse_to_fine else 1.0
 
     def evaluate(self, side_by_side_dir: Path | None = None) -> dict:
-        return evaluate(self.gaussians, self.scene, self.images, self.scene.test_ids,
-                        backend=self.backend, side_by_side_dir=side_by_side_dir)
+        """Held-out metrics; with refined poses, after fitting the held-out poses (the result's `poses` says so)."""
+        scene, note = self.poses.for_evaluation(self.gaussians, self.images, self.backend)
+        result = evaluate(self.gaussians, scene, self.images, scene.test_ids, backend=self.backend,
+                          side_by_side_dir=side_by_side_dir)
+        return result if note is None else {**result, "poses": note}
 
     def export_ply(self) -> Path:
         """The model in the scene's original (e.g. COLMAP) frame."""
@@ -374,10 +382,13 @@ def train(cfg: TrainConfig, *, show_progress: bool = True,
     ply_path = trainer.export_ply()
     result = trainer.evaluate(run_dir / "eval") if scene.test_ids else {"mean": {}, "views": []}
     metrics = {"step": trainer.step, "num_gaussians": len(trainer.model), **result["mean"],
-               "masked": result.get("masked", False), "views": result["views"]}
+               "masked": result.get("masked", False), **{k: result[k] for k in ("poses",) if k in result},
+               "views": result["views"]}
     write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     summary = f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f} on {len(scene.test_ids)} held-out views" \
         if scene.test_ids else "no held-out views"
+    if "poses" in metrics:
+        summary += f" ({metrics['poses']})"
     console.print(f"splatkit: done. {metrics['num_gaussians']:,} Gaussians -> {ply_path}; {summary}")
     return metrics
 
