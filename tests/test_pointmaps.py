@@ -11,12 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy.spatial.transform import Rotation
 
 from splatkit.data import load_scene
 from splatkit.data.colmap import load_colmap
 from splatkit.data.demo_scene import _build_world, trace
 from splatkit.data.feedforward import dust3r_grid, vggt_grid
-from splatkit.data.pointmap_fixtures import grid_rays, projected_pointmaps, traced_pointmaps, write_scene
+from splatkit.data.pointmap_fixtures import (grid_rays, perturbed_poses, projected_pointmaps, traced_pointmaps,
+                                             write_scene)
 from splatkit.data.pointmap_scene import PointMapInit, voxel_merge
 from splatkit.data.pointmaps import FILE_NAME, read_pointmaps, write_pointmaps
 from splatkit.errors import SplatkitError
@@ -266,6 +268,16 @@ def test_voxel_merge_is_the_mean_of_each_cell_and_the_cap_holds():
     assert len(got) == len(expected) <= 64
     np.testing.assert_allclose(np.array([g[0] for g in got]), np.array([e[0] for e in expected]), atol=1e-12)
     np.testing.assert_allclose(np.array([g[1] for g in got]), np.array([e[1] for e in expected]), atol=1e-6)
+
+
+def test_perturbed_poses_turn_and_shift_by_the_amounts_asked(demo_maps):
+    moved = perturbed_poses(demo_maps, 2.0, 0.1, seed=3)
+    assert np.array_equal(moved.cam_from_world[0], demo_maps.cam_from_world[0])
+    for before, after in zip(demo_maps.cam_from_world[1:], moved.cam_from_world[1:]):
+        turn = Rotation.from_matrix(after[:3, :3] @ before[:3, :3].T).magnitude()
+        assert np.degrees(turn) == pytest.approx(2.0, abs=1e-9)
+        centers = [-m[:3, :3].T @ m[:3, 3] for m in (before, after)]
+        assert np.linalg.norm(centers[1] - centers[0]) == pytest.approx(0.1, abs=1e-9)
 
 
 def test_point_cap(tiny_scene, demo_maps, tmp_path):

@@ -64,6 +64,11 @@ def test_corrections_train_pin_the_first_camera_and_resume_bitwise(tiny_scene, t
     poses = CameraPoses(scene, model)
     np.testing.assert_allclose(poses.viewmat(pinned).double().numpy(), scene.cameras[pinned].world_to_cam,
                                atol=1e-6)
+    cameras = json.loads((tmp_path / "full" / "cameras.json").read_text())["cameras"]  # in COLMAP's frame
+    original = {c.name: c.world_to_cam for c in load_colmap(tiny_scene).cameras}
+    entry = next(c for c in cameras if c["name"] == scene.cameras[pinned].name)
+    np.testing.assert_allclose(entry["cam_from_world"], original[entry["name"]], atol=1e-5)
+    assert sum(c["refined"] for c in cameras) == len(scene.train_ids) - 1
     assert main(["eval", str(tmp_path / "full")]) == 0  # the CLI scores the same way, and says so
     saved = json.loads((tmp_path / "full" / "eval" / "metrics.json").read_text())
     assert "held-out poses fitted" in saved["poses"]

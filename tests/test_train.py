@@ -14,6 +14,7 @@ import torch
 from splatkit.cli import main
 from splatkit.errors import SplatkitError
 from splatkit.io.ply import load_ply
+from splatkit.data.colmap import load_colmap
 from splatkit.train import checkpoint
 from splatkit.train.config import TrainConfig
 from splatkit.train.strategies import ADCStrategy
@@ -33,8 +34,13 @@ def _config(scene: Path, out: Path, **overrides) -> TrainConfig:
 def test_run_folder_contents_and_original_frame(tiny_scene, tmp_path):
     metrics = train(_config(tiny_scene, tmp_path / "run"), show_progress=False)
     run = tmp_path / "run"
-    for name in ("config.json", "metrics.jsonl", "metrics.json", "point_cloud.ply"):
+    for name in ("config.json", "metrics.jsonl", "metrics.json", "point_cloud.ply", "cameras.json"):
         assert (run / name).is_file(), name
+    cameras = json.loads((run / "cameras.json").read_text())["cameras"]  # as loaded, in COLMAP's frame
+    loaded = load_colmap(tiny_scene).cameras
+    assert [c["name"] for c in cameras] == [c.name for c in loaded] and not any(c["refined"] for c in cameras)
+    for entry, camera in zip(cameras, loaded):
+        np.testing.assert_allclose(entry["cam_from_world"], camera.world_to_cam, atol=1e-9)
     assert [p.name for p in checkpoint.list_checkpoints(run / "checkpoints")] == ["step_0000020.pt",
                                                                                   "step_0000040.pt"]
     saved = json.loads((run / "metrics.json").read_text())

@@ -6,6 +6,7 @@ mapping against geometry known exactly, and give the benchmarks a point-map init
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -76,6 +77,22 @@ def traced_pointmaps(cameras: list[Camera], trace: Callable[[np.ndarray, np.ndar
         world = o + trace(o, d)[:, None] * d
         maps.append((world.reshape(gh, gw, 3).astype(np.float32), np.ones((gh, gw), bool), K, box))
     return _stack(cameras, maps, 1.0)
+
+
+def perturbed_poses(maps: PointMaps, degrees: float, shift: float, seed: int = 0) -> PointMaps:
+    """`maps` with every pose but the first turned by `degrees` about a random axis and its centre moved by
+    `shift` (world units) in a random direction, the points left where they are: the approximate poses of a
+    feed-forward model, for pose refinement to correct (the first stays, as those models pin their frame)."""
+    rng = np.random.default_rng(seed)
+    w2c = maps.cam_from_world.copy()
+    for i in range(1, len(w2c)):
+        axis, direction = rng.normal(size=3), rng.normal(size=3)
+        turn = Rotation.from_rotvec(axis / np.linalg.norm(axis) * np.radians(degrees)).as_matrix()
+        c2w = np.linalg.inv(w2c[i])
+        c2w[:3, :3] = c2w[:3, :3] @ turn.T
+        c2w[:3, 3] += shift * direction / np.linalg.norm(direction)
+        w2c[i] = np.linalg.inv(c2w)
+    return replace(maps, cam_from_world=w2c)
 
 
 def _stack(cameras: list[Camera], maps: list[tuple], conf: float) -> PointMaps:

@@ -14,10 +14,14 @@ are scored, as InstantSplat evaluates.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
+import numpy as np
 import torch
 
+from splatkit.atomic import write_text_atomic
 from splatkit.data.cameras import Camera
 from splatkit.data.images import ImageStore
 from splatkit.data.scene import Scene
@@ -81,6 +85,21 @@ class CameraPoses:
         note = (f"held-out poses fitted to their photos against the frozen model first ({self.eval_steps} Adam "
                 "steps each, as InstantSplat evaluates)")
         return replace(self.scene, cameras=cameras), note
+
+
+    @torch.no_grad()
+    def save(self, path: Path) -> None:
+        """Every camera's pose as trained (refined where --pose-opt refined it), in the scene's original frame
+        (e.g. COLMAP's), as JSON: name, width, height, K (3x3, pixels) and cam_from_world (4x4, OpenCV axes)."""
+        back = self.scene.to_normalized.inverse()
+        cameras = []
+        for i, camera in enumerate(self.scene.cameras):
+            viewmat = self.viewmat(i)
+            pose = camera.world_to_cam if viewmat is None else viewmat.double().cpu().numpy()
+            cameras.append({"name": camera.name, "width": camera.width, "height": camera.height,
+                            "K": np.asarray(camera.K).tolist(), "cam_from_world": back.apply_camera(pose).tolist(),
+                            "refined": viewmat is not None and i != self.pinned and i not in self.scene.test_ids})
+        write_text_atomic(path, json.dumps({"cameras": cameras}, indent=1))
 
 
 def declare(model, num_cameras: int, lr: float, lr_final: float) -> None:

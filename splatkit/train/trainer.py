@@ -380,6 +380,7 @@ def train(cfg: TrainConfig, *, show_progress: bool = True,
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                     trainer.save_checkpoint()
     ply_path = trainer.export_ply()
+    trainer.poses.save(run_dir / "cameras.json")
     result = trainer.evaluate(run_dir / "eval") if scene.test_ids else {"mean": {}, "views": []}
     metrics = {"step": trainer.step, "num_gaussians": len(trainer.model), **result["mean"],
                "masked": result.get("masked", False), **{k: result[k] for k in ("poses",) if k in result},
