@@ -191,7 +191,7 @@ SCENE_CALLS: tuple[Call, ...] = ((_load_scene, _check_scene),)
 SPLAT_CALLS: tuple[Call, ...] = ((_load_as_seeded, _check_gaussians), (_describe, _check_info))
 # reader -> the calls a case makes, each with the sanity check of what it returns
 READERS: dict[str, tuple[Call, ...]] = {
-    "colmap-bin": SCENE_CALLS, "colmap-txt": SCENE_CALLS, "transforms-json": SCENE_CALLS,
+    "colmap-bin": SCENE_CALLS, "colmap-txt": SCENE_CALLS, "transforms-json": SCENE_CALLS, "pointmaps": SCENE_CALLS,
     "ply": SPLAT_CALLS, "compressed-ply": SPLAT_CALLS, "spz": SPLAT_CALLS, "splat": SPLAT_CALLS,
     "sog": SPLAT_CALLS, "sog-meta": SPLAT_CALLS, "sog-lod": SPLAT_CALLS, "compact": SPLAT_CALLS,
     "masks": ((_read_mask, _check_mask),),  # splatkit.data.masks: fuzzed once that module exists
@@ -879,7 +879,8 @@ def in_gzip(op: Op) -> Op:
 
 
 def in_zip(data: bytes, kind: str, draw: Draw) -> tuple[bytes, str]:
-    """A member of a zip (a SOG bundle) mutated as its kind allows, dropped or repeated, then zipped again."""
+    """A member of a zip (a SOG bundle, an .npz) mutated as its kind allows, dropped or repeated, then zipped
+    again."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
             members = [(i.filename, z.read(i)) for i in z.infolist()]
@@ -897,7 +898,7 @@ def in_zip(data: bytes, kind: str, draw: Draw) -> tuple[bytes, str]:
         members.append((name, content))
         what = "repeat it"
     else:
-        member_kind = "sog-json" if name.endswith(".json") else "webp"
+        member_kind = "sog-json" if name.endswith(".json") else "webp" if kind == "sog" else "bytes"
         content, what = draw(st.sampled_from(OPS[member_kind]))(content, member_kind, draw)
         members[i] = (name, content)
     out = io.BytesIO()
@@ -921,6 +922,7 @@ OPS: dict[str, tuple[Op, ...]] = {
     "spz": BYTE_OPS + (set_field,) * 4,
     "spz-gzip": BYTE_OPS + tuple(in_gzip(op) for op in BYTE_OPS + (set_field,) * 4),
     "sog": BYTE_OPS + (in_zip,) * 8,
+    "npz": BYTE_OPS + (in_zip,) * 8,  # its members are .npy files: a header of Python literal text, then data
     "sog-json": BYTE_OPS + (edit_json,) * 8,
     "lod-json": BYTE_OPS + (edit_json,) * 8,
     "webp": BYTE_OPS + (set_field,) * 3,
@@ -1194,6 +1196,23 @@ def _compact_seeds() -> list[Seed]:
             _file_seed("eagles.spkz", "compact", latent, "compact")]
 
 
+def _pointmaps_seeds() -> list[Seed]:
+    """Four cup_colmap photos with point maps of cup's COLMAP points projected into a 52x39 grid of each (the
+    whole photo, as a model would predict it), in splatkit's pointmaps.npz."""
+    from splatkit.data.colmap import load_colmap
+    from splatkit.data.pointmap_fixtures import projected_pointmaps
+    from splatkit.data.pointmaps import write_pointmaps
+
+    source = load_colmap(SHARED / "cup_colmap")
+    cameras = source.cameras[:4]
+    maps = projected_pointmaps(cameras, source.points, lambda w, h: (52, 39, np.array([0.0, 0.0, w, h])))
+    with tempfile.TemporaryDirectory() as tmp:
+        write_pointmaps(Path(tmp) / "pointmaps.npz", maps)
+        data = (Path(tmp) / "pointmaps.npz").read_bytes()
+    links = {f"images/{c.name}": str(c.image_path) for c in cameras}
+    return [Seed("cup, 4 views", "pointmaps", Tree({"pointmaps.npz": data}, {"pointmaps.npz": "npz"}, links))]
+
+
 def _mask_seeds() -> list[Seed]:
     """A real photo (cup_colmap's images_4/1.jpg, which a mask reader must take as RGB) and masks cut from it
     by thresholding, saved by PIL as 8-bit, 1-bit and palette PNGs."""
@@ -1215,7 +1234,7 @@ SEEDS: dict[str, Callable[[], list[Seed]]] = {
     "transforms-json": _transforms_seeds,
     "ply": _ply_seeds, "compressed-ply": _compressed_ply_seeds, "spz": _spz_seeds, "splat": _splat_seeds,
     "sog": _sog_seeds, "sog-meta": _sog_meta_seeds, "sog-lod": _sog_lod_seeds, "compact": _compact_seeds,
-    "masks": _mask_seeds,
+    "masks": _mask_seeds, "pointmaps": _pointmaps_seeds,
 }
 
 

@@ -5,8 +5,10 @@ worker process under a memory and time limit. A failure is shrunk to its fewest 
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -89,6 +91,21 @@ def _text(file: str, old: bytes, new: bytes) -> Edit:
 
 
 # (reader, seed, edits, words the one-line error must contain; None: the file must be accepted)
+def _npz_member(name: str, change: Callable[[bytes], bytes]) -> Edit:
+    """`pointmaps.npz` with its member `name` changed (stored uncompressed when written back)."""
+    def edit(data: bytes) -> bytes:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            members = {i.filename: z.read(i) for i in z.infolist()}
+        members[name] = change(members[name])
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as z:
+            for member, content in members.items():
+                z.writestr(member, content)
+        return out.getvalue()
+
+    return "pointmaps.npz", edit
+
+
 FOUND: dict[str, tuple[str, str, list[Edit], str | None]] = {
     "frames.bin count of data ids lies (pycolmap loops ~2^32 times)":
         ("colmap-bin", "cup_colmap.bin", [_bin("frames", "frames[0].num_data_ids", 2**32 - 1)], "frames.bin"),
@@ -156,6 +173,13 @@ FOUND: dict[str, tuple[str, str, list[Edit], str | None]] = {
         ("1_0/meta.json", lambda data: json.dumps({**json.loads(data), "shN": {**json.loads(data)["shN"],
                                                                               "bands": [3]}}).encode())],
         "shN.bands"),
+    "npz member with corrupt deflate data (zlib.error)": ("pointmaps", "cup, 4 views", [
+        ("pointmaps.npz", lambda data: data[:76] + b"\0" + data[77:])], "not a readable .npz"),
+    "npz member without an .npy header (numpy hands back bytes)": ("pointmaps", "cup, 4 views", [
+        _npz_member("conf.npy", lambda member: member[10:])], "'conf' member is not an .npy array"),
+    "npz member whose .npy header is cut (tokenize.TokenError)": ("pointmaps", "cup, 4 views", [
+        _npz_member("conf.npy", lambda member: member.replace(b"'descr'", b"('descr'", 1))],
+        "not a readable .npz"),
 }
 
 

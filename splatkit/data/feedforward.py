@@ -17,7 +17,6 @@ that folder, and the tool's resize and crop of each photo is recomputed to give 
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +25,7 @@ from PIL import Image
 from scipy.spatial.transform import Rotation
 
 from splatkit.data.images import image_size
-from splatkit.data.pointmaps import FILE_NAME, FORMAT_VERSION, PointMaps, read_pointmaps
+from splatkit.data.pointmaps import FILE_NAME, FORMAT_VERSION, NPZ_ERRORS, PointMaps, read_pointmaps
 from splatkit.errors import file_error
 
 VGGT_FILE = "predictions.npz"
@@ -120,7 +119,7 @@ def _photo_names(path: Path, count: int, suffixes: tuple[str, ...] | None) -> li
 def _load_array(path: Path) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
+    except NPZ_ERRORS as e:
         raise file_error(path, f"not a readable .npy file ({type(e).__name__}: {e})".replace("\n", " ")) from None
 
 
@@ -144,7 +143,7 @@ def read_vggt_predictions(root: Path) -> PointMaps:
             points_key = "world_points_from_depth" if "world_points_from_depth" in keys else None
             arrays = {k: npz[k] for k in ("extrinsic", "intrinsic", "depth", "depth_conf", points_key)
                       if k in keys}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    except NPZ_ERRORS as e:
         raise file_error(path, f"not a readable .npz file ({type(e).__name__}: {e})".replace("\n", " ")) from None
     depth = arrays["depth"]
     if depth.ndim == 4 and depth.shape[-1] == 1:
@@ -180,7 +179,7 @@ def read_cut3r(root: Path) -> PointMaps:
             with np.load(f, allow_pickle=False) as npz:
                 c2w.append(np.asarray(npz["pose"], np.float64))
                 K.append(np.asarray(npz["intrinsics"], np.float64))
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        except NPZ_ERRORS as e:
             raise file_error(f, f"not a CUT3R camera file with pose and intrinsics ({type(e).__name__}: {e})"
                              .replace("\n", " ")) from None
         depth.append(_load_array(root / "depth" / f"{f.stem}.npy"))

@@ -32,7 +32,6 @@ The grid maps to the photo by one scale and offset per axis: a grid point (u, v)
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +43,10 @@ from splatkit.errors import file_error
 
 FORMAT_VERSION = 1
 FILE_NAME = "pointmaps.npz"
+# What reading a damaged .npz/.npy may raise: numpy hands on zipfile's, zlib's, tokenize's (a mangled .npy header
+# is parsed as Python literals) and its own errors of many types, as PIL does for images; the only work inside
+# these try blocks is reading the file, so anything raised there is the file's fault.
+NPZ_ERRORS = (Exception,)
 
 
 @dataclass
@@ -95,8 +98,11 @@ def read_pointmaps(path: Path, arrays: dict[str, np.ndarray] | None = None) -> P
         if arrays is None:
             with np.load(path, allow_pickle=False) as npz:
                 arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+    except NPZ_ERRORS as e:
         raise file_error(path, f"not a readable .npz file ({type(e).__name__}: {e})".replace("\n", " ")) from None
+    for key, value in arrays.items():
+        if not isinstance(value, np.ndarray):  # numpy hands back a member without an .npy header as bytes
+            raise file_error(path, f"its '{key}' member is not an .npy array")
 
     def need(key: str) -> np.ndarray:
         if key not in arrays:

@@ -14,7 +14,6 @@ import os
 import shutil
 import time
 import uuid
-import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -25,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from splatkit.data.feedforward import VGGT_FILE, find_pointmaps
-from splatkit.data.pointmaps import FILE_NAME, write_pointmaps
+from splatkit.data.pointmaps import FILE_NAME, NPZ_ERRORS, write_pointmaps
 from splatkit.data.sfm import CameraModel, SfmOptions, natural_key, run_sfm, undistort
 from splatkit.data.video import VIDEO_SUFFIXES, extract_frames
 from splatkit.errors import SplatkitError, file_error
@@ -183,5 +182,5 @@ def _npz_kind(path: Path) -> str:
     try:
         with np.load(path, allow_pickle=False) as npz:
             return FILE_NAME if "format_version" in npz.files else VGGT_FILE
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    except NPZ_ERRORS as e:
         raise file_error(path, f"not a readable .npz file ({type(e).__name__})") from None
