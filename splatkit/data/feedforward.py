@@ -158,6 +158,7 @@ def read_vggt_predictions(root: Path) -> PointMaps:
            "cam_from_world": arrays["extrinsic"], "intrinsics": arrays["intrinsic"], "crop_box": boxes}
     if points_key:
         out["world_points"] = arrays[points_key]
+        out["valid"] = depth > 0  # its depth is positive where it predicted anything
     if "depth_conf" in arrays:
         out["conf"] = arrays["depth_conf"]
     return read_pointmaps(path, arrays=out)

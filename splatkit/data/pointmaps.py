@@ -101,7 +101,7 @@ def read_pointmaps(path: Path, arrays: dict[str, np.ndarray] | None = None) -> P
     except NPZ_ERRORS as e:
         raise file_error(path, f"not a readable .npz file ({type(e).__name__}: {e})".replace("\n", " ")) from None
     for key, value in arrays.items():
-        if not isinstance(value, np.ndarray):  # numpy hands back a member without an .npy header as bytes
+        if not isinstance(value, (np.ndarray, np.generic)):  # numpy hands back a member without a header as bytes
             raise file_error(path, f"its '{key}' member is not an .npy array")
 
     def need(key: str) -> np.ndarray:
