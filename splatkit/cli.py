@@ -235,6 +235,8 @@ def run_render(cfg: RenderConfig) -> list[Path]:
     if cfg.model.is_dir():
         record = read_run(cfg.model)
         scene = record.load_scene(cfg.scene and resolve_scene_path(cfg.scene), cfg.data_factor)
+        if cfg.scene is None:  # the run's own cameras, at the poses it trained them with (--pose-opt)
+            scene = record.camera_poses(scene).trained_scene()
         ply = _model_file(cfg.model)
     else:
         if cfg.scene is None:

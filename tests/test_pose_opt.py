@@ -13,14 +13,18 @@ import numpy as np
 import pycolmap
 import pytest
 import torch
+from PIL import Image
 from scipy.spatial.transform import Rotation
 
 from splatkit.cli import main
 from splatkit.data.colmap import load_colmap
 from splatkit.data.scene import rig_radius
 from splatkit.data.sfm import similarity_error
+from splatkit.io.formats import read_splats
+from splatkit.render import rasterize
 from splatkit.train import checkpoint
 from splatkit.train.config import TrainConfig
+from splatkit.train.evaluate import to_uint8
 from splatkit.train.poses import PARAM, CameraPoses, twist_matrix
 from splatkit.train.run_record import read_run
 from splatkit.train.strategies import ADCStrategy
@@ -69,6 +73,15 @@ def test_corrections_train_pin_the_first_camera_and_resume_bitwise(tiny_scene, t
     entry = next(c for c in cameras if c["name"] == scene.cameras[pinned].name)
     np.testing.assert_allclose(entry["cam_from_world"], original[entry["name"]], atol=1e-5)
     assert sum(c["refined"] for c in cameras) == len(scene.train_ids) - 1
+    # `render` of the run's own views draws each camera at the pose it trained with
+    assert main(["render", str(tmp_path / "full"), "--split", "train", "--out", str(tmp_path / "renders")]) == 0
+    moved = scene.train_ids[1]
+    trained = poses.trained_scene()
+    assert not np.allclose(trained.cameras[moved].world_to_cam, scene.cameras[moved].world_to_cam)
+    splats = read_splats(tmp_path / "full" / "point_cloud.ply").transformed(scene.to_normalized)
+    expected = to_uint8(rasterize(splats, trained.cameras[moved], backend="native").rgb)
+    written = np.asarray(Image.open(tmp_path / "renders" / scene.output_names[moved]))
+    assert np.abs(written.astype(int) - expected.astype(int)).max() <= 1
     assert main(["eval", str(tmp_path / "full")]) == 0  # the CLI scores the same way, and says so
     saved = json.loads((tmp_path / "full" / "eval" / "metrics.json").read_text())
     assert "held-out poses fitted" in saved["poses"]

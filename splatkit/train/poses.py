@@ -69,15 +69,25 @@ class CameraPoses:
             xi = xi.detach()
         return twist_matrix(xi) @ self.base[index]
 
+    def trained(self, index: int) -> bool:
+        """Whether camera `index` has a learned correction (a training camera other than the pinned one)."""
+        return self.refine and index != self.pinned and index not in self.scene.test_ids
+
+    @torch.no_grad()
+    def trained_scene(self) -> Scene:
+        """The scene with each camera at the pose training rendered it with (its loaded pose where it has no
+        learned correction, exactly)."""
+        cameras = [replace(c, world_to_cam=self.viewmat(i).double().cpu().numpy()) if self.trained(i) else c
+                   for i, c in enumerate(self.scene.cameras)]
+        return replace(self.scene, cameras=cameras)
+
     def for_evaluation(self, gaussians: Gaussians, images: ImageStore, backend: str) -> tuple[Scene, str | None]:
         """The scene as the held-out views are scored (training frame) and a line saying how their poses were
         set: unchanged without refinement; else training cameras at their refined poses and each held-out one
         fitted to its photo against the frozen `gaussians` (`refine_poses`, `eval_steps` steps)."""
         if not self.refine:
             return self.scene, None
-        with torch.no_grad():
-            cameras = [replace(c, world_to_cam=self.viewmat(i).double().cpu().numpy())
-                       for i, c in enumerate(self.scene.cameras)]
+        cameras = list(self.trained_scene().cameras)
         ids = self.scene.test_ids
         for i, fitted in zip(ids, refine_poses(gaussians, self.scene, images, ids, steps=self.eval_steps,
                                                backend=backend)):
@@ -86,19 +96,14 @@ class CameraPoses:
                 "steps each, as InstantSplat evaluates)")
         return replace(self.scene, cameras=cameras), note
 
-
     @torch.no_grad()
     def save(self, path: Path) -> None:
         """Every camera's pose as trained (refined where --pose-opt refined it), in the scene's original frame
         (e.g. COLMAP's), as JSON: name, width, height, K (3x3, pixels) and cam_from_world (4x4, OpenCV axes)."""
         back = self.scene.to_normalized.inverse()
-        cameras = []
-        for i, camera in enumerate(self.scene.cameras):
-            viewmat = self.viewmat(i)
-            pose = camera.world_to_cam if viewmat is None else viewmat.double().cpu().numpy()
-            cameras.append({"name": camera.name, "width": camera.width, "height": camera.height,
-                            "K": np.asarray(camera.K).tolist(), "cam_from_world": back.apply_camera(pose).tolist(),
-                            "refined": viewmat is not None and i != self.pinned and i not in self.scene.test_ids})
+        cameras = [{"name": c.name, "width": c.width, "height": c.height, "K": np.asarray(c.K).tolist(),
+                    "cam_from_world": back.apply_camera(c.world_to_cam).tolist(), "refined": self.trained(i)}
+                   for i, c in enumerate(self.trained_scene().cameras)]
         write_text_atomic(path, json.dumps({"cameras": cameras}, indent=1))
 
 
