@@ -4,6 +4,7 @@ frame selection, feed-forward point maps wrapped into a scene, and one-line erro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from splatkit.data.demo_scene import _build_world, trace
 from splatkit.data.feedforward import dust3r_grid
 from splatkit.data.pointmap_fixtures import traced_pointmaps, write_scene
 from splatkit.data.pointmap_scene import PointMapInit
+from splatkit.data.pointmaps import write_pointmaps
 from splatkit.data.process import ProcessConfig, process
 from splatkit.data.scene import rig_radius
 from splatkit.data.sfm import similarity_error
@@ -181,6 +183,12 @@ def test_process_errors_are_one_line(tiny_scene, tmp_path, capsys):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("")
     (tmp_path / "notes.txt").write_text("hello")
+    cameras = load_colmap(tiny_scene).cameras  # point maps with camera-to-world poses: refused by process itself
+    world = _build_world(np.random.default_rng(0))
+    maps = traced_pointmaps(cameras, lambda o, d: trace(world, o, d)[0], dust3r_grid)
+    write_pointmaps(tmp_path / "inverted.npz", dataclasses.replace(maps, cam_from_world=np.linalg.inv(
+        maps.cam_from_world)))
+    inverted = tmp_path / "inverted.npz"
     cases = [
         (["process", str(flat), "--out", str(tmp_path / "o1"), "--threads", "1"], "no two of the 4 images match"),
         (["process", str(tiny_scene / "images"), "--out", str(tmp_path / "taken")], "already exists"),
@@ -188,11 +196,16 @@ def test_process_errors_are_one_line(tiny_scene, tmp_path, capsys):
         (["process", str(tmp_path / "missing"), "--out", str(tmp_path / "o3")], "does not exist"),
         (["process", str(tiny_scene / "images"), "--out", str(tmp_path / "o4"), "--method", "feedforward",
           "--pointmaps", str(tmp_path / "notes.txt")], "not a readable .npz"),
+        (["process", str(tiny_scene / "images"), "--out", str(tmp_path / "o5"), "--pointmaps",
+          str(tmp_path / "notes.txt")], "--pointmaps is read with --method feedforward"),
+        (["process", str(tiny_scene / "images"), "--out", str(tmp_path / "o6"), "--frames", "0"], "--frames 0"),
+        (["process", str(tiny_scene / "images"), "--out", str(tmp_path / "o7"), "--method", "feedforward",
+          "--pointmaps", str(inverted)], f"{tmp_path / 'o7' / 'pointmaps.npz'}: image 000.png:"),
     ]
     for argv, message in cases:
         assert main(argv) == 2
         captured = capsys.readouterr()
         err = captured.err + captured.out
         lines = [line for line in err.splitlines() if line.startswith("error:")]
-        assert len(lines) == 1 and message in lines[0], err
+        assert len(lines) == 1 and message in lines[0] and ".partial" not in lines[0], err
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no partial scene left

@@ -88,8 +88,9 @@ def sorted_photos(images_dir: Path, suffixes: tuple[str, ...] | None = None) -> 
     tools sort them, which is the order of their outputs."""
     if not images_dir.is_dir():
         raise file_error(images_dir, "image folder is missing")
-    return sorted(p.name for p in images_dir.iterdir()
-                  if p.is_file() and (suffixes is None or p.suffix.lower() in suffixes))
+    return sorted(p.name for p in images_dir.iterdir()  # their globs skip hidden files (.DS_Store)
+                  if p.is_file() and not p.name.startswith(".")
+                  and (suffixes is None or p.suffix.lower() in suffixes))
 
 
 def _crop_boxes(path: Path, names: list[str], grid: tuple[int, int], rules: dict[str, Callable]) -> np.ndarray:

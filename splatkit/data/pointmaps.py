@@ -111,7 +111,8 @@ def read_pointmaps(path: Path, arrays: dict[str, np.ndarray] | None = None) -> P
 
     version = need("format_version")
     if version.shape != () or not np.issubdtype(version.dtype, np.integer) or int(version) != FORMAT_VERSION:
-        raise file_error(path, f"format_version {version!r} is not {FORMAT_VERSION}, the version this splatkit reads")
+        shown = int(version) if version.shape == () and np.issubdtype(version.dtype, np.integer) else version.tolist()
+        raise file_error(path, f"format_version {shown!r} is not {FORMAT_VERSION}, the version this splatkit reads")
     names = need("image_names")
     if names.ndim != 1 or names.dtype.kind != "U" or len(names) == 0:
         raise file_error(path, f"image_names must be a non-empty 1-D array of strings, not {names.dtype} "
@@ -181,7 +182,8 @@ def _shaped(path: Path, arrays: dict, key: str, shape: tuple, kinds: str) -> np.
     if a.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape)):
         raise file_error(path, f"'{key}' has shape {a.shape}, expected {want}")
     if a.dtype.kind not in kinds:
-        raise file_error(path, f"'{key}' has dtype {a.dtype}, expected {'a number' if 'i' in kinds else kinds}")
+        wanted = "booleans" if kinds == "b" else "floats" if kinds == "f" else "numbers"
+        raise file_error(path, f"'{key}' has dtype {a.dtype}, expected {wanted}")
     return a
 
 

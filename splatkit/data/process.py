@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from splatkit.data.feedforward import VGGT_FILE, find_pointmaps
+from splatkit.data.pointmap_scene import load_pointmaps
 from splatkit.data.pointmaps import FILE_NAME, NPZ_ERRORS, write_pointmaps
 from splatkit.data.sfm import CameraModel, SfmOptions, natural_key, run_sfm, undistort
 from splatkit.data.video import VIDEO_SUFFIXES, extract_frames
@@ -78,12 +79,21 @@ def process(cfg: ProcessConfig) -> Path:
                                  "or a video")
     if cfg.method == "feedforward" and (cfg.pointmaps is None or is_video):
         raise SplatkitError("--method feedforward needs a folder of photos as INPUT and --pointmaps FILE")
+    if cfg.method == "sfm" and cfg.pointmaps is not None:
+        raise SplatkitError("--pointmaps is read with --method feedforward; without it the photos go through "
+                            "structure from motion")
+    if cfg.frames < 1 or cfg.overlap < 1:
+        raise SplatkitError(f"--frames {cfg.frames} and --overlap {cfg.overlap} must be at least 1")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
     try:
         tmp.mkdir()
-        record = _feedforward(cfg, source, tmp) if cfg.method == "feedforward" else _sfm(cfg, source, is_video, tmp)
+        try:
+            record = (_feedforward(cfg, source, tmp) if cfg.method == "feedforward"
+                      else _sfm(cfg, source, is_video, tmp))
+        except SplatkitError as e:  # name the scene being made, not its hidden staging folder
+            raise SplatkitError(str(e).replace(str(tmp), str(out))) from None
         record.update(input=str(source), seconds=round(time.monotonic() - started, 1), options=_options(cfg))
         (tmp / "process.json").write_text(json.dumps(record, indent=2) + "\n")
         if out.exists():
@@ -145,14 +155,14 @@ def _sfm(cfg: ProcessConfig, source: Path, is_video: bool, scene: Path) -> dict:
 
 
 def _feedforward(cfg: ProcessConfig, photos: Path, scene: Path) -> dict:
-    """images/ (copies of the photos) + pointmaps.npz converted from whatever --pointmaps holds."""
+    """images/ (copies of the photos the point maps name) + pointmaps.npz converted from whatever --pointmaps
+    holds, checked as training will load it."""
     given = Path(cfg.pointmaps)
     if not given.exists():
         raise file_error(given, "does not exist")
-    shutil.copytree(photos, scene / "images")
     staged = scene / ".staged"  # the readers find a tool's output beside images/, under its own name
     staged.mkdir()
-    (staged / "images").symlink_to((scene / "images").absolute())
+    (staged / "images").symlink_to(photos.absolute())
     if given.is_dir():
         for entry in given.iterdir():
             if entry.name != "images":
@@ -170,7 +180,13 @@ def _feedforward(cfg: ProcessConfig, photos: Path, scene: Path) -> dict:
                             .replace(str(staged / _npz_kind(given)) if given.is_file() else str(staged),
                                      str(given))) from None
     shutil.rmtree(staged)
+    for name in maps.image_names:
+        if not (photos / name).is_file():
+            raise file_error(photos / name, f"image listed in {given} is missing")
+        (scene / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(photos / name, scene / "images" / name)
     write_pointmaps(scene / FILE_NAME, maps)
+    load_pointmaps(scene)  # what training will refuse (inverted poses, a crop box off its photo) is refused now
     console.print(f"splatkit: {len(maps.image_names)} views with {maps.grid_size[0]}x{maps.grid_size[1]} point "
                   f"maps from {given}", highlight=False, soft_wrap=True)
     return {"method": "feedforward", "source": str(given), "source_kind": found[0].name,

@@ -22,6 +22,7 @@ from scipy.spatial.transform import Rotation
 from splatkit.errors import SplatkitError
 
 Matcher = Literal["exhaustive", "sequential"]
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")  # other files in the folder are skipped
 CameraModel = Literal["SIMPLE_RADIAL", "SIMPLE_PINHOLE", "PINHOLE", "OPENCV"]
 
 ROTATION_DISAGREEMENT_DEG = 45.0  # see view_graph_doubts
@@ -111,7 +112,9 @@ def _run_sfm(images: Path, work: Path, options: SfmOptions, stage: Callable[[str
              ) -> tuple[pycolmap.Reconstruction, SfmReport]:
     database = work / "database.db"
     database.unlink(missing_ok=True)
-    names = sorted((p.name for p in images.iterdir() if p.is_file()), key=natural_key)
+    names = sorted((p.name for p in images.iterdir()
+                    if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES and not p.name.startswith(".")),
+                   key=natural_key)
     if len(names) < 3:
         raise SplatkitError(f"{images}: {len(names)} images; structure from motion needs at least 3")
     stage(f"features of {len(names)} images")

@@ -46,7 +46,8 @@ def extract_frames(video: Path, out_dir: Path, target: int,
         finally:
             quiet.setLevel(level)
     except (OSError, RuntimeError, StopIteration, ValueError) as e:
-        raise file_error(video, f"not a readable video ({type(e).__name__}: {e})".replace("\n", " ")) from None
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[-1]  # ffmpeg's last line says what is wrong
+        raise file_error(video, f"not a readable video ({reason[:200]})") from None
     if total < 1:
         raise file_error(video, "has no frames")
     width, height = meta["size"]

@@ -19,7 +19,8 @@ StrategyChoice = STRATEGIES.choice()
 ParameterisationChoice = PARAMETERISATIONS.choice()
 
 # Settings that make a run what it is, besides its scene: a resume may change anything else, never these.
-RUN_DEFINING = ("data_factor", "test_every", "seed", "strategy.name", "parameterisation.name", "quantize", "lod")
+RUN_DEFINING = ("data_factor", "test_every", "seed", "strategy.name", "parameterisation.name", "quantize", "lod",
+                "pose_opt")
 
 
 @dataclass
