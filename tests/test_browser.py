@@ -106,14 +106,20 @@ def test_streamed_view_shows_our_render(browser, tiny_run, tmp_path):
     assert main(["render", str(tiny_run), "--split", "all", "--out", str(tmp_path)]) == 0
     reference = iio.imread(tmp_path / "000.png").astype(np.float64) / 255
     other = iio.imread(tmp_path / "005.png").astype(np.float64) / 255
+    mask = np.ones(reference.shape, bool)
+    mask[-6:, :6] = False  # viser's orientation gizmo, drawn in the canvas's bottom-left corner
     with _splatkit("view", str(tiny_run), "--port", "0", url_pattern=r"open (http://\S+)") as (url, _):
         page = _open(browser, url)
         _hide_training_cameras(page)
-        shot = _downsample(_settled_shot(page), VIEWPORT[0] // reference.shape[1])
-    assert shot.shape == reference.shape
-    mask = np.ones(reference.shape, bool)
-    mask[-6:, :6] = False  # viser's orientation gizmo, drawn in the canvas's bottom-left corner
-    same, different = _psnr(shot, reference, mask), _psnr(shot, other, mask)
+        # On a loaded machine the page can hold a picture of its default camera for seconds before the initial
+        # camera arrives (twice seen at 17 dB against both renders): take settled pictures until it matches.
+        deadline = time.time() + 120
+        while True:
+            shot = _downsample(_settled_shot(page), VIEWPORT[0] // reference.shape[1])
+            assert shot.shape == reference.shape
+            same, different = _psnr(shot, reference, mask), _psnr(shot, other, mask)
+            if same > 25.0 or time.time() > deadline:
+                break
     assert same > 25.0, (same, different)  # measured 28.2 dB (JPEG, and 16x box-downsampled vs 48x36)
     assert same > different + 6.0, (same, different)  # measured 18.3 dB
 
