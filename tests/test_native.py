@@ -1036,7 +1036,9 @@ def _pair_signature(gaussians: Gaussians, camera: Camera) -> tuple:
     return (g_k[alive].tolist(), p_k[alive].tolist(), clamped[0].tolist(), clamped[1].tolist())
 
 
-def test_gradients_match_finite_differences():
+def _smooth_scene() -> tuple[Camera, Gaussians, tuple]:
+    """A 12x9 camera, 5 large, half-transparent Gaussians and random cotangents: a loss smooth enough for
+    finite differences."""
     W, H = 12, 9
     camera = _camera(W, H, 10.0, seed=12)
     gauss = _synthetic(5, camera, seed=12, scale_range=(0.15, 0.5), z_range=(2.0, 4.0))
@@ -1044,6 +1046,11 @@ def test_gradients_match_finite_differences():
     gen = torch.Generator().manual_seed(3)
     cot = (torch.randn(H, W, 3, generator=gen, dtype=torch.float64),
            torch.randn(H, W, generator=gen, dtype=torch.float64), torch.zeros(H, W, dtype=torch.float64))
+    return camera, gauss, cot
+
+
+def test_gradients_match_finite_differences():
+    camera, gauss, cot = _smooth_scene()
     out, grads = _render(gauss, camera, "native", cot)
     assert (out.radii > 0).all()
 
@@ -1123,13 +1130,7 @@ def test_camera_gradient_matches_the_reference():
 def test_camera_gradient_matches_finite_differences():
     """dL/dxi of the native backend against central differences of its own renders, as for the Gaussians'
     parameters (section 6): steps whose render switches a pair on or off are skipped."""
-    W, H = 12, 9
-    camera = _camera(W, H, 10.0, seed=12)
-    gauss = _synthetic(5, camera, seed=12, scale_range=(0.15, 0.5), z_range=(2.0, 4.0))
-    gauss.opacities = gauss.opacities.clamp(-1.5, 1.5)
-    gen = torch.Generator().manual_seed(3)
-    cot = (torch.randn(H, W, 3, generator=gen, dtype=torch.float64),
-           torch.randn(H, W, generator=gen, dtype=torch.float64), torch.zeros(H, W, dtype=torch.float64))
+    camera, gauss, cot = _smooth_scene()
     analytic = _camera_grad(gauss, camera, "native", torch.float32, cot)
     scale = float(analytic.abs().max())
 
