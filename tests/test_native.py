@@ -1006,6 +1006,26 @@ def test_native_backward_is_reproducible():
             assert torch.equal(grads[name], first_g[name]), name
 
 
+@pytest.fixture
+def two_threads():
+    """Two OpenMP threads for one test (the suite's workers run one each; conftest.py). The extension shares
+    torch's OpenMP runtime in-process, so torch.set_num_threads sets the kernels' threads too."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_two_threads_match_the_reference_and_repeat_bitwise(garden, two_threads):
+    """Tiles split over threads and per-thread gradient sums: still within the bounds, and reproducible."""
+    gauss, cameras = garden
+    result = compare(gauss, cameras[1], "garden cam1 aa, 2 threads", seed=1, antialiased=True)
+    again, again_g = _render(gauss, cameras[1], "native", result.cot, antialiased=True)
+    assert torch.equal(again.rgb, result.nat.rgb) and torch.equal(again.weight_sums, result.nat.weight_sums)
+    for name in GRAD_NAMES:
+        assert torch.equal(again_g[name], result.nat_grads[name]), name
+
+
 # ---------------------------------------------------------------- 5. constants
 
 
