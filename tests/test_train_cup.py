@@ -1,4 +1,5 @@
-"""A real capture trains: cup_colmap at a quarter resolution, a few hundred steps on the reference backend."""
+"""A real capture trains: cup_colmap at a quarter resolution, a few hundred steps on the default (native) backend
+(the torch reference trains the tiny scenes of test_train.py; test_native.py holds the two to each other)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,9 @@ def test_cup_heldout_psnr_rises_well_above_initial(shared_datasets, tmp_path):
     scene = load_scene(cup, data_factor=4)
     images = ImageStore(scene.cameras, cache_dir=None)
     start = init_from_points(scene.points, scene.colors)
-    initial = evaluate(start, scene, images, scene.test_ids, backend="torch")["mean"]["psnr"]
+    initial = evaluate(start, scene, images, scene.test_ids)["mean"]["psnr"]
 
-    cfg = TrainConfig(scene=str(cup), out=tmp_path / "cup", steps=STEPS, data_factor=4, backend="torch",
+    cfg = TrainConfig(scene=str(cup), out=tmp_path / "cup", steps=STEPS, data_factor=4,
                       eval_steps=(), checkpoint_every=STEPS)
     final = train(cfg, show_progress=False)
     saved = json.loads((tmp_path / "cup" / "metrics.json").read_text())
