@@ -21,7 +21,7 @@ from splatkit.train.coarse_to_fine import downsampled, resolution_scale
 from splatkit.train.gaussian_model import GaussianModel
 from splatkit.train.learning_rates import LearningRates
 from splatkit.train.parameterisations import EaglesQuantized
-from splatkit.train.plugin import SetupContext, StepInfo
+from splatkit.train.plugin import SetupContext, StepInfo, View
 from splatkit.train.strategies import ADCStrategy, MCMCStrategy, ops
 
 
@@ -138,7 +138,7 @@ def test_latent_rate_is_a_tenth_of_the_attribute_rate_over_the_decoder_norm(tiny
     state = parameterisation.setup(ctx)
     with torch.no_grad():
         model.params["shN_decoder"].mul_(3.0)
-    parameterisation.post_backward(model, state, None)
+    parameterisation.post_backward(model, state, StepInfo(0, 1000, [], [], None, 1.0))
     expected = 0.1 * lr.shN / float(model.params["shN_decoder"].detach().norm())
     assert math.isclose(model.learning_rate("shN_latents"), expected, rel_tol=1e-6)
     # Opacity's rate is not divided (the reference's `latent_scale_norm: none` for opacity).
@@ -155,7 +155,9 @@ def test_influence_pruning_removes_the_least_influential_fraction_on_its_schedul
 
     def step(i: int) -> None:
         render = RenderOutput(None, None, None, None, None, weight_sums=influence[:len(model)])
-        info = StepInfo(i, 1000, None, 0, None, None, render, None, 1.0)
+        info = StepInfo(i, 1000, [View(None, 0, 0, None, render, None)], [0], None, 1.0)
+        parameterisation.post_backward(model, state, info)
+        model.fold_statistics(lambda pending: None)
         parameterisation.after_step(model, state, info)
 
     step(169)

@@ -209,9 +209,9 @@ def test_lod_preset_sets_defaults_that_flags_override_and_refuses_quantize(capsy
     # levels, never under refine_every's 100 steps.
     reference = [(2000, 10_000), (1000, 15_000), (500, 20_000), (500, 25_000), (200, 30_000)]
     for phase, (length, (every, level_steps)) in enumerate(zip(FLoD().phases(7000), reference)):
-        info = StepInfo(0, 7000, None, 0, None, None, None, None, 1.0, phase=phase, phase_steps=length)
+        info = StepInfo(0, 7000, [], [], None, 1.0, phase=phase, phase_steps=length)
         assert cfg.strategy.interval(info) == max(100, round(every / level_steps * length))
-    assert cfg.strategy.interval(StepInfo(0, 7000, None, 0, None, None, None, None, 1.0)) == 100
+    assert cfg.strategy.interval(StepInfo(0, 7000, [], [], None, 1.0)) == 100
     cfg = parse(["train", "demo", "--lod", "parameterisation:flod", "--parameterisation.levels", "3",
                  "--parameterisation.level-steps", "1", "1", "1"])
     assert cfg.parameterisation.levels == 3 and cfg.strategy.refine_until == 0.5

@@ -19,7 +19,7 @@ from splatkit.model.gaussians import Gaussians
 from splatkit.train.gaussian_model import GaussianModel
 from splatkit.train.learning_rates import LearningRates
 from splatkit.train.parameterisations import Plain3DGS
-from splatkit.train.plugin import SetupContext, StepInfo
+from splatkit.train.plugin import SetupContext, StepInfo, View
 from splatkit.train.run_record import read_run
 from splatkit.train.strategies import ADCStrategy, LPMStrategy
 from splatkit.train.strategies.zones import Zone
@@ -62,9 +62,9 @@ def test_zones_find_the_recoloured_object_on_the_demo_scene(size):
         for j in neighbours[i]:
             state = {"_neighbours": {i: [j]}, "_matches": matches, "_cameras": scene.cameras,
                      "generator": torch.Generator().manual_seed(0)}
-            info = SimpleNamespace(camera=camera, camera_index=i, target=photo,
-                                   render=SimpleNamespace(rgb=render))
-            found += lpm.find_zones(state, info)
+            view = View(camera, i, 0, photo, SimpleNamespace(rgb=render), None)
+            info = SimpleNamespace(views=[view], batch=[i], gather=lambda mine: [mine])
+            found += [zone for center, zones in lpm.find_zones(state, info) for zone in zones]
         assert len(found) >= 2, (k, i)
         radius = sphere.radius * to_scene.scale
         for zone in found:
@@ -106,7 +106,7 @@ def test_localized_densification_grows_only_in_zones_and_prunes_as_many():
         model.buffers["grad2d"][:] = 0.75 * adc.grow_grad2d  # above half the threshold, below the threshold
         model.buffers["grad2d_count"][:] = 1
         before = model.params["means"].detach().clone()
-        adc.after_step(model, state, StepInfo(1, 10, None, 0, None, None, None, None, 1.0, focus=focus))
+        adc.after_step(model, state, StepInfo(1, 10, [], [], None, 1.0, focus=focus))
         after = model.params["means"].detach()
         if focus is None:
             torch.testing.assert_close(after, before)

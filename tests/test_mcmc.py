@@ -85,7 +85,7 @@ def test_relocation_moves_dead_onto_live_and_conserves_the_centre_opacity():
 
 
 def _info(model: GaussianModel, step: int) -> StepInfo:
-    return StepInfo(step, 1000, None, 0, None, model.activated(), None, None, scene_extent=1.0)
+    return StepInfo(step, 1000, [], [], model.activated(), scene_extent=1.0)
 
 
 def test_mcmc_grows_by_five_percent_to_its_cap_and_keeps_the_count_there():

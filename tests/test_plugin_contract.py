@@ -1,6 +1,7 @@
 """The trainer/plug-in contract end to end: a test plug-in declares a per-Gaussian buffer, a frozen per-Gaussian
 parameter, a shared trainable parameter with its own learning rate and a loss term, and checks what each hook
-sees; real ADC edits during training must carry its tensors along, and a resume must bring them back."""
+sees (two views a step); real ADC edits during training must carry its tensors along, and a resume must bring
+them back."""
 
 from __future__ import annotations
 
@@ -39,9 +40,12 @@ class TaggingADC(ADCStrategy):
 
     def post_backward(self, model: GaussianModel, state: dict, info: StepInfo) -> None:
         super().post_backward(model, state, info)
-        assert info.target.shape == info.render.rgb.shape == (info.height, info.width, 3)
-        assert info.error.shape == (info.height, info.width)
-        torch.testing.assert_close(info.error, (info.render.rgb.detach() - info.target).abs().sum(-1))
+        assert [view.slot for view in info.views] == [0, 1] and len(set(info.batch)) == 2  # --batch-size 2
+        for view in info.views:
+            assert view.camera_index == info.batch[view.slot]
+            assert view.target.shape == view.render.rgb.shape == (view.height, view.width, 3)
+            assert view.error.shape == (view.height, view.width)
+            torch.testing.assert_close(view.error, (view.render.rgb.detach() - view.target).abs().sum(-1))
         assert model.params["shadow"].grad is None and model.params["decoder"].grad is not None
         state["seen"] += 1
 
@@ -54,7 +58,7 @@ class TaggingADC(ADCStrategy):
 def test_plugin_tensors_follow_real_edits_and_resume(tiny_scene, tmp_path):
     strategy = TaggingADC(refine_start=5, refine_every=10, reset_every=25, grow_grad2d=2e-5)
     cfg = TrainConfig(scene=str(tiny_scene), out=tmp_path / "run", steps=40, backend="native", device="cpu",
-                      strategy=strategy, eval_steps=())
+                      strategy=strategy, eval_steps=(), batch_size=2)
     trainer = start(cfg)
     initial = len(trainer.model)
     for _ in range(20):

@@ -10,7 +10,7 @@ from splatkit.render.api import RenderOutput
 from splatkit.train.gaussian_model import GaussianModel
 from splatkit.train.learning_rates import LearningRates
 from splatkit.train.parameterisations import Plain3DGS
-from splatkit.train.plugin import SetupContext, StepInfo
+from splatkit.train.plugin import SetupContext, StepInfo, View
 from splatkit.train.strategies import ADCStrategy, ops
 
 
@@ -149,10 +149,11 @@ def test_adc_clones_small_splits_large_and_prunes_transparent():
     empty = torch.zeros(2, 2)
     render = RenderOutput(empty, empty, empty, means2d, torch.ones(4, 2, dtype=torch.int32), None)
     camera = type("Cam", (), {"width": 2, "height": 2})()
-    info = StepInfo(1, 10, camera, 0, empty, model.activated(), render, empty, scene_extent=1.0)
+    info = StepInfo(1, 10, [View(camera, 0, 0, empty, render, empty)], [0], model.activated(), scene_extent=1.0)
     # Gaussians 0 and 1 get a large screen-space gradient, 2 and 3 none.
     (means2d * torch.tensor([[1.0, 0], [1.0, 0], [0, 0], [0, 0]])).sum().backward()
     strategy.post_backward(model, state, info)
+    model.fold_statistics(lambda pending: None)
     strategy.after_step(model, state, info)
     scales = torch.exp(model.params["scales"]).max(dim=-1).values
     # 0 cloned (2 small copies), 1 split into 2 smaller ones, 2 kept, 3 pruned: 5 Gaussians.

@@ -94,6 +94,12 @@ class TrainConfig:
     """How parameters become Gaussians."""
     strategy: StrategyChoice = field(default_factory=ADCStrategy)
     """How Gaussians are added, removed and relocated."""
+    batch_size: int = 1
+    """Views rendered per step in each process; the loss averages them (gsplat's convention). Under torchrun
+    a step renders --batch-size views in each of its processes."""
+    threads: int = 0
+    """CPU threads of this process (0: torch's default alone; under torchrun, the node's cores shared evenly
+    among its processes)."""
     checkpoint_every: int = 1000
     """Write a checkpoint every N steps (and at the end)."""
     eval_steps: tuple[int, ...] = (7_000, 30_000)

@@ -15,7 +15,7 @@ buffers together, so no plug-in can leave a tensor behind.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import torch
 
@@ -45,6 +45,7 @@ class GaussianModel:
         self.buffers: dict[str, torch.Tensor] = {}
         self._specs: dict[str, _ParamSpec] = {}
         self._new_rows: dict[str, NewRows] = {}
+        self._pending: dict[str, torch.Tensor] = {}  # this step's statistics, not yet summed over processes
 
     # ------------------------------------------------------------------ declaring tensors
 
@@ -63,6 +64,25 @@ class GaussianModel:
         """Declare a per-Gaussian buffer (first dimension N) and how the rows of new Gaussians start."""
         self.buffers[name] = value.to(self.device)
         self._new_rows[name] = new_rows
+
+    def accumulate(self, name: str, values: torch.Tensor | float, rows: torch.Tensor | None = None) -> None:
+        """Add a step's per-view statistic to buffer `name` (rows `rows`, a mask or indices; default all): it is
+        held apart until `fold_statistics`, which sums it over the processes of a distributed run first, so
+        every process reads the same totals (ADC's screen gradients, EAGLES' influence)."""
+        if name not in self._pending:
+            self._pending[name] = torch.zeros_like(self.buffers[name])
+        if rows is None:
+            self._pending[name] += values
+        else:
+            self._pending[name][rows] += values
+
+    def fold_statistics(self, sum_over_processes: Callable[[torch.Tensor], None]) -> None:
+        """Add the step's accumulated statistics into their buffers, each summed in place over the processes
+        by `sum_over_processes` (a no-op in one process)."""
+        for name, pending in self._pending.items():
+            sum_over_processes(pending)
+            self.buffers[name] += pending
+        self._pending.clear()
 
     def per_gaussian(self) -> list[str]:
         return [n for n, s in self._specs.items() if s.per_gaussian] + list(self.buffers)

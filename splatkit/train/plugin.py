@@ -9,7 +9,8 @@ the same hooks on every plug-in, in order, and never asks which one it runs:
     setup(ctx) -> state                 once per process: declare buffers, read caches (fresh runs and resumes)
     losses(model, state, info)          extra loss terms, added to the photometric loss
     pre_backward(model, state, info)    e.g. retain gradients of intermediate tensors
-    post_backward(model, state, info)   gradients are available, parameters not yet stepped
+    post_backward(model, state, info)   gradients are available, parameters not yet stepped; per-view
+                                        statistics go into `model.accumulate` (summed over all processes)
     after_step(model, state, info)      after the optimiser step: grow, prune, relocate, reset
     log(model, state) -> {name: value}  figures for metrics.jsonl, since the last log line
     boxes(state) -> [(lo, hi)]          3D boxes the live viewer may draw (e.g. LPM's error zones)
@@ -23,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Generic, TypeVar, Union
+from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Generic, TypeVar, Union
 
 import numpy as np
 import torch
@@ -57,31 +58,15 @@ class SetupContext:
 
 
 @dataclass
-class StepInfo:
-    """One training step as the plug-ins see it. Images are (H, W, 3) float32 in [0, 1] on the model's device."""
+class View:
+    """One view rendered in a step. Images are (H, W, 3) float32 in [0, 1] on the model's device."""
 
-    step: int  # the step being taken, 0-based
-    steps: int  # total steps of the run
     camera: Camera
     camera_index: int  # index into scene.cameras
+    slot: int  # position in the step's batch of views over all processes (`StepInfo.batch`)
     target: torch.Tensor  # the photo
-    gaussians: ActivatedGaussians  # what was rendered, with autograd graph back to the parameters
-    render: RenderOutput  # with autograd graph
+    render: RenderOutput  # with autograd graph back to the parameters
     error: torch.Tensor  # (H, W) per-pixel L1 error summed over RGB, detached
-    scene_extent: float
-    # Per-Gaussian tensors of `gaussians` and `render` have the rows of the rendered set: in after_step, a plug-in
-    # called after another that edited the set (the parameterisation runs first) must not index them by row.
-    focus: torch.Tensor | None = None  # (N,) >= 1: how much more a Gaussian deserves refinement, set by a
-    # strategy wrapping another (LPM's error zones); ADC divides its growth threshold by it, MCMC weighs sampling
-    phase: int = 0  # which phase of the run (the parameterisation's `phases`, e.g. FLoD's levels; one by default)
-    phase_start: int = 0  # the step the phase began at
-    phase_steps: int = 0  # the phase's length in steps (0: the whole run)
-
-    @property
-    def phase_step(self) -> int:
-        """The step counted from the phase's start: what densification schedules follow, so they start again
-        in every phase (FLoD trains each level with its own schedule)."""
-        return self.step - self.phase_start
 
     @property
     def width(self) -> int:
@@ -90,6 +75,39 @@ class StepInfo:
     @property
     def height(self) -> int:
         return self.camera.height
+
+
+def _alone(value: Any) -> list[Any]:
+    return [value]
+
+
+@dataclass
+class StepInfo:
+    """One training step as the plug-ins see it: the views this process rendered (`--batch-size` of them), out
+    of a batch drawn for all processes of a distributed run (`batch`, one process: the same views)."""
+
+    step: int  # the step being taken, 0-based
+    steps: int  # total steps of the run
+    views: list[View]
+    batch: list[int]  # camera indices of the step's views over all processes, in slot order
+    gaussians: ActivatedGaussians | None  # what the first view rendered, with autograd graph (loss terms)
+    scene_extent: float
+    # Per-Gaussian tensors of `gaussians` and the renders have the rows of the rendered set: in after_step, a
+    # plug-in called after another that edited the set (the parameterisation runs first) must not index them.
+    focus: torch.Tensor | None = None  # (N,) >= 1: how much more a Gaussian deserves refinement, set by a
+    # strategy wrapping another (LPM's error zones); ADC divides its growth threshold by it, MCMC weighs sampling
+    phase: int = 0  # which phase of the run (the parameterisation's `phases`, e.g. FLoD's levels; one by default)
+    phase_start: int = 0  # the step the phase began at
+    phase_steps: int = 0  # the phase's length in steps (0: the whole run)
+    gather: Callable[[Any], list[Any]] = _alone
+    """Every process's value of a picklable object, in rank order (views' slots ascend with the rank): how a
+    plug-in that decides from its own views' renders (LPM's zones) makes every process take the same edit."""
+
+    @property
+    def phase_step(self) -> int:
+        """The step counted from the phase's start: what densification schedules follow, so they start again
+        in every phase (FLoD trains each level with its own schedule)."""
+        return self.step - self.phase_start
 
 
 class Plugin:

@@ -32,10 +32,12 @@ from splatkit.train.config import RUN_DEFINING, TrainConfig
 from splatkit.train.evaluate import evaluate, keep_mask
 from splatkit.train.gaussian_model import GaussianModel
 from splatkit.train.metrics import ignore_masked, photometric_loss, psnr
-from splatkit.train.plugin import SetupContext, StepInfo
+from splatkit.train.distributed import OneProcess, join
+from splatkit.train.plugin import SetupContext, StepInfo, View
 from splatkit.train.poses import CameraPoses
 from splatkit.train.poses import declare as declare_poses
 from splatkit.train.run_record import read_run
+from splatkit.train.sampler import ViewSampler
 
 console = Console(stderr=True)
 
@@ -61,8 +63,14 @@ class Trainer:
     """Owns the model (parameters, optimisers, per-Gaussian buffers), the plug-ins' states and the random
     generator of one run, on the device the config names."""
 
-    def __init__(self, cfg: TrainConfig, scene: Scene, images: ImageStore, run_dir: Path) -> None:
+    def __init__(self, cfg: TrainConfig, scene: Scene, images: ImageStore, run_dir: Path,
+                 processes: OneProcess | None = None) -> None:
         self.cfg, self.scene, self.images, self.run_dir = cfg, scene, images, run_dir
+        self.processes = processes or OneProcess()
+        views = cfg.batch_size * self.processes.world_size
+        if views > len(scene.train_ids):
+            raise SplatkitError(f"--batch-size {cfg.batch_size} x {self.processes.world_size} processes: "
+                                f"{views} views per step, but the scene has {len(scene.train_ids)} training views")
         self.device = resolve_device(cfg.device)
         self.backend = resolve_backend(cfg.backend, self.device, render_needs(cfg))
         self.extent = scene.extent * 1.1
@@ -81,6 +89,7 @@ class Trainer:
                            resumed=bool(latest), lr=cfg.lr)
         self.states = {key: plugin.setup(ctx) for key, plugin in self.plugins.items()}
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.sampler = ViewSampler(scene.train_ids)
         self.phases = cfg.parameterisation.phases(cfg.steps)  # step counts; one phase unless e.g. FLoD levels
         self.phase_starts = [sum(self.phases[:i]) for i in range(len(self.phases))]
         self.step = 0
@@ -112,13 +121,14 @@ class Trainer:
             self.states[key].update(saved)
         self.step = state["step"]
         self.generator = state["generator"]
+        self.sampler.load_state_dict(state.get("views", {"order": []}))  # older checkpoints: a new epoch
         torch.set_rng_state(state["torch_rng"])
 
     def save_checkpoint(self) -> Path:
         self._check_finite()
         payload = {**self.model.state_dict(), "plugins": _checkpointed(self.states), "generator": self.generator,
                    "plugin_names": {key: plugin.name for key, plugin in self.plugins.items()},
-                   "torch_rng": torch.get_rng_state()}
+                   "torch_rng": torch.get_rng_state(), "views": self.sampler.state_dict()}
         return checkpoint.save_checkpoint(self.checkpoint_dir, self.step, payload)
 
     def _check_finite(self, loss: torch.Tensor | None = None) -> None:
@@ -141,37 +151,49 @@ class Trainer:
         phase = bisect.bisect_right(self.phase_starts, step) - 1
         start, length = self.phase_starts[phase], self.phases[phase]
         self.model.set_progress((step - start) / max(1, length))
-        train_ids = self.scene.train_ids
-        index = train_ids[int(torch.randint(len(train_ids), (1,), generator=self.generator))]
-        camera = self.scene.cameras[index]
-        target = torch.from_numpy(self.images[index]).to(self.device)
-        keep = keep_mask(self.images, index, self.device)
-        camera, target, keep = downsampled(camera, target, keep, self.resolution_scale(step))
-        if cfg.random_background:
-            background = tuple(torch.rand(3, generator=self.generator).tolist())
-        else:
-            background = self.scene.background or (0.0, 0.0, 0.0)
-
-        gaussians = self.model.activated()
-        render = rasterize(gaussians, camera, sh_degree=min(step // cfg.sh_degree_interval, cfg.sh_degree),
-                           background=background, backend=self.backend, viewmat=self.poses.viewmat(index))
-        rgb, target = ignore_masked(render.rgb, target, keep)  # masked pixels: no error, no gradient
-        error = (rgb.detach() - target).abs().sum(dim=-1)
-        self.last_error = error  # (H, W) of this step's view, for the live viewer
-        info = StepInfo(step, cfg.steps, camera, index, target, gaussians, render, error, self.extent, phase=phase,
-                        phase_start=start, phase_steps=length)
+        batch = self.sampler.next(cfg.batch_size * self.processes.world_size, self.generator)
+        backgrounds = torch.rand(len(batch), 3, generator=self.generator).tolist() if cfg.random_background \
+            else [self.scene.background or (0.0, 0.0, 0.0)] * len(batch)
+        views, losses, first = [], [], None
+        for slot in self.processes.my_slots(cfg.batch_size):
+            index = batch[slot]
+            camera = self.scene.cameras[index]
+            target = torch.from_numpy(self.images[index]).to(self.device)
+            keep = keep_mask(self.images, index, self.device)
+            camera, target, keep = downsampled(camera, target, keep, self.resolution_scale(step))
+            gaussians = self.model.activated()  # each view its own graph: see the backward below
+            first = gaussians if first is None else first
+            render = rasterize(gaussians, camera, sh_degree=min(step // cfg.sh_degree_interval, cfg.sh_degree),
+                               background=tuple(backgrounds[slot]), backend=self.backend,
+                               viewmat=self.poses.viewmat(index))
+            rgb, target = ignore_masked(render.rgb, target, keep)  # masked pixels: no error, no gradient
+            error = (rgb.detach() - target).abs().sum(dim=-1)
+            views.append(View(camera, index, slot, target, render, error))
+            losses.append((photometric_loss(rgb, target, keep, cfg.ssim_lambda), psnr(rgb.detach(), target, keep)))
+        self.last_error = views[0].error  # (H, W) of this step's first view, for the live viewer
+        info = StepInfo(step, cfg.steps, views, batch, first, self.extent, phase=phase, phase_start=start,
+                        phase_steps=length, gather=self.processes.gather)
         self._hook("pre_backward", info)
-        loss = photometric_loss(rgb, target, keep, cfg.ssim_lambda)
         extra = {name: term for key, plugin in self.plugins.items()
                  for name, term in plugin.losses(self.model, self.states[key], info).items()}
-        loss = loss + sum(extra.values())
+        # The loss averages the views. Each view's term runs backward on its own graph, in slot order: the
+        # gradients then sum as a distributed run's all-reduce sums them (bitwise alike for two views).
+        terms = [loss / len(views) for loss, _ in losses]
+        terms[0] = terms[0] + sum(extra.values())
+        loss = sum(term.detach() for term in terms)
         self._check_finite(loss)
-        loss.backward()
+        for term in terms:
+            term.backward()
+        self.processes.average_gradients(list(self.model.params.values()))
         self._hook("post_backward", info)
+        self.model.fold_statistics(self.processes.sum_)
         self.model.step()
+        count = len(self.model)
         self._hook("after_step", info)
         self.step += 1
-        return {"loss": loss.item(), "psnr": psnr(rgb.detach(), target, keep),
+        if len(self.model) != count or self.step % cfg.log_every == 0:
+            self.processes.check_identical(self.model.params, self.step)
+        return {"loss": float(loss), "psnr": sum(p for _, p in losses) / len(losses),
                 **{name: term.item() for name, term in extra.items()}}
 
     def resolution_scale(self, step: int) -> float:
@@ -251,6 +273,10 @@ def check_settings(cfg: TrainConfig) -> None:
     """One line for a setting no run can use, before anything is loaded or written."""
     if cfg.init_opacity is not None and not 0 < cfg.init_opacity < 1:
         raise SplatkitError(f"--init-opacity {cfg.init_opacity}: must be in (0, 1)")
+    if cfg.batch_size < 1:
+        raise SplatkitError(f"--batch-size {cfg.batch_size}: must be at least 1")
+    if cfg.threads < 0:
+        raise SplatkitError(f"--threads {cfg.threads}: must be 0 (automatic) or more")
     if cfg.init_scale is not None and not cfg.init_scale > 0:
         raise SplatkitError(f"--init-scale {cfg.init_scale}: must be positive")
     if not 0 < cfg.coarse_to_fine_start <= 1:
@@ -315,18 +341,21 @@ def _refuse_changes(config_path: Path, saved: TrainConfig, cfg: TrainConfig, sav
                                           "train it into another --out")
 
 
-def start(cfg: TrainConfig) -> Trainer:
+def start(cfg: TrainConfig, processes: OneProcess | None = None) -> Trainer:
     """A trainer for a new run or a resumed one, its config.json written (only now: a refused resume leaves the
-    saved settings as they were) and its log cut back to the step it resumes from."""
+    saved settings as they were) and its log cut back to the step it resumes from (by process 0 of a
+    distributed run: `processes`)."""
+    processes = processes or OneProcess()
     cfg, scene, images, run_dir = prepare(cfg)
-    trainer = Trainer(cfg, scene, images, run_dir)
+    trainer = Trainer(cfg, scene, images, run_dir, processes)
     if trainer.step > cfg.steps:
         raise SplatkitError(f"{run_dir}: the run is already at step {trainer.step}; --steps {cfg.steps} would "
                             "end it before that (give at least that many)")
     if cfg.resume and trainer.step == 0:
         console.print(f"splatkit: {run_dir} has no checkpoint yet; starting it again from step 0")
-    write_run_record(cfg, scene, run_dir)
-    _truncate_log(run_dir / "metrics.jsonl", trainer.step)
+    if processes.is_main:
+        write_run_record(cfg, scene, run_dir)
+        _truncate_log(run_dir / "metrics.jsonl", trainer.step)
     return trainer
 
 
@@ -336,49 +365,72 @@ def train(cfg: TrainConfig, *, show_progress: bool = True,
 
     `watch(trainer)` (e.g. the live viewer, supplied by the CLI so this layer never imports it) is entered around
     the loop; what it yields, if not None, is called as `after_step(trainer, stats, steps_per_s, stop_requested)`.
+    Under torchrun every process trains (`splatkit.train.distributed`); process 0 alone prints, watches, writes
+    the run folder and evaluates, and the others return an empty dict.
     """
-    trainer = start(cfg)
-    cfg, scene, run_dir = trainer.cfg, trainer.scene, trainer.run_dir
+    processes = join(resolve_device(cfg.device), cfg.threads)
+    console.quiet = not processes.is_main
+    try:
+        trainer = start(cfg, processes)
+        return _train(trainer, show_progress and processes.is_main, watch if processes.is_main else None)
+    finally:
+        processes.close()
+        console.quiet = False
+
+
+def _train(trainer: Trainer, show_progress: bool, watch: Callable[[Trainer], ContextManager[Any]] | None) -> dict:
+    cfg, scene, run_dir, processes = trainer.cfg, trainer.scene, trainer.run_dir, trainer.processes
+    main = processes.is_main
     log_path = run_dir / "metrics.jsonl"
     masked = sum(c.mask_path is not None for c in scene.cameras)
     console.print(f"splatkit: {len(scene.train_ids)} training / {len(scene.test_ids)} held-out views"
                   + (f" ({masked} with masks)" if masked else "") + f", {len(trainer.model):,} Gaussians, "
                   f"strategy {cfg.strategy.name}, parameterisation {cfg.parameterisation.name}, "
                   f"{trainer.device.type} backend {trainer.backend}, "
-                  f"run folder {run_dir}" + (f", resuming at step {trainer.step}" if trainer.step else ""))
+                  + (f"{processes.world_size} processes x {cfg.batch_size} views per step, "
+                     if cfg.batch_size * processes.world_size > 1 else "")
+                  + f"run folder {run_dir}" + (f", resuming at step {trainer.step}" if trainer.step else ""))
+    views_per_step = cfg.batch_size * processes.world_size
     smoothed: dict[str, float] = {}
     started, start_step = time.perf_counter(), trainer.step
     with _progress() if show_progress else _NullProgress() as progress, _StopRequests() as stop, \
-            (watch(trainer) if watch else contextlib.nullcontext()) as live:
+            (watch(trainer) if watch else contextlib.nullcontext()) as live, \
+            (open(log_path, "a") if main else contextlib.nullcontext(_NullLog())) as log:
         task = progress.add_task("train", total=cfg.steps, completed=trainer.step, stats="")
-        with open(log_path, "a") as log:
-            while trainer.step < cfg.steps:
-                if stop.requested:  # Ctrl-C / SIGTERM between steps: keep every finished step
-                    path = trainer.save_checkpoint()
-                    raise SplatkitError(f"stopped at step {trainer.step}; checkpoint {path}; continue with "
-                                        f"`splatkit train {cfg.scene} --out {run_dir} --resume`")
-                stats = trainer.train_step()
-                smoothed = {k: 0.9 * smoothed.get(k, v) + 0.1 * v for k, v in stats.items()}
-                step = trainer.step
-                n = len(trainer.model)
-                rate = (step - start_step) / (time.perf_counter() - started)
-                line = f"loss {smoothed['loss']:.4f}  PSNR {smoothed['psnr']:.2f}  #G {n:,}  {rate:.1f} it/s"
-                progress.update(task, completed=step, stats=line)
-                if live is not None:  # publishes a copy for the browser; waits here while paused
-                    live.after_step(trainer, smoothed, rate, lambda: stop.requested)
-                if step % cfg.log_every == 0 or step == cfg.steps:
-                    figures = {name: value for key, plugin in trainer.plugins.items()
-                               for name, value in plugin.log(trainer.model, trainer.states[key]).items()}
-                    log.write(json.dumps({"step": step, **stats, **figures, "num_gaussians": n,
-                                          "steps_per_s": rate}) + "\n")
-                    log.flush()
-                    if show_progress and not console.is_terminal:  # logs and CI get a plain line instead
-                        console.print(f"step {step}/{cfg.steps}  {line}", highlight=False)
-                if step in cfg.eval_steps and step != cfg.steps and scene.test_ids:
-                    result = trainer.evaluate()
-                    log.write(json.dumps({"step": step, "eval": result["mean"]}) + "\n")
-                if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                    trainer.save_checkpoint()
+        while trainer.step < cfg.steps:
+            if processes.any(stop.requested):  # Ctrl-C / SIGTERM between steps: keep every finished step
+                path = trainer.save_checkpoint() if main else None
+                raise SplatkitError(f"stopped at step {trainer.step}; checkpoint {path}; continue with "
+                                    f"`splatkit train {cfg.scene} --out {run_dir} --resume`")
+            stats = trainer.train_step()
+            smoothed = {k: 0.9 * smoothed.get(k, v) + 0.1 * v for k, v in stats.items()}
+            step = trainer.step
+            n = len(trainer.model)
+            rate = (step - start_step) / (time.perf_counter() - started)
+            line = f"loss {smoothed['loss']:.4f}  PSNR {smoothed['psnr']:.2f}  #G {n:,}  {rate:.1f} it/s" + \
+                (f"  {rate * views_per_step:.1f} views/s" if views_per_step > 1 else "")
+            progress.update(task, completed=step, stats=line)
+            if live is not None:  # publishes a copy for the browser; waits here while paused
+                live.after_step(trainer, smoothed, rate, lambda: stop.requested)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                figures = {name: value for key, plugin in trainer.plugins.items()
+                           for name, value in plugin.log(trainer.model, trainer.states[key]).items()}
+                log.write(json.dumps({"step": step, **stats, **figures, "num_gaussians": n,
+                                      "steps_per_s": rate, "views_per_s": rate * views_per_step}) + "\n")
+                log.flush()
+                if show_progress and not console.is_terminal:  # logs and CI get a plain line instead
+                    console.print(f"step {step}/{cfg.steps}  {line}", highlight=False)
+            if main and step in cfg.eval_steps and step != cfg.steps and scene.test_ids:
+                result = trainer.evaluate()
+                log.write(json.dumps({"step": step, "eval": result["mean"]}) + "\n")
+            if main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+                trainer.save_checkpoint()
+    return _finish(trainer) if main else {}
+
+
+def _finish(trainer: Trainer) -> dict:
+    """Export the model and the trained cameras, score the held-out views, write metrics.json."""
+    scene, run_dir = trainer.scene, trainer.run_dir
     ply_path = trainer.export_ply()
     trainer.poses.save(run_dir / "cameras.json")
     result = trainer.evaluate(run_dir / "eval") if scene.test_ids else {"mean": {}, "views": []}
@@ -392,6 +444,16 @@ def train(cfg: TrainConfig, *, show_progress: bool = True,
         summary += f" ({metrics['poses']})"
     console.print(f"splatkit: done. {metrics['num_gaussians']:,} Gaussians -> {ply_path}; {summary}")
     return metrics
+
+
+class _NullLog:
+    """The metrics log of a process that does not write the run folder."""
+
+    def write(self, text: str) -> None:
+        return None
+
+    def flush(self) -> None:
+        return None
 
 
 class _StopRequests:

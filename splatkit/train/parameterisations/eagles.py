@@ -202,16 +202,17 @@ class EaglesQuantized(Parameterisation):
         return {"_prune_steps": set(range(every, int(self.prune_until * ctx.steps) + 1, every)) - {ctx.steps},
                 "_rates": {name: getattr(ctx.lr, name) for name in self.coded}, "pruned": 0}
 
+    @torch.no_grad()
     def post_backward(self, model: GaussianModel, state: dict, info: StepInfo) -> None:
         for name in self.coded:  # the reference's `latent_scale_norm: div`, refreshed every step
             model.set_learning_rate(f"{name}_latents", self._latent_rate(model, name, state["_rates"][name]))
+        if self.influence_prune:
+            for view in info.views:
+                model.accumulate("influence", view.render.weight_sums.reshape(-1)[:len(model)])
 
     @torch.no_grad()
     def after_step(self, model: GaussianModel, state: dict, info: StepInfo) -> None:
-        if not self.influence_prune:
-            return
-        model.buffers["influence"] += info.render.weight_sums.reshape(-1)[:len(model)]
-        if info.step in state["_prune_steps"] and len(model) > 1:
+        if self.influence_prune and info.step in state["_prune_steps"] and len(model) > 1:
             influence = model.buffers["influence"]
             prune = influence <= torch.quantile(influence, self.prune_quantile)
             model.keep(~prune)

@@ -57,18 +57,21 @@ class ADCStrategy(Strategy):
         return {"generator": torch.Generator().manual_seed(self.seed)}
 
     def pre_backward(self, model: GaussianModel, state: dict, info: StepInfo) -> None:
-        info.render.means2d.retain_grad()
+        for view in info.views:
+            view.render.means2d.retain_grad()
 
     @torch.no_grad()
     def post_backward(self, model: GaussianModel, state: dict, info: StepInfo) -> None:
         if not self.refining(info):
             return
-        render = info.render
-        visible = (render.radii > 0).all(dim=-1)
-        # Gradients in NDC units (x W/2, x H/2) so the threshold does not depend on the image size.
-        grad = render.means2d_grad[visible] * render.means2d.new_tensor([info.width / 2, info.height / 2])
-        model.buffers["grad2d"][visible] += grad.norm(dim=-1)
-        model.buffers["grad2d_count"][visible] += 1
+        for view in info.views:
+            render = view.render
+            visible = (render.radii > 0).all(dim=-1)
+            # Gradients in NDC units (x W/2, x H/2) so the threshold does not depend on the image size; the loss
+            # averages this process's views, so x their count gives each view's own gradient (as gsplat does).
+            scale = render.means2d.new_tensor([view.width / 2, view.height / 2]) * len(info.views)
+            model.accumulate("grad2d", (render.means2d_grad[visible] * scale).norm(dim=-1), visible)
+            model.accumulate("grad2d_count", 1.0, visible)
 
     @torch.no_grad()
     def after_step(self, model: GaussianModel, state: dict, info: StepInfo) -> None:

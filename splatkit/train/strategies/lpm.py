@@ -34,7 +34,7 @@ from splatkit.data.matches import (Matches, SiftMatcher, load_matches, neighbour
                                    save_matches, sift_matches, track_matches)
 from splatkit.errors import SplatkitError
 from splatkit.train.gaussian_model import GaussianModel
-from splatkit.train.plugin import SetupContext, StepInfo
+from splatkit.train.plugin import SetupContext, StepInfo, View
 from splatkit.train.strategies import ops
 from splatkit.train.strategies.adc import ADCStrategy
 from splatkit.train.strategies.base import STRATEGIES, Strategy
@@ -141,35 +141,45 @@ class LPMStrategy(Strategy):
     @torch.no_grad()
     def after_step(self, model: GaussianModel, state: dict, info: StepInfo) -> None:
         refine, reset = self.base.refines_at(info), self.resets_at(info.phase_step)
-        zones: list[Zone] = []
+        found: list[tuple[np.ndarray, list[Zone]]] = []
         if refine or reset:
             started = time.perf_counter()
-            zones = self.find_zones(state, info)
-            state["_zones"] = zones
-            state["counts"]["zones"] += len(zones)
+            found = self.find_zones(state, info)
+            state["_zones"] = [zone for _, zones in found for zone in zones]
+            state["counts"]["zones"] += len(state["_zones"])
             state["_seconds"] += time.perf_counter() - started
         focus = None
-        if refine and zones:
-            inside = in_zones(model.params["means"].detach(), zones)
+        if refine and state["_zones"]:
+            inside = in_zones(model.params["means"].detach(), state["_zones"])
             focus = torch.where(inside, 1.0 / self.grad_ratio, 1.0)
             state["counts"]["densify_focus"] += int(inside.sum())
         self.base.after_step(model, state["base"], replace(info, focus=focus))
-        if reset and zones:
-            state["counts"]["reset"] += self.reset_in_front(model, info.camera.center, zones)
+        if reset:
+            for center, zones in found:
+                if zones:
+                    state["counts"]["reset"] += self.reset_in_front(model, center, zones)
 
-    def find_zones(self, state: dict, info: StepInfo) -> list[Zone]:
-        """Error zones of this step's view, from its error map and a neighbour drawn from `state["generator"]`."""
-        neighbours = state["_neighbours"].get(info.camera_index, [])
-        if not neighbours:
-            return []
-        pick = int(torch.randint(len(neighbours), (1,), generator=state["generator"]))
-        other = neighbours[pick]
-        xy, partner_xy = state["_matches"][(info.camera_index, other)]
-        full = state["_cameras"][info.camera_index]  # keypoints are in full-size pixels; a coarse-to-fine step
-        xy = xy * np.array([info.camera.width / full.width, info.camera.height / full.height])  # a smaller view
-        error = error_map(info.render.rgb.detach(), info.target)
+    def find_zones(self, state: dict, info: StepInfo) -> list[tuple[np.ndarray, list[Zone]]]:
+        """Error zones of the step's views (every process's, in slot order), each view's with its camera centre.
+        A neighbour is drawn from `state["generator"]` for every view of the batch, so all processes draw
+        alike; each process finds its own views' zones from their error maps, and `info.gather` shares them."""
+        picks = {}
+        for slot, index in enumerate(info.batch):
+            neighbours = state["_neighbours"].get(index, [])
+            if neighbours:
+                picks[slot] = neighbours[int(torch.randint(len(neighbours), (1,), generator=state["generator"]))]
+        mine = [(view.camera.center, self.view_zones(state, view, picks[view.slot]))
+                for view in info.views if view.slot in picks]
+        return [found for process in info.gather(mine) for found in process]
+
+    def view_zones(self, state: dict, view: View, other: int) -> list[Zone]:
+        """Error zones of `view` from its error map and its matches with neighbour camera `other`."""
+        xy, partner_xy = state["_matches"][(view.camera_index, other)]
+        full = state["_cameras"][view.camera_index]  # keypoints are in full-size pixels; a coarse-to-fine step
+        xy = xy * np.array([view.width / full.width, view.height / full.height])  # renders a smaller view
+        error = error_map(view.render.rgb.detach(), view.target)
         mask = error_patches(error, self.error_quantile, self.patch, self.patch_fraction).cpu().numpy()
-        zones = [zone_from_matches(info.camera, a, state["_cameras"][other], b)
+        zones = [zone_from_matches(view.camera, a, state["_cameras"][other], b)
                  for a, b in region_matches(error_boxes(mask), xy, partner_xy, mask)]
         return [zone for zone in zones if zone is not None]
 
