@@ -16,7 +16,6 @@ Usage: python scripts/bench_strategies.py [--steps 7000 | --full] [--data-factor
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from typing import Any
 
 import torch
@@ -58,6 +59,10 @@ class OneProcess:
     def check_identical(self, params: dict[str, torch.Tensor], step: int) -> None:
         """Raise one line if the processes' models differ (count or a float64 sum of each parameter)."""
 
+    def traffic(self) -> dict[str, float]:
+        """Seconds spent in, and bytes sent to, tensor collectives since the last call (for metrics.jsonl)."""
+        return {}
+
     def close(self) -> None:
         """Leave the process group."""
 
@@ -72,6 +77,13 @@ class DataParallel(OneProcess):
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
         self.device = device
+        self.seconds, self.bytes = 0.0, 0
+
+    def _all_reduce(self, tensor: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> None:
+        started = time.perf_counter()
+        dist.all_reduce(tensor, op=op)
+        self.seconds += time.perf_counter() - started
+        self.bytes += tensor.numel() * tensor.element_size()
 
     def average_gradients(self, params: list[torch.Tensor]) -> None:
         # One all-reduce over all gradients in a single flat buffer (torch DDP buckets likewise): a few large
@@ -80,7 +92,7 @@ class DataParallel(OneProcess):
         if not grads:
             return
         flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
+        self._all_reduce(flat)
         flat /= self.world_size
         offset = 0
         for g in grads:
@@ -88,7 +100,7 @@ class DataParallel(OneProcess):
             offset += g.numel()
 
     def sum_(self, tensor: torch.Tensor) -> None:
-        dist.all_reduce(tensor)
+        self._all_reduce(tensor)
 
     def gather(self, value: Any) -> list[Any]:
         out: list[Any] = [None] * self.world_size
@@ -97,7 +109,7 @@ class DataParallel(OneProcess):
 
     def any(self, flag: bool) -> bool:
         t = torch.tensor([int(flag)], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        self._all_reduce(t, dist.ReduceOp.MAX)
         return bool(t.item())
 
     def check_identical(self, params: dict[str, torch.Tensor], step: int) -> None:
@@ -111,6 +123,11 @@ class DataParallel(OneProcess):
             raise SplatkitError(f"step {step}: the processes' models diverged ({counts}; processes "
                                 f"{', '.join(map(str, differ))} differ from 0 in their parameters); every process "
                                 "must run the same splatkit, torch and backend")
+
+    def traffic(self) -> dict[str, float]:
+        figures = {"allreduce_s": self.seconds, "allreduce_bytes": float(self.bytes)}
+        self.seconds, self.bytes = 0.0, 0
+        return figures
 
     def close(self) -> None:
         dist.destroy_process_group()

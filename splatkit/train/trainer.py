@@ -415,8 +415,8 @@ def _train(trainer: Trainer, show_progress: bool, watch: Callable[[Trainer], Con
             if step % cfg.log_every == 0 or step == cfg.steps:
                 figures = {name: value for key, plugin in trainer.plugins.items()
                            for name, value in plugin.log(trainer.model, trainer.states[key]).items()}
-                log.write(json.dumps({"step": step, **stats, **figures, "num_gaussians": n,
-                                      "steps_per_s": rate, "views_per_s": rate * views_per_step}) + "\n")
+                log.write(json.dumps({"step": step, **stats, **figures, "num_gaussians": n, "steps_per_s": rate,
+                                      "views_per_s": rate * views_per_step, **processes.traffic()}) + "\n")
                 log.flush()
                 if show_progress and not console.is_terminal:  # logs and CI get a plain line instead
                     console.print(f"step {step}/{cfg.steps}  {line}", highlight=False)
