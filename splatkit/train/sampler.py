@@ -23,6 +23,11 @@ class ViewSampler:
         batch, self.order = self.order[:size], self.order[size:]
         return batch
 
+    def upcoming(self, size: int) -> list[int]:
+        """The views the following `next(size)` returns when they are already known (the epoch goes on), else
+        [] (a new epoch is drawn then): what a loader can read ahead."""
+        return self.order[:size] if len(self.order) >= size else []
+
     def state_dict(self) -> dict[str, list[int]]:
         return {"order": list(self.order)}
 

@@ -11,6 +11,7 @@ import json
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, ContextManager
 
@@ -90,6 +91,10 @@ class Trainer:
         self.states = {key: plugin.setup(ctx) for key, plugin in self.plugins.items()}
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.sampler = ViewSampler(scene.train_ids)
+        # One thread decodes the next step's photos while this step trains (PIL and OpenCV release the GIL), so
+        # with more photos than --max-cached-images a step waits on disk only at an epoch's start.
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="splatkit-images")
+        self.image_wait_s = 0.0  # seconds steps spent waiting for photos, since the last log line
         self.phases = cfg.parameterisation.phases(cfg.steps)  # step counts; one phase unless e.g. FLoD levels
         self.phase_starts = [sum(self.phases[:i]) for i in range(len(self.phases))]
         self.step = 0
@@ -152,14 +157,19 @@ class Trainer:
         start, length = self.phase_starts[phase], self.phases[phase]
         self.model.set_progress((step - start) / max(1, length))
         batch = self.sampler.next(cfg.batch_size * self.processes.world_size, self.generator)
+        mine = self.processes.my_slots(cfg.batch_size)
+        upcoming = self.sampler.upcoming(len(batch))
+        for slot in mine if upcoming else ():
+            self._reader.submit(self.images.__getitem__, upcoming[slot])  # decoded into the store's cache
         backgrounds = torch.rand(len(batch), 3, generator=self.generator).tolist() if cfg.random_background \
             else [self.scene.background or (0.0, 0.0, 0.0)] * len(batch)
         views, losses, first = [], [], None
-        for slot in self.processes.my_slots(cfg.batch_size):
+        for slot in mine:
             index = batch[slot]
             camera = self.scene.cameras[index]
-            target = torch.from_numpy(self.images[index]).to(self.device)
-            keep = keep_mask(self.images, index, self.device)
+            waited = time.perf_counter()
+            target, keep = self._photo(index)
+            self.image_wait_s += time.perf_counter() - waited
             camera, target, keep = downsampled(camera, target, keep, self.resolution_scale(step))
             gaussians = self.model.activated()  # each view its own graph: see the backward below
             first = gaussians if first is None else first
@@ -195,6 +205,14 @@ class Trainer:
             self.processes.check_identical(self.model.params, self.step)
         return {"loss": float(loss), "psnr": sum(p for _, p in losses) / len(losses),
                 **{name: term.item() for name, term in extra.items()}}
+
+    def _photo(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Camera `index`'s photo and mask on the training device (read through the image store's cache)."""
+        return torch.from_numpy(self.images[index]).to(self.device), keep_mask(self.images, index, self.device)
+
+    def close(self) -> None:
+        """Stop reading ahead."""
+        self._reader.shutdown(wait=True, cancel_futures=True)
 
     def resolution_scale(self, step: int) -> float:
         """Image size of `step` as a fraction of full size (below 1 only while coarse-to-fine rises)."""
@@ -370,10 +388,13 @@ def train(cfg: TrainConfig, *, show_progress: bool = True,
     """
     processes = join(resolve_device(cfg.device), cfg.threads)
     console.quiet = not processes.is_main
+    trainer = None
     try:
         trainer = start(cfg, processes)
         return _train(trainer, show_progress and processes.is_main, watch if processes.is_main else None)
     finally:
+        if trainer is not None:
+            trainer.close()
         processes.close()
         console.quiet = False
 
@@ -393,6 +414,7 @@ def _train(trainer: Trainer, show_progress: bool, watch: Callable[[Trainer], Con
     views_per_step = cfg.batch_size * processes.world_size
     smoothed: dict[str, float] = {}
     started, start_step = time.perf_counter(), trainer.step
+    logged = started
     with _progress() if show_progress else _NullProgress() as progress, _StopRequests() as stop, \
             (watch(trainer) if watch else contextlib.nullcontext()) as live, \
             (open(log_path, "a") if main else contextlib.nullcontext(_NullLog())) as log:
@@ -415,8 +437,11 @@ def _train(trainer: Trainer, show_progress: bool, watch: Callable[[Trainer], Con
             if step % cfg.log_every == 0 or step == cfg.steps:
                 figures = {name: value for key, plugin in trainer.plugins.items()
                            for name, value in plugin.log(trainer.model, trainer.states[key]).items()}
+                now = time.perf_counter()
+                wait_share, trainer.image_wait_s, logged = trainer.image_wait_s / (now - logged), 0.0, now
                 log.write(json.dumps({"step": step, **stats, **figures, "num_gaussians": n, "steps_per_s": rate,
-                                      "views_per_s": rate * views_per_step, **processes.traffic()}) + "\n")
+                                      "views_per_s": rate * views_per_step, "image_wait_share": wait_share,
+                                      **processes.traffic()}) + "\n")
                 log.flush()
                 if show_progress and not console.is_terminal:  # logs and CI get a plain line instead
                     console.print(f"step {step}/{cfg.steps}  {line}", highlight=False)
