@@ -5,7 +5,6 @@ not shipped) peaks at about the memory of one with 300, because photos are decod
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time
