@@ -86,7 +86,7 @@ def test_two_processes_train_bitwise_what_one_process_trains_with_two_views_and_
     assert len({entry["num_gaussians"] for entry in log}) > 1  # densification ran: edits were compared
     assert all(entry["views_per_s"] == pytest.approx(2 * entry["steps_per_s"]) for entry in log)
     assert json.loads((tmp_path / "two" / "metrics.json").read_text())["psnr"] == pytest.approx(one["psnr"])
-    assert "2 processes x 1 views per step" in result.stderr
+    assert "2 processes x 1 view per step" in result.stderr
 
     # Resumes across process counts: one process's checkpoint at step 20 goes on in two, and two processes'
     # in one; both end where the uninterrupted runs did.

@@ -408,7 +408,7 @@ def _train(trainer: Trainer, show_progress: bool, watch: Callable[[Trainer], Con
                   + (f" ({masked} with masks)" if masked else "") + f", {len(trainer.model):,} Gaussians, "
                   f"strategy {cfg.strategy.name}, parameterisation {cfg.parameterisation.name}, "
                   f"{trainer.device.type} backend {trainer.backend}, "
-                  + (f"{processes.world_size} processes x {cfg.batch_size} views per step, "
+                  + (f"{processes.world_size} processes x {cfg.batch_size} view{'s' * (cfg.batch_size > 1)} per step, "
                      if cfg.batch_size * processes.world_size > 1 else "")
                   + f"run folder {run_dir}" + (f", resuming at step {trainer.step}" if trainer.step else ""))
     views_per_step = cfg.batch_size * processes.world_size
@@ -421,9 +421,13 @@ def _train(trainer: Trainer, show_progress: bool, watch: Callable[[Trainer], Con
         task = progress.add_task("train", total=cfg.steps, completed=trainer.step, stats="")
         while trainer.step < cfg.steps:
             if processes.any(stop.requested):  # Ctrl-C / SIGTERM between steps: keep every finished step
-                path = trainer.save_checkpoint() if main else None
+                if not main:
+                    raise SplatkitError(f"process {processes.rank} stopped at step {trainer.step} with process 0, "
+                                        "which keeps the checkpoint")
+                path = trainer.save_checkpoint()
+                launcher = " under the same torchrun" if processes.world_size > 1 else ""
                 raise SplatkitError(f"stopped at step {trainer.step}; checkpoint {path}; continue with "
-                                    f"`splatkit train {cfg.scene} --out {run_dir} --resume`")
+                                    f"`splatkit train {cfg.scene} --out {run_dir} --resume`{launcher}")
             stats = trainer.train_step()
             smoothed = {k: 0.9 * smoothed.get(k, v) + 0.1 * v for k, v in stats.items()}
             step = trainer.step
