@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from splatkit.atomic import write_text_atomic
 from splatkit.data import Scene, load_scene
+from splatkit.data.blocks import BLOCK_FILE, grid_for, partition, read_block, write_blocks
 from splatkit.data.cameras import Camera
 from splatkit.data.process import ProcessConfig, process
 from splatkit.data.scene import Similarity
@@ -27,6 +28,8 @@ from splatkit.errors import SplatkitError, file_error
 from splatkit.io.compact import save_compact
 from splatkit.io.export import describe, slimmed, stored_count, write_model
 from splatkit.io.formats import EXTENSIONS, detect_format, format_from_extension, read_splats, stored_bytes
+from splatkit.io.merge import merge_blocks
+from splatkit.io.ply import save_ply
 from splatkit.model.gaussians import Gaussians
 from splatkit.model.levels import LevelChoice, band_edges, level_counts, level_floors
 from splatkit.model.quantized import QuantizedGaussians
@@ -153,6 +156,37 @@ class ConvertConfig:
     """Drop splats less opaque than this."""
     spz_version: Literal[3, 4] = 3
     """SPZ container when writing .spz: 3 (gzip, read by every SPZ player) or 4 (zstd, newer readers only)."""
+
+
+@dataclass
+class PartitionConfig:
+    """Split a large scene into blocks on its ground plane, each a scene folder `splatkit train` (or torchrun)
+    trains on its own; `splatkit merge` joins the trained blocks (VastGaussian / CityGS style)."""
+
+    scene: tyro.conf.Positional[Path]
+    out: Path
+    """Folder to write the blocks into (one block_<row>_<col>/ each)."""
+    blocks: str = "2x1"
+    """Grid of blocks, rows x columns along the ground plane's two axes."""
+    cameras_per_block: Optional[int] = None
+    """Choose the grid for about this many cameras per block instead of --blocks."""
+    margin: float = 0.2
+    """Each block trains on its cell grown by this fraction of a cell on each side (its points and cameras)."""
+    visibility: float = 0.25
+    """A camera outside a block's grown cell joins it when this share of the points it sees lie in that cell."""
+    test_every: int = 8
+    """The held-out split the blocks will train with (as `train --test-every`), for the summary."""
+
+
+@dataclass
+class MergeConfig:
+    """Join the trained blocks of a partitioned scene into one model: each block keeps the Gaussians whose
+    centres lie in its own cell, so every Gaussian comes from the block that trained it with all its views."""
+
+    runs: tyro.conf.Positional[tuple[Path, ...]]
+    """The blocks' run folders (their scenes are block folders of one `splatkit partition`)."""
+    out: Path = Path("merged.ply")
+    """The merged model (INRIA .ply, the source scene's original frame)."""
 
 
 @dataclass
@@ -412,6 +446,55 @@ def run_convert(cfg: ConvertConfig) -> Path:
     return cfg.output
 
 
+def run_partition(cfg: PartitionConfig) -> list[Path]:
+    scene = load_scene(cfg.scene, test_every=cfg.test_every)
+    if cfg.cameras_per_block is not None:
+        rows, cols = grid_for(scene, cfg.cameras_per_block)
+    else:
+        try:
+            rows, cols = (int(v) for v in cfg.blocks.lower().split("x"))
+        except ValueError:
+            raise SplatkitError(f"--blocks {cfg.blocks}: expected ROWSxCOLS, e.g. 2x2") from None
+    blocks = partition(scene, rows, cols, cfg.margin, cfg.visibility)
+    folders = write_blocks(blocks, cfg.scene, cfg.out)
+    held_out = {scene.cameras[i].name for i in scene.test_ids}
+    console.print(f"{cfg.scene}: {len(scene.cameras)} cameras, {len(scene.points):,} points -> {rows}x{cols} blocks "
+                  f"in {cfg.out}", highlight=False)
+    for block in blocks:
+        train_views = sum(name not in held_out for name in block.cameras)
+        console.print(f"  {block.name}: {train_views} training / {len(block.cameras) - train_views} held-out "
+                      f"cameras, {block.point_count:,} points", highlight=False)
+    return folders
+
+
+def run_merge(cfg: MergeConfig) -> Path:
+    parts, names, sources = [], [], set()
+    for run in cfg.runs:
+        record = read_run(run)
+        if not (record.scene_path / BLOCK_FILE).is_file():
+            raise file_error(run, f"trained {record.scene_path}, which is not a block (made by `splatkit partition`)")
+        block = read_block(record.scene_path)
+        ply = run / "point_cloud.ply"
+        if not ply.is_file():
+            raise file_error(run, "has no point_cloud.ply yet (train it to the end first)")
+        parts.append((ply, block.region))
+        names.append(block.name)
+        sources.add((block.source, tuple(block.partition)))
+    if len(sources) > 1:
+        raise SplatkitError("the runs trained blocks of different partitions; merge the blocks of one")
+    (source, partition_names), = sources
+    twice = sorted({n for n in names if names.count(n) > 1})
+    missing = [n for n in partition_names if n not in names]
+    if twice or missing:
+        raise SplatkitError(f"the runs must train each block of {source}'s partition once: "
+                            + (f"{', '.join(twice)} twice" if twice else f"{', '.join(missing)} missing"))
+    merged, counts = merge_blocks(parts)
+    save_ply(merged, cfg.out)
+    console.print(f"{len(parts)} blocks -> {cfg.out}: {len(merged):,} Gaussians ("
+                  + ", ".join(f"{n} {c:,}" for n, c in zip(names, counts)) + ")", highlight=False)
+    return cfg.out
+
+
 def run_info(cfg: InfoConfig):
     info = describe(cfg.file)
     lo, hi = info.bounds
@@ -494,6 +577,8 @@ COMMANDS = {
     "view": (ViewConfig, run_view),
     "export": (ExportConfig, run_export),
     "convert": (ConvertConfig, run_convert),
+    "partition": (PartitionConfig, run_partition),
+    "merge": (MergeConfig, run_merge),
     "info": (InfoConfig, run_info),
 }
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from splatkit.data.blocks import BLOCK_FILE, narrow_to_block, read_block
 from splatkit.data.colmap import load_colmap, model_dirs
 from splatkit.data.feedforward import find_pointmaps
 from splatkit.data.pointmap_scene import PointMapInit, load_pointmaps
@@ -19,7 +20,8 @@ def load_scene(path: str | Path, *, data_factor: int = 1, test_every: int = 8,
                pointmap_init: PointMapInit = PointMapInit()) -> Scene:
     """Load a COLMAP folder, a transforms*.json scene or a folder of feed-forward point maps (`images/` +
     `pointmaps.npz` or VGGT's `predictions.npz`, whose initial points `pointmap_init` chooses), downsampled by
-    `data_factor`. A folder with both a COLMAP model and point maps is read as COLMAP.
+    `data_factor`. A folder with both a COLMAP model and point maps is read as COLMAP. A block folder
+    (`block.json`, `splatkit.data.blocks`) is its source scene narrowed to the block.
 
     The result lives in a normalised frame (centre = mean camera position, farthest camera at distance 1) so that
     learning rates and thresholds mean the same for every capture. Cameras are sorted by image name and every
@@ -37,6 +39,10 @@ def load_scene(path: str | Path, *, data_factor: int = 1, test_every: int = 8,
     if not path.exists():
         raise file_error(path, "scene path does not exist")
 
+    if path.is_dir() and (path / BLOCK_FILE).is_file():  # a block of a partitioned scene (`splatkit partition`)
+        block = read_block(path)
+        full = load_scene(block.source, data_factor=data_factor, test_every=test_every, pointmap_init=pointmap_init)
+        return narrow_to_block(full, block.cameras, block.region, path)
     predefined = False
     if path.is_dir() and any(d.is_dir() for d in model_dirs(path)):
         scene = load_colmap(path, data_factor)
