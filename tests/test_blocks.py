@@ -13,7 +13,7 @@ import torch
 
 from splatkit.cli import main
 from splatkit.data import load_scene
-from splatkit.data.blocks import ground_axes, partition, read_block
+from splatkit.data.blocks import grid_for, ground_axes, partition, read_block
 from splatkit.io.ply import load_ply, save_ply
 from splatkit.model.gaussians import init_from_points
 
@@ -36,6 +36,9 @@ def test_blocks_cover_every_camera_and_point_and_cores_tile_the_plane(tiny_scene
     assert (np.stack([b.region.inside(far) for b in blocks]).sum(0) == 1).all()
     axes = ground_axes(scene)
     np.testing.assert_allclose(axes @ axes.T, np.eye(2), atol=1e-12)
+    for per_block, blocks_wanted in ((10, 1), (5, 2), (3, 4), (1, 10)):  # --cameras-per-block
+        rows, cols = grid_for(scene, per_block)
+        assert blocks_wanted <= rows * cols < blocks_wanted + max(rows, cols)
 
 
 def test_a_block_trains_as_its_source_narrowed_with_the_source_split(tiny_scene, tmp_path):
