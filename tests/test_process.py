@@ -51,14 +51,17 @@ def _pose_errors(scene_dir: Path, reference: Path, name_of=lambda n: n) -> tuple
 @pytest.mark.slow
 def test_cup_photos_register_where_colmap_put_them(shared_datasets, tmp_path):
     """20 photos over half of cup's orbit (every second of the first 41): at least 15 register, each camera
-    within 5% of the scene's radius of the shipped model's after a similarity, and the scene trains."""
+    within 5% of the scene's radius of the shipped model's after a similarity, and the scene trains. A truncated
+    photo among them is left out and named."""
     names = [f"{i}.jpg" for i in range(1, 42, 2)]
     names.remove("17.jpg")  # not in the capture
     photos = _photos(shared_datasets, names, tmp_path / "photos")
     assert len(names) == 20
+    (photos / "99.jpg").write_bytes((photos / "1.jpg").read_bytes()[:300])  # the header, no picture
     scene_dir = process(ProcessConfig(input=photos, out=tmp_path / "scene", threads=2))
     record = json.loads((scene_dir / "process.json").read_text())
     assert record["matcher"] == "exhaustive" and record["registered"] >= 15
+    assert record["images"] == 21 and record["unreadable"] == ["99.jpg"]
     errors, _ = _pose_errors(scene_dir, shared_datasets / "cup_colmap")
     assert len(errors) == record["registered"]
     assert max(errors.values()) < 0.05, errors
@@ -180,6 +183,10 @@ def test_process_errors_are_one_line(tiny_scene, tmp_path, capsys):
     flat.mkdir()
     for i in range(4):
         Image.new("RGB", (64, 48), (120, 120, 120)).save(flat / f"{i}.png")
+    broken = tmp_path / "broken"  # two photos and two files that only say they are
+    shutil.copytree(flat, broken)
+    for i in (0, 1):
+        (broken / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n not a picture")
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "x").write_text("")
     (tmp_path / "notes.txt").write_text("hello")
@@ -191,6 +198,8 @@ def test_process_errors_are_one_line(tiny_scene, tmp_path, capsys):
     inverted = tmp_path / "inverted.npz"
     cases = [
         (["process", str(flat), "--out", str(tmp_path / "o1"), "--threads", "1"], "no two of the 4 images match"),
+        (["process", str(broken), "--out", str(tmp_path / "o8"), "--threads", "1"],
+         "2 readable images; structure from motion needs at least 3"),
         (["process", str(tiny_scene / "images"), "--out", str(tmp_path / "taken")], "already exists"),
         (["process", str(tmp_path / "notes.txt"), "--out", str(tmp_path / "o2")], "not a video"),
         (["process", str(tmp_path / "missing"), "--out", str(tmp_path / "o3")], "does not exist"),

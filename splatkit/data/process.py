@@ -149,7 +149,7 @@ def _sfm(cfg: ProcessConfig, source: Path, is_video: bool, scene: Path) -> dict:
                       "training sees only those", highlight=False)
     record.update(matcher=matcher, images=report.images, registered=report.registered, models=report.models,
                   points=report.points, mean_reprojection_error=report.mean_reprojection_error,
-                  doubtful=report.doubtful, left_out=report.dropped,
+                  doubtful=report.doubtful, left_out=report.dropped, unreadable=report.unreadable,
                   registered_images=sorted((im.name for im in rec.images.values() if im.has_pose), key=natural_key))
     return record
 

@@ -64,6 +64,8 @@ class SfmReport:
     """Image name -> why its pose looks wrong, for doubtful images kept in the model."""
     dropped: dict[str, str] = field(default_factory=dict)
     """Image name -> why it was left out: its pose looked wrong in an earlier mapping."""
+    unreadable: list[str] = field(default_factory=list)
+    """Photos COLMAP's reader could not decode (corrupt or truncated), left out of the mapping."""
 
     @property
     def registered(self) -> int:
@@ -77,6 +79,7 @@ class SfmReport:
                f"{self.mean_reprojection_error:.2f} px"]
         out += [f"doubtful pose, kept: {name}: {why}" for name, why in sorted(self.doubtful.items())]
         out += [f"left out, its pose looked wrong: {name}: {why}" for name, why in sorted(self.dropped.items())]
+        out += [f"left out, the file could not be read as an image: {name}" for name in self.unreadable]
         return out
 
 
@@ -127,6 +130,12 @@ def _run_sfm(images: Path, work: Path, options: SfmOptions, stage: Callable[[str
     mode = pycolmap.CameraMode.SINGLE if options.single_camera else pycolmap.CameraMode.AUTO
     pycolmap.extract_features(database, images, image_names=names, camera_mode=mode, reader_options=reader,
                               extraction_options=extraction, device=pycolmap.Device.cpu)
+    with pycolmap.Database.open(database) as db:
+        read = {image.name for image in db.read_all_images()}
+    unreadable = [name for name in names if name not in read]
+    names = [name for name in names if name in read]
+    if len(names) < 3:
+        raise SplatkitError(f"{images}: {len(names)} readable images; structure from motion needs at least 3")
     stage(f"{options.matcher} matching")
     matching = pycolmap.FeatureMatchingOptions()
     matching.num_threads = options.threads
@@ -167,10 +176,10 @@ def _run_sfm(images: Path, work: Path, options: SfmOptions, stage: Callable[[str
         if not doubts or options.keep_doubtful:
             break
         doubtful.update(doubts)
-    report = SfmReport(images=len(names), models=[r.num_reg_images() for r in ranked],
+    report = SfmReport(images=len(names) + len(unreadable), models=[r.num_reg_images() for r in ranked],
                        mean_reprojection_error=float(rec.compute_mean_reprojection_error()),
                        points=rec.num_points3D(), doubtful=doubts if options.keep_doubtful else {},
-                       dropped=doubtful)
+                       dropped=doubtful, unreadable=unreadable)
     return rec, report
 
 
