@@ -101,8 +101,9 @@ def initial_points(maps: PointMaps, cameras: list[Camera], init: PointMapInit, p
                    ) -> tuple[np.ndarray, np.ndarray]:
     """(P,3) float64 world points and (P,3) float32 colours in [0, 1]: confident, strided, in front of their
     camera and inside their photo, then voxel-merged and capped as `init` says."""
-    if init.stride < 1 or init.voxel < 0 or init.max_points < 0:
-        raise SplatkitError("--init.stride must be >= 1, --init.voxel and --init.max-points >= 0")
+    for flag, value, low in (("stride", init.stride, 1), ("voxel", init.voxel, 0), ("max-points", init.max_points, 0)):
+        if value < low:
+            raise SplatkitError(f"--init.{flag} {value}: must be at least {low}")
     s = init.stride
     keep = np.ones(maps.world_points.shape[:3], bool) if maps.valid is None else maps.valid.copy()
     if maps.conf is not None:
