@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from splatkit.atomic import write_text_atomic
+from splatkit.data.cameras import Camera
 from splatkit.data.scene import Scene
 from splatkit.errors import SplatkitError, file_error
 
@@ -37,10 +38,9 @@ VERSION = 1
 class BlockRegion:
     """A block's place on the ground plane, in the source scene's original frame (e.g. COLMAP's units).
 
-    `uv = (x - origin) @ axes.T` puts a 3D point on the plane; the block's core is lo <= uv < hi (per axis, None
+    `uv = x @ axes.T` puts a 3D point on the plane; the block's core is lo <= uv < hi (per axis, None
     for an unbounded side) and its grown region the core widened by `margin` (same units) on bounded sides."""
 
-    origin: np.ndarray  # (3,)
     axes: np.ndarray  # (2, 3) orthonormal, both perpendicular to the up direction
     lo: tuple[float | None, float | None]
     hi: tuple[float | None, float | None]
@@ -48,7 +48,7 @@ class BlockRegion:
 
     def plane(self, points: np.ndarray) -> np.ndarray:
         """(N, 2) plane coordinates of (N, 3) points (float64)."""
-        return (np.asarray(points, np.float64) - self.origin) @ self.axes.T
+        return np.asarray(points, np.float64) @ self.axes.T
 
     def inside(self, points: np.ndarray, grown: bool = False) -> np.ndarray:
         """(N,) bool: which points lie in the core (or, with `grown`, in the grown region)."""
@@ -63,12 +63,12 @@ class BlockRegion:
         return keep
 
     def to_json(self) -> dict:
-        return {"origin": self.origin.tolist(), "axes": self.axes.tolist(), "lo": list(self.lo),
+        return {"axes": self.axes.tolist(), "lo": list(self.lo),
                 "hi": list(self.hi), "margin": list(self.margin)}
 
     @classmethod
     def from_json(cls, d: dict) -> "BlockRegion":
-        return cls(np.asarray(d["origin"], np.float64), np.asarray(d["axes"], np.float64), tuple(d["lo"]),
+        return cls(np.asarray(d["axes"], np.float64), tuple(d["lo"]),
                    tuple(d["hi"]), tuple(d["margin"]))
 
 
@@ -90,24 +90,20 @@ def ground_axes(scene: Scene) -> np.ndarray:
     return np.stack([first, np.cross(up, first)])
 
 
-def _sees(scene: Scene, points: np.ndarray) -> list[np.ndarray]:
-    """Per camera, the (N,) mask of `points` (training frame) it projects in front of it and inside its image."""
-    seen = []
-    homogeneous = np.concatenate([points, np.ones((len(points), 1))], 1)
-    for c in scene.cameras:
-        cam = homogeneous @ c.world_to_cam.T
-        z = cam[:, 2]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            px = cam[:, :3] @ c.K.T
-            u, v = px[:, 0] / z, px[:, 1] / z
-        seen.append((z > 1e-6) & (u >= 0) & (u < c.width) & (v >= 0) & (v < c.height))
-    return seen
+def _seen(camera: Camera, points: np.ndarray) -> np.ndarray:
+    """(N,) mask of `points` (training frame) that `camera` projects in front of it and inside its image."""
+    cam = points @ camera.world_to_cam[:3, :3].T + camera.world_to_cam[:3, 3]
+    z = cam[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        px = cam @ camera.K.T
+        u, v = px[:, 0] / z, px[:, 1] / z
+    return (z > 1e-6) & (u >= 0) & (u < camera.width) & (v >= 0) & (v < camera.height)
 
 
 def partition(scene: Scene, rows: int, cols: int, margin: float = 0.2, visibility: float = 0.25) -> list[Block]:
     """The blocks of a `rows` x `cols` grid over `scene` (a loaded scene in its training frame; regions are
-    returned in its original frame). Every camera joins the block whose core holds its centre, and any other
-    whose grown region holds its centre or `visibility` of the points it sees. Raises SplatkitError for a grid
+    returned in its original frame). A camera joins every block whose grown region holds its centre (the
+    block whose core holds it among them) or `visibility` of the points it sees. Raises SplatkitError for a grid
     smaller than 1x1 or a margin or visibility out of [0, 1]."""
     if rows < 1 or cols < 1:
         raise SplatkitError(f"--blocks {rows}x{cols}: needs at least 1x1")
@@ -117,26 +113,27 @@ def partition(scene: Scene, rows: int, cols: int, margin: float = 0.2, visibilit
     points = back.apply_points(scene.points).astype(np.float64)
     centers = back.apply_points(np.stack([c.center for c in scene.cameras])).astype(np.float64)
     axes = ground_axes(scene)  # the training frame only scales and shifts: directions are the original's
-    origin = np.zeros(3)
     uv = (points if len(points) else centers) @ axes.T
     lo, hi = np.percentile(uv, 2, axis=0), np.percentile(uv, 98, axis=0)
     edges = [np.linspace(lo[0], hi[0], rows + 1), np.linspace(lo[1], hi[1], cols + 1)]
     size = ((hi[0] - lo[0]) / rows, (hi[1] - lo[1]) / cols)
-    seen = _sees(scene, scene.points)
-    blocks = []
+    names, regions = [], []
     for r in range(rows):
         for c in range(cols):
-            region = BlockRegion(origin, axes,
-                                 (None if r == 0 else float(edges[0][r]), None if c == 0 else float(edges[1][c])),
-                                 (None if r == rows - 1 else float(edges[0][r + 1]),
-                                  None if c == cols - 1 else float(edges[1][c + 1])),
-                                 (margin * size[0], margin * size[1]))
-            grown = region.inside(points, grown=True)
-            home, near = region.inside(centers), region.inside(centers, grown=True)
-            chosen = [cam.name for i, cam in enumerate(scene.cameras)
-                      if home[i] or near[i] or (seen[i].any() and grown[seen[i]].mean() >= visibility)]
-            blocks.append(Block(f"block_{r}_{c}", chosen, region, int(grown.sum())))
-    return blocks
+            names.append(f"block_{r}_{c}")
+            regions.append(BlockRegion(
+                axes, (None if r == 0 else float(edges[0][r]), None if c == 0 else float(edges[1][c])),
+                (None if r == rows - 1 else float(edges[0][r + 1]), None if c == cols - 1 else float(edges[1][c + 1])),
+                (margin * size[0], margin * size[1])))
+    grown = np.stack([region.inside(points, grown=True) for region in regions])  # (blocks, N)
+    joins = np.stack([region.inside(centers, grown=True) for region in regions], 1)  # (cameras, blocks)
+    training_points = np.asarray(scene.points, np.float64)
+    for i, camera in enumerate(scene.cameras):  # one camera's mask at a time: memory ~ blocks x points
+        seen = _seen(camera, training_points)
+        if seen.any():
+            joins[i] |= grown[:, seen].mean(1) >= visibility
+    return [Block(name, [cam.name for i, cam in enumerate(scene.cameras) if joins[i, b]], region,
+                  int(grown[b].sum())) for b, (name, region) in enumerate(zip(names, regions))]
 
 
 def grid_for(scene: Scene, cameras_per_block: int) -> tuple[int, int]:
