@@ -1,6 +1,7 @@
 """Write splatkit's synthetic demo scene (PNGs + COLMAP text model) to a folder.
 
     python datasets/make_demo_scene.py OUT_DIR [--seed N] [--cameras 60] [--width 200] [--height 150]
+        [--layout orbit|walk]
 
 `splatkit train demo` generates the same scene into its cache by itself; this is for inspecting it or making
 variants (other seeds or sizes).
@@ -24,10 +25,11 @@ def main() -> None:
     parser.add_argument("--cameras", type=int, default=60)
     parser.add_argument("--width", type=int, default=200)
     parser.add_argument("--height", type=int, default=150)
+    parser.add_argument("--layout", choices=("orbit", "walk"), default="orbit")
     args = parser.parse_args()
     start = time.perf_counter()
-    size = dict(n_cameras=args.cameras, width=args.width, height=args.height)
-    out = generate_demo_scene(args.out_dir, seed=args.seed, **size)
+    out = generate_demo_scene(args.out_dir, seed=args.seed, n_cameras=args.cameras, width=args.width,
+                              height=args.height, layout=args.layout)
     print(f"wrote {out} in {time.perf_counter() - start:.1f} s")
 
 

@@ -14,6 +14,7 @@ import torch
 from splatkit.cli import main
 from splatkit.data import load_scene
 from splatkit.data.blocks import grid_for, ground_axes, partition, read_block
+from splatkit.data.demo_scene import _build_world, generate_demo_scene, pixel_rays, trace
 from splatkit.io.ply import load_ply, save_ply
 from splatkit.model.gaussians import init_from_points
 
@@ -93,3 +94,30 @@ def test_merge_keeps_each_gaussian_exactly_once_and_refuses_incomplete_sets(tiny
     assert main(["merge", runs[0], *runs, "--out", str(tmp_path / "twice.ply")]) == 2
     assert not (tmp_path / "partial.ply").exists() and not (tmp_path / "twice.ply").exists()
 
+
+
+def test_cameras_join_the_blocks_they_see_by_exact_geometry(tmp_path):
+    """On the demo room filmed along its walls (each view sees a local stretch), a camera joins a block when
+    most of what it sees lies in that block's grown region, and stays out of a block it does not see at all.
+    What a camera sees is ray cast exactly from the room's geometry, not taken from the sparse points that
+    `partition` uses."""
+    scene_dir = generate_demo_scene(tmp_path / "walk", n_cameras=24, width=48, height=36, layout="walk")
+    scene = load_scene(scene_dir, test_every=0)
+    world = _build_world(np.random.default_rng(0))  # generate_demo_scene's world for seed 0
+    blocks = partition(scene, 2, 1, margin=0.2)
+    back = scene.to_normalized.inverse()
+    u, v = np.meshgrid(np.arange(4, 48, 8) + 0.5, np.arange(3, 36, 6) + 0.5)
+    for camera in scene.cameras:
+        w2c = camera.world_to_cam.astype(np.float64).copy()
+        w2c[:3, 3] = -w2c[:3, :3] @ back.apply_points(camera.center[None])[0]  # rotation is the original's
+        origins, directions = pixel_rays(camera.K.astype(np.float64), w2c, np.stack([u.ravel(), v.ravel()], 1))
+        t, _ = trace(world, origins, directions)
+        surface = origins + t[:, None] * directions
+        for block in blocks:
+            share = block.region.inside(surface, grown=True).mean()
+            eye_inside = block.region.inside(origins[:1], grown=True)[0]
+            if share >= 0.5 or eye_inside:
+                assert camera.name in block.cameras, (camera.name, block.name, share)
+            elif share == 0:
+                assert camera.name not in block.cameras, (camera.name, block.name)
+    assert all(len(b.cameras) < len(scene.cameras) for b in blocks)  # the blocks are local, not the whole walk

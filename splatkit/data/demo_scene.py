@@ -371,7 +371,7 @@ def render_view(world: World, K: np.ndarray, w2c: np.ndarray, width: int, height
     return np.clip(image, 0.0, 1.0).reshape(height, width, 3)
 
 
-def _camera_poses(rng: np.random.Generator, n: int) -> list[np.ndarray]:
+def _orbit_poses(rng: np.random.Generator, n: int) -> list[np.ndarray]:
     """A ring band around the objects: radius ~3.3 m, heights spread 0.9-1.9 m, looking at the scene centre."""
     poses = []
     for i in range(n):
@@ -382,6 +382,31 @@ def _camera_poses(rng: np.random.Generator, n: int) -> list[np.ndarray]:
         target = np.array([0.0, 0.0, 0.45]) + rng.uniform(-0.15, 0.15, 3)
         poses.append(look_at(eye, target))
     return poses
+
+
+def _walk_poses(rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    """A walk along the walls, like a street capture: a loop 1.9 m inside them, each camera looking at the
+    nearest wall (yaw -35, 0 or +35 degrees off its normal, tilted down towards the floor). Every view sees only
+    a local stretch, so the scene has spatial extent the way a city block has: what `splatkit partition` is for."""
+    half = ROOM_MAX[:2] - 1.9
+    corners = np.array([[-half[0], -half[1]], [half[0], -half[1]], [half[0], half[1]], [-half[0], half[1]]])
+    sides = np.linalg.norm(np.roll(corners, -1, axis=0) - corners, axis=1)
+    outward = np.array([[0.0, -1.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])  # normal of the wall each side faces
+    poses = []
+    for i in range(n):
+        s = (i + rng.uniform(-0.2, 0.2)) / n * sides.sum()
+        side = min(int(np.searchsorted(np.cumsum(sides), s, side="right")), 3)
+        t = (s - np.cumsum(sides)[side] + sides[side]) / sides[side]
+        xy = corners[side] + t * (np.roll(corners, -1, axis=0)[side] - corners[side])
+        yaw = np.radians(35.0 * ((i % 3) - 1))
+        c, s_ = np.cos(yaw), np.sin(yaw)
+        look = np.array([c * outward[side, 0] - s_ * outward[side, 1], s_ * outward[side, 0] + c * outward[side, 1]])
+        eye = np.array([*xy, 1.2 + 0.5 * ((i * 0.618034) % 1.0)])
+        poses.append(look_at(eye, eye + np.array([*look, -0.35])))
+    return poses
+
+
+LAYOUTS = {"orbit": _orbit_poses, "walk": _walk_poses}
 
 
 # ----------------------------------------------------------------------------------------------- writers
@@ -460,8 +485,11 @@ def _write_colmap_text(sparse: Path, K: np.ndarray, width: int, height: int, nam
 
 
 def generate_demo_scene(out_dir: Path, *, seed: int = 0, n_cameras: int = 60, width: int = 200,
-                        height: int = 150) -> Path:
+                        height: int = 150, layout: str = "orbit") -> Path:
     """Render the demo scene into out_dir (images/*.png + sparse/0/*.txt), deterministic from `seed`.
+
+    `layout` places the cameras: "orbit" (the demo: a ring around the objects, looking at them) or "walk" (a loop
+    along the walls, each view seeing a local stretch of them, for block partitioning).
 
     Everything is written to a hidden sibling folder first and renamed into place at the end, so an interrupted
     run never leaves a half scene behind. out_dir must not exist (or be empty).
@@ -472,7 +500,7 @@ def generate_demo_scene(out_dir: Path, *, seed: int = 0, n_cameras: int = 60, wi
     rng = np.random.default_rng(seed)
     world = _build_world(rng)
     K = intrinsics(width, height)
-    poses = _camera_poses(rng, n_cameras)
+    poses = LAYOUTS[layout](rng, n_cameras)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
