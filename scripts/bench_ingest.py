@@ -3,7 +3,8 @@ capture's photos, and a feed-forward-style point-map initialisation (VGGT's layo
 points with VGGT's crop), exact and with approximate poses, the latter with and without `--pose-opt`.
 
 Per row: held-out PSNR/SSIM (how the held-out poses were set, where refined), final #Gaussians, and wall time
-including processing. Rows train in this process one after another; finished ones are kept (bench_runs).
+including processing; for the `--pose-opt` row, how far the training poses are from COLMAP's before and after
+refinement (median centre error as a share of the rig radius and median rotation error, up to a similarity). Rows train in this process one after another; finished ones are kept (bench_runs).
 
 Usage: python scripts/bench_ingest.py [--scene cup_colmap] [--steps 7000] [--data-factor 4]
        [--perturb-deg 1] [--perturb-share 0.02] [--out runs/bench_ingest]
@@ -19,10 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from splatkit.atomic import write_text_atomic
+from splatkit.data import load_scene
 from splatkit.data.colmap import load_colmap
 from splatkit.data.pointmap_fixtures import perturbed_poses, projected_pointmaps, write_scene
 from splatkit.data.process import ProcessConfig, process
 from splatkit.data.scene import rig_radius
+from splatkit.data.sfm import pose_errors
 from splatkit.train.config import TrainConfig
 
 from bench_runs import trained
@@ -52,6 +55,17 @@ def pointmap_scene(capture: Path, out: Path, degrees: float, share: float) -> Pa
     return out
 
 
+def refinement(run: Path, scene: Path, capture: Path) -> str:
+    """The training poses' error against the capture's COLMAP poses, as loaded from `scene` and as refined."""
+    refined = {c["name"]: np.array(c["cam_from_world"]) for c in
+               json.loads((run / "cameras.json").read_text())["cameras"] if c["refined"]}
+    loaded = {c.name: c.world_to_cam for c in load_scene(scene).cameras if c.name in refined}
+    truth = {c.name: c.world_to_cam for c in load_colmap(capture).cameras}
+    (p0, r0), (p1, r1) = pose_errors(loaded, truth), pose_errors(refined, truth)
+    return (f"pose error of the {len(refined)} refined training cameras: centres {p0:.2%} -> {p1:.2%} of the "
+            f"rig radius, rotations {r0:.3f} -> {r1:.3f} deg")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scene", default="cup_colmap")
@@ -78,7 +92,8 @@ def main() -> None:
         result = trained(cfg)
         metrics = json.loads((cfg.out / "metrics.json").read_text())
         results.append({"label": label, **{k: result[k] for k in ("psnr", "ssim", "gaussians", "seconds")},
-                        "processing": before, "poses": metrics.get("poses", "as loaded")})
+                        "processing": before, "poses": metrics.get("poses", "as loaded"),
+                        "refinement": refinement(cfg.out, scene, capture) if extra.get("pose_opt") else ""})
     write_text_atomic(runs / "table.json", json.dumps(results, indent=2))
     print(f"\n{args.scene}, data factor {args.data_factor}, {args.steps} steps, CPU")
     print(f"{'way in':48} {'PSNR':>6} {'SSIM':>6} {'#Gaussians':>11} {'process s':>10} {'train s':>8} {'total s':>8}")
@@ -88,6 +103,8 @@ def main() -> None:
     for r in results:
         if r["poses"] != "as loaded":
             print(f"{r['label']}: {r['poses']}")
+        if r["refinement"]:
+            print(f"{r['label']}: {r['refinement']}")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,7 @@ from scipy.spatial.transform import Rotation
 
 from splatkit.cli import main
 from splatkit.data.colmap import load_colmap
-from splatkit.data.scene import rig_radius
-from splatkit.data.sfm import similarity_error
+from splatkit.data.sfm import pose_errors
 from splatkit.io.formats import read_splats
 from splatkit.render import rasterize
 from splatkit.train import checkpoint
@@ -122,22 +121,6 @@ def _perturbed(source: Path, out: Path, degrees: float, share: float, seed: int 
     return out
 
 
-def _pose_errors(cameras, reference) -> tuple[float, float]:
-    """Median camera-centre error (share of the reference rig's radius, after the best similarity) and median
-    rotation error (degrees, after the rotation of that similarity) of `cameras` against `reference`."""
-    ref = {c.name: c for c in reference}
-    a = np.stack([c.center for c in cameras])
-    b = np.stack([ref[c.name].center for c in cameras])
-    err, _ = similarity_error(a, b)
-    radius = rig_radius(b, np.zeros((0, 3)))
-    # the frame's rotation: the best rotation between the two sets of camera orientations
-    align, _ = Rotation.align_vectors(np.concatenate([ref[c.name].world_to_cam[:3, :3] for c in cameras]),
-                                      np.concatenate([c.world_to_cam[:3, :3] for c in cameras]))
-    angles = [np.degrees(Rotation.from_matrix(ref[c.name].world_to_cam[:3, :3].T @ c.world_to_cam[:3, :3]
-                                              @ align.as_matrix().T).magnitude()) for c in cameras]
-    return float(np.median(err) / radius), float(np.median(angles))
-
-
 @pytest.mark.slow
 def test_cup_pose_refinement_recovers_perturbed_poses(shared_datasets, tmp_path):
     cup = shared_datasets / "cup_colmap"
@@ -155,8 +138,10 @@ def test_cup_pose_refinement_recovers_perturbed_poses(shared_datasets, tmp_path)
     with torch.no_grad():
         after = [replace(scene.cameras[i], world_to_cam=poses.viewmat(i).double().numpy()) for i in train_ids]
     truth = load_colmap(cup).cameras
-    before_pos, before_rot = _pose_errors([scene.cameras[i] for i in train_ids], truth)
-    after_pos, after_rot = _pose_errors(after, truth)
+    reference = {c.name: c.world_to_cam for c in truth}
+    before_pos, before_rot = pose_errors({scene.cameras[i].name: scene.cameras[i].world_to_cam for i in train_ids},
+                                         reference)
+    after_pos, after_rot = pose_errors({c.name: c.world_to_cam for c in after}, reference)
     print(f"\ncup f16 1000 steps: PSNR clean {clean['psnr']:.2f}, perturbed {plain['psnr']:.2f}, "
           f"perturbed + --pose-opt {refined['psnr']:.2f}; pose error {before_pos:.3f} -> {after_pos:.3f} radius, "
           f"{before_rot:.2f} -> {after_rot:.2f} deg")

@@ -242,3 +242,21 @@ def similarity_error(centers: np.ndarray, reference: np.ndarray) -> tuple[np.nda
     rotation, _ = Rotation.align_vectors(b, a * scale)
     mapped = rotation.apply(a * scale)
     return np.linalg.norm(mapped - b, axis=1), float(np.linalg.norm(b, axis=1).max())
+
+
+def pose_errors(cam_from_world: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> tuple[float, float]:
+    """How far poses are from reference poses of the same images, up to the frame they are expressed in.
+
+    Both map image names to (4, 4) cam_from_world matrices (OpenCV axes); every name of `cam_from_world` must be
+    in `reference`. Returns the median camera-centre error as a share of the reference rig's radius, after the
+    best similarity (`similarity_error`), and the median rotation error in degrees, after the best rotation
+    between the two sets of orientations (scipy's Kabsch)."""
+    names = sorted(cam_from_world)
+    centre = lambda w2c: -w2c[:3, :3].T @ w2c[:3, 3]  # noqa: E731
+    errors, radius = similarity_error(np.stack([centre(cam_from_world[n]) for n in names]),
+                                      np.stack([centre(reference[n]) for n in names]))
+    frame, _ = Rotation.align_vectors(np.concatenate([reference[n][:3, :3] for n in names]),
+                                      np.concatenate([cam_from_world[n][:3, :3] for n in names]))
+    angles = [math.degrees(Rotation.from_matrix(reference[n][:3, :3].T @ cam_from_world[n][:3, :3]
+                                                @ frame.as_matrix().T).magnitude()) for n in names]
+    return float(np.median(errors) / radius), float(np.median(angles))
