@@ -4,7 +4,8 @@ points with VGGT's crop), exact and with approximate poses, the latter with and 
 
 Per row: held-out PSNR/SSIM (how the held-out poses were set, where refined), final #Gaussians, and wall time
 including processing; for the `--pose-opt` row, how far the training poses are from COLMAP's before and after
-refinement (median centre error as a share of the rig radius and median rotation error, up to a similarity). Rows train in this process one after another; finished ones are kept (bench_runs).
+refinement (median centre error as a share of the rig radius and median rotation error, up to a similarity).
+Rows train in this process one after another; finished ones are kept (bench_runs).
 
 Usage: python scripts/bench_ingest.py [--scene cup_colmap] [--steps 7000] [--data-factor 4]
        [--perturb-deg 1] [--perturb-share 0.02] [--out runs/bench_ingest]

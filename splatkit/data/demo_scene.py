@@ -390,17 +390,16 @@ def _walk_poses(rng: np.random.Generator, n: int) -> list[np.ndarray]:
     a local stretch, so the scene has spatial extent the way a city block has: what `splatkit partition` is for."""
     half = ROOM_MAX[:2] - 1.9
     corners = np.array([[-half[0], -half[1]], [half[0], -half[1]], [half[0], half[1]], [-half[0], half[1]]])
-    sides = np.linalg.norm(np.roll(corners, -1, axis=0) - corners, axis=1)
+    edges = np.roll(corners, -1, axis=0) - corners
+    starts = np.concatenate([[0.0], np.cumsum(np.linalg.norm(edges, axis=1))])  # arc length at each corner
     outward = np.array([[0.0, -1.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])  # normal of the wall each side faces
     poses = []
     for i in range(n):
-        s = (i + rng.uniform(-0.2, 0.2)) / n * sides.sum()
-        side = min(int(np.searchsorted(np.cumsum(sides), s, side="right")), 3)
-        t = (s - np.cumsum(sides)[side] + sides[side]) / sides[side]
-        xy = corners[side] + t * (np.roll(corners, -1, axis=0)[side] - corners[side])
+        s = (i + rng.uniform(-0.2, 0.2)) / n * starts[-1]
+        side = min(max(int(np.searchsorted(starts, s, side="right")) - 1, 0), 3)
+        xy = corners[side] + (s - starts[side]) / (starts[side + 1] - starts[side]) * edges[side]
         yaw = np.radians(35.0 * ((i % 3) - 1))
-        c, s_ = np.cos(yaw), np.sin(yaw)
-        look = np.array([c * outward[side, 0] - s_ * outward[side, 1], s_ * outward[side, 0] + c * outward[side, 1]])
+        look = np.array([[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]]) @ outward[side]
         eye = np.array([*xy, 1.2 + 0.5 * ((i * 0.618034) % 1.0)])
         poses.append(look_at(eye, eye + np.array([*look, -0.35])))
     return poses
