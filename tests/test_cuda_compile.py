@@ -57,11 +57,16 @@ def test_rasterizer_compiles(nvcc: str, tmp_path: Path) -> None:
     compile_cu(nvcc, CUDA_DIR / "gpu" / "rasterize_cuda.cu", tmp_path)
 
 
+def test_loss_compiles(nvcc: str, tmp_path: Path) -> None:
+    compile_cu(nvcc, CUDA_DIR / "gpu" / "loss_cuda.cu", tmp_path)
+
+
 # Calls every SPLATKIT_HD function from a __global__ kernel, so nvcc compiles each one for the device.
 HEADER_CHECK = r"""
 #include "splatkit/api.h"
 #include "splatkit/blend.h"
 #include "splatkit/common.h"
+#include "splatkit/loss.h"
 #include "splatkit/projection.h"
 #include "splatkit/sh.h"
 
@@ -119,6 +124,9 @@ __global__ void header_check(const float* in, float* out) {
     acc += pair_alpha(power, in[5]);
     Vec2 h = alpha_extent(conic, in[5], 3, 4);
     acc += h.x + h.y + kAlphaMin + kAlphaMax + kTransmittanceMin + kRadiusSigmas + kTileSize + kChannels;
+    // loss.h
+    float partials[kSsimPartials];
+    acc += ssim_window(in[0], in[1], in[2], in[3], in[4], partials) + partials[0] + partials[2] + l1_grad(in[5], in[6]);
     out[threadIdx.x] = acc;
 }
 """

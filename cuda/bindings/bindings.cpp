@@ -172,6 +172,36 @@ std::vector<Tensor> blend_backward(Tensor means2d, Tensor conics, Tensor opaciti
     return {v_means2d, v_conics, v_opacities, v_features, absgrad};
 }
 
+// Returns (loss, l1, ssim) as a float64 tensor of 3 on the CPU, and dLoss/drender (H x W x C).
+std::vector<Tensor> photometric_loss(Tensor render, Tensor target, c10::optional<Tensor> keep, double ssim_lambda,
+                                     int64_t window, double sigma) {
+    check(render, "render");
+    check(target, "target");
+    TORCH_CHECK(render.dim() == 3 && render.sizes() == target.sizes(), "render and target must be H x W x C alike");
+    TORCH_CHECK(render.device() == target.device(), "render and target must be on one device");
+    const int64_t h = render.size(0), w = render.size(1);
+    TORCH_CHECK(window >= 1 && window <= splatkit::kSsimMaxWindow && window <= h && window <= w,
+                "the SSIM window must fit the image and be at most ", splatkit::kSsimMaxWindow);
+    splatkit::LossIn in{(int)h, (int)w, (int)render.size(2), render.data_ptr<float>(), target.data_ptr<float>(),
+                        nullptr, (int)window, {}, (float)ssim_lambda};
+    splatkit::ssim_weights((int)window, (float)sigma, in.weights);
+    Tensor keep_bytes;
+    if (keep.has_value()) {
+        keep_bytes = keep->to(torch::kUInt8).contiguous();
+        TORCH_CHECK(keep_bytes.numel() == h * w && keep_bytes.device() == render.device(), "keep must be H x W");
+        in.keep = keep_bytes.data_ptr<uint8_t>();
+    }
+    Tensor grad = torch::empty_like(render);
+    splatkit::LossOut out{grad.data_ptr<float>(), 0.0, 0.0};
+#ifdef SPLATKIT_WITH_CUDA
+    if (use_cuda(render)) splatkit::cuda::photometric_loss(in, out); else
+#endif
+    { use_cuda(render); splatkit::cpu::photometric_loss(in, out); }
+    Tensor values = torch::tensor({(1.0 - ssim_lambda) * out.l1 + ssim_lambda * (1.0 - out.ssim), out.l1, out.ssim},
+                                  torch::kFloat64);
+    return {values, grad};
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -183,6 +213,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("preprocess_backward", &preprocess_backward, release_gil());
     m.def("blend_forward", &blend_forward, release_gil());
     m.def("blend_backward", &blend_backward, release_gil());
+    m.def("photometric_loss", &photometric_loss, release_gil());
     m.def("has_cuda", []() { return kHaveCuda; });
     m.def("constants", []() {
         return std::map<std::string, double>{{"alpha_min", splatkit::kAlphaMin},

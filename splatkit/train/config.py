@@ -59,6 +59,9 @@ class TrainConfig:
     """Multiplier on the 3-nearest-neighbour initial scale (default: the strategy's: 1 for ADC, 0.1 for MCMC)."""
     ssim_lambda: float = 0.2
     """Loss = (1 - lambda) L1 + lambda (1 - SSIM)."""
+    fused_loss: bool = True
+    """With the native backend, compute the loss and its gradient in one native kernel (the same values to
+    float32 rounding); --no-fused-loss runs it as torch ops (the reference path, slower on small images)."""
     alpha_as_mask: bool = False
     """Read an image's alpha channel as a mask (only fully opaque pixels count in the loss and the metrics)
     rather than as transparency composited on the background. Mask files work without it (README: Masks)."""

@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from splatkit.render.native_build import load_extension
+
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 
@@ -63,12 +65,37 @@ def ignore_masked(render: torch.Tensor, target: torch.Tensor, keep: torch.Tensor
 
 
 def photometric_loss(render: torch.Tensor, target: torch.Tensor, keep: torch.Tensor | None,
-                     ssim_lambda: float) -> torch.Tensor:
+                     ssim_lambda: float, fused: bool = False) -> torch.Tensor:
     """(1 - lambda) L1 + lambda (1 - SSIM), the 3DGS training loss (Kerbl et al. 2023, eq. 7), averaged over the
-    kept pixels (per image, so a mostly masked photo weighs as much as a whole one). Pass (render, target)
-    through `ignore_masked` first."""
+    kept pixels (per image, so a mostly masked photo weighs as much as a whole one): a scalar, differentiable
+    with respect to `render` ((H, W, C) float32 in [0, 1]; `target` alike, `keep` (H, W, 1) bool or None). Pass
+    (render, target) through `ignore_masked` first.
+
+    `fused` computes it, and its gradient, in one call of the native extension (`cuda/cpu/loss_cpu.cpp`, and
+    the CUDA build on a GPU) instead of a dozen torch ops and their backward; the two agree to float32
+    rounding (tests/test_fused_loss.py). The fused loss passes no gradient to `target`."""
+    if fused:
+        return _FusedLoss.apply(render, target, keep, ssim_lambda)
     l1 = masked_mean(torch.abs(render - target), keep)
     return (1 - ssim_lambda) * l1 + ssim_lambda * (1 - ssim(render, target, keep))
+
+
+class _FusedLoss(torch.autograd.Function):
+    """The native loss kernel: its forward call writes the gradient too, which backward scales."""
+
+    @staticmethod
+    def forward(ctx, render: torch.Tensor, target: torch.Tensor, keep: torch.Tensor | None,  # type: ignore[override]
+                ssim_lambda: float) -> torch.Tensor:
+        size = min(SSIM_WINDOW, render.shape[0], render.shape[1])
+        values, grad = load_extension().photometric_loss(render.contiguous(), target.detach().contiguous(), keep,
+                                                         ssim_lambda, size, SSIM_SIGMA)
+        ctx.save_for_backward(grad)
+        return values[0].to(render)
+
+    @staticmethod
+    def backward(ctx, v_loss: torch.Tensor):  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        return grad * v_loss, None, None, None
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, keep: torch.Tensor | None = None) -> float:

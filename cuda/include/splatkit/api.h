@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "loss.h"
 #include "projection.h"
 
 namespace splatkit {
@@ -90,6 +91,24 @@ struct BlendGradOut {
     float* absgrad;     // N x 2, sum over pixels of |per-pixel dL/dmeans2d|
 };
 
+// The training loss of one view and its gradient (see loss.h), fused: the SSIM statistics are computed once and the
+// gradient is written in the same call, since training always runs backward through the loss.
+struct LossIn {
+    int height, width, channels;
+    const float* render;   // H x W x C, in [0, 1]
+    const float* target;   // H x W x C
+    const uint8_t* keep;   // H x W, 1 where the pixel counts; nullptr: all count
+    int window;            // SSIM window side, <= kSsimMaxWindow, <= H and <= W
+    float weights[kSsimMaxWindow];  // its 1D weights (ssim_weights)
+    float ssim_lambda;
+};
+
+struct LossOut {
+    float* grad;  // H x W x C, dLoss/drender (zero at pixels not kept)
+    double l1;    // mean |render - target| over the kept values
+    double ssim;  // mean SSIM over the windows centred on kept pixels, all channels
+};
+
 SPLATKIT_HD PinholeCamera make_camera(const float* viewmat, const float* K, int width, int height) {
     PinholeCamera cam;
     for (int i = 0; i < 3; ++i)
@@ -112,6 +131,7 @@ void bin_tiles(int n, int width, int height, const float* means2d, const float* 
                const float* depths, const int32_t* radii, std::vector<int32_t>& offsets, std::vector<int32_t>& ids);
 void blend_forward(const BlendIn& in, const BlendOut& out);
 void blend_backward(const BlendIn& in, const BlendGradIn& grad_in, const BlendGradOut& out);
+void photometric_loss(const LossIn& in, LossOut& out);
 }  // namespace cpu
 
 // The CUDA build: same entry points on device pointers (camera parameters stay on the host, passed by value).
@@ -127,6 +147,7 @@ void bin_tiles(int n, int width, int height, const float* means2d, const float* 
                const float* depths, const int32_t* radii, int32_t* offsets, IdsAllocator ids);
 void blend_forward(const BlendIn& in, const BlendOut& out);
 void blend_backward(const BlendIn& in, const BlendGradIn& grad_in, const BlendGradOut& out);
+void photometric_loss(const LossIn& in, LossOut& out);  // render, target, keep, grad on the device
 }  // namespace cuda
 
 }  // namespace splatkit
