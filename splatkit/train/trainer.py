@@ -41,6 +41,7 @@ from splatkit.train.run_record import read_run
 from splatkit.train.sampler import ViewSampler
 
 console = Console(stderr=True)
+FINITE_CHECK_EVERY = 100  # steps between checks that every parameter is finite
 
 
 def resolve_scene_path(scene: str) -> Path:
@@ -74,6 +75,7 @@ class Trainer:
                                 f"{views} views per step, but the scene has {len(scene.train_ids)} training views")
         self.device = resolve_device(cfg.device)
         self.backend = resolve_backend(cfg.backend, self.device, render_needs(cfg))
+        self.fused_loss = cfg.fused_loss and self.backend == "native"  # the loss kernel ships with the rasterizer
         self.extent = scene.extent * 1.1
         self.plugins = {"parameterisation": cfg.parameterisation, "strategy": cfg.strategy}
         self.model = GaussianModel(cfg.parameterisation, self.device)
@@ -136,10 +138,10 @@ class Trainer:
                    "torch_rng": torch.get_rng_state(), "views": self.sampler.state_dict()}
         return checkpoint.save_checkpoint(self.checkpoint_dir, self.step, payload)
 
-    def _check_finite(self, loss: torch.Tensor | None = None) -> None:
+    def _check_finite(self, loss: torch.Tensor | None = None, params: bool = True) -> None:
         # A sum is finite exactly when every element is (or it overflowed, which is divergence too), and
         # summing is ~20x cheaper than an element-wise isfinite over millions of values.
-        bad = [k for k, v in self.model.params.items() if not torch.isfinite(v.detach().sum())]
+        bad = [k for k, v in self.model.params.items() if not torch.isfinite(v.detach().sum())] if params else []
         if loss is not None and not torch.isfinite(loss):
             bad.insert(0, "loss")
         if bad:
@@ -179,7 +181,8 @@ class Trainer:
             rgb, target = ignore_masked(render.rgb, target, keep)  # masked pixels: no error, no gradient
             error = (rgb.detach() - target).abs().sum(dim=-1)
             views.append(View(camera, index, slot, target, render, error))
-            losses.append((photometric_loss(rgb, target, keep, cfg.ssim_lambda), psnr(rgb.detach(), target, keep)))
+            losses.append((photometric_loss(rgb, target, keep, cfg.ssim_lambda, self.fused_loss),
+                           psnr(rgb.detach(), target, keep)))
         self.last_error = views[0].error  # (H, W) of this step's first view, for the live viewer
         info = StepInfo(step, cfg.steps, views, batch, first, self.extent, phase=phase, phase_start=start,
                         phase_steps=length, gather=self.processes.gather)
@@ -191,7 +194,9 @@ class Trainer:
         terms = [loss / len(views) for loss, _ in losses]
         terms[0] = terms[0] + sum(extra.values())
         loss = sum(term.detach() for term in terms)
-        self._check_finite(loss)
+        # The loss every step; the parameters every FINITE_CHECK_EVERY steps and before every checkpoint, so no
+        # checkpoint holds a non-finite value (a rendered Gaussian gone non-finite makes the next loss so).
+        self._check_finite(loss, params=step % FINITE_CHECK_EVERY == 0)
         for term in terms:
             term.backward()
         self.processes.average_gradients(list(self.model.params.values()))
