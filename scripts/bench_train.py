@@ -1,76 +1,173 @@
-"""Training-step throughput: the full step (render, loss, backward, Adam, densification bookkeeping).
+"""Training-step time (render, loss, backward, Adam, the strategy's bookkeeping) before and after, in one run.
 
-Runs the real trainer loop on `cup_colmap` at full 800x600 and at factor 4 with each backend, measured in the same
-run, and prints steps per second, #Gaussians, the native speed-up and where a native step spends its time.
-Usage: python scripts/bench_train.py [--steps N] [--backends native torch] [--factors 1 4]
+Cases on `cup_colmap`: the COLMAP points (9,262 Gaussians) at 200x150, 400x300 and 800x600 (data factors 4, 2,
+1), and a trained model (cup at factor 4 after 7,000 steps, ~150k Gaussians; trained once into --out and kept)
+at 400x300. Each case runs in a fresh process for the code under test ("after": this tree) and, with --before
+REV, for the tree of git revision REV ("before"), one after the other, so both meet the same machine state. A
+process decodes the photos first, warms up, then times --steps real `Trainer.train_step` calls (ms per step),
+and profiles a few more for the breakdown: preprocess (projection + SH, forward and
+backward), blend forward, blend backward, the loss with its gradient (timed alone on the case's image size),
+Adam, and the rest (Python, torch glue, densification bookkeeping, finite checks).
+Phases are shares of the profiled steps' wall time scaled to the unprofiled step time (which takes out the
+profiler's own overhead). With --torch, the torch reference backend is timed too (the native speed-up).
+
+Usage: python scripts/bench_train.py [--before REV] [--steps 30] [--factors 4 2 1] [--no-trained] [--torch]
+       [--out runs/bench_train]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+CUP = ROOT.parent / "shared" / "datasets" / "cup_colmap"
+PHASES = ("preprocess", "blend fwd", "blend bwd", "loss", "adam", "rest")
+# torch.profiler's names for the native autograd functions and the optimiser, by phase.
+PROFILED = {"preprocess": ("_Preprocess", "_PreprocessBackward"), "blend fwd": ("_Blend",),
+            "blend bwd": ("_BlendBackward",), "adam": ("Optimizer.step#Adam.step",)}
 
-from splatkit.data import ImageStore, load_scene
-from splatkit.train.config import TrainConfig
-from splatkit.train.trainer import Trainer
 
-CUP = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cup_colmap"
+def worker(case: dict) -> dict:
+    """Time one case with the splatkit found on sys.path (this tree's or the `before` revision's)."""
+    import torch
 
+    from splatkit.data import ImageStore, load_scene
+    from splatkit.train.config import TrainConfig
+    from splatkit.train.metrics import photometric_loss
+    from splatkit.train.trainer import Trainer
 
-def measure(factor: int, backend: str, steps: int, warmup: int, tmp: Path) -> tuple[float, int]:
-    cfg = TrainConfig(scene=str(CUP), out=tmp / f"{backend}-{factor}", data_factor=factor, backend=backend,
-                      steps=30_000, device="cpu")
-    scene = load_scene(CUP, data_factor=factor)
+    tmp = Path(case["tmp"])
+    trained = case.get("trained")
+    cfg = TrainConfig(scene=str(CUP), out=Path(trained) if trained else tmp / "run", data_factor=case["factor"],
+                      backend=case["backend"], steps=30_000, device="cpu", resume=bool(trained))
+    scene = load_scene(CUP, data_factor=case["factor"])
     images = ImageStore(scene.cameras, cache_dir=tmp / "cache")
-    for i in scene.train_ids:  # decode once so the timing is the optimisation, not JPEG decoding
+    for i in scene.train_ids:  # decode once: the timing is the optimisation, not JPEG decoding
         images[i]
-    trainer = Trainer(cfg, scene, images, tmp)
-    for _ in range(warmup):
+    trainer = Trainer(cfg, scene, images, cfg.out)
+    for _ in range(case["warmup"]):
         trainer.train_step()
     start = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(case["steps"]):
         trainer.train_step()
-    return steps / (time.perf_counter() - start), len(trainer.model)
-
-
-def profile_step(factor: int, tmp: Path) -> None:
-    """Where one native training step's time goes (torch profiler, top operators)."""
-    cfg = TrainConfig(scene=str(CUP), out=tmp / "profile", data_factor=factor, backend="native", device="cpu")
-    scene = load_scene(CUP, data_factor=factor)
-    trainer = Trainer(cfg, scene, ImageStore(scene.cameras), tmp)
-    for _ in range(3):
-        trainer.train_step()
+    step_ms = (time.perf_counter() - start) / case["steps"] * 1000
+    gaussians = len(trainer.model)
     with torch.profiler.profile() as prof:
-        for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(case["profiled"]):
             trainer.train_step()
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+        wall_us = (time.perf_counter() - start) * 1e6
+    totals = {e.key: e.cpu_time_total for e in prof.key_averages()}
+    shares = {phase: sum(totals.get(n, 0.0) for n in names) / wall_us for phase, names in PROFILED.items()}
+    camera = scene.cameras[scene.train_ids[0]]
+    render = torch.rand(camera.height, camera.width, 3, requires_grad=True)
+    target = torch.rand(camera.height, camera.width, 3)
+    fused = getattr(trainer, "fused_loss", False)  # trees before the fused loss have only the torch loss
+
+    def loss_step() -> None:
+        args = (render, target, None, cfg.ssim_lambda) + ((fused,) if fused else ())
+        photometric_loss(*args).backward()
+
+    for _ in range(3):
+        loss_step()
+    start = time.perf_counter()
+    for _ in range(20):
+        loss_step()
+    loss_ms = (time.perf_counter() - start) / 20 * 1000
+    phases = {phase: share * step_ms for phase, share in shares.items()}
+    phases["loss"] = loss_ms
+    phases["rest"] = step_ms - sum(phases.values())
+    trainer.close()
+    return {"step_ms": step_ms, "gaussians": gaussians, "size": f"{camera.width}x{camera.height}",
+            "threads": torch.get_num_threads(), "phases": phases}
+
+
+def run_case(tree: Path, case: dict) -> dict:
+    """`worker(case)` in a fresh Python process importing splatkit from `tree`."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(case)], env=env, capture_output=True,
+                          text=True, cwd=tree)
+    if proc.returncode != 0:
+        raise SystemExit(f"{tree}: the case {case} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def checkout(rev: str, into: Path) -> Path:
+    """The tree of git revision `rev` of this repository, unpacked into `into` (no work tree is touched)."""
+    archive = into / "before.tar"
+    subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", "-o", str(archive), rev], check=True)
+    tree = into / "before"
+    with tarfile.open(archive) as tar:
+        tar.extractall(tree, filter="data")
+    return tree
+
+
+def trained_model(out: Path) -> Path:
+    """cup at factor 4 after 7,000 steps (the default recipe), trained once into `out` and kept."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_runs import trained
+
+    from splatkit.train.config import TrainConfig
+
+    run = out / "cup_colmap_f4_s7000"
+    trained(TrainConfig(scene=str(CUP), out=run, steps=7000, data_factor=4, eval_steps=(), device="cpu"))
+    return run
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", help="git revision to compare against (its tree is checked out aside)")
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--backends", nargs="+", default=["native", "torch"])
-    parser.add_argument("--factors", nargs="+", type=int, default=[1, 4])
-    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--profiled", type=int, default=5)
+    parser.add_argument("--factors", nargs="+", type=int, default=[4, 2, 1])
+    parser.add_argument("--no-trained", action="store_true", help="skip the trained-model case")
+    parser.add_argument("--torch", action="store_true", help="time the torch reference backend as well")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_train"))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    import tempfile
-
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    cases = [{"label": f"COLMAP points, factor {f}", "factor": f} for f in args.factors]
+    if not args.no_trained:
+        cases.append({"label": "trained (7k steps), factor 2", "factor": 2,
+                      "trained": str(trained_model(args.out.resolve()))})
     with tempfile.TemporaryDirectory() as tmp_dir:
-        tmp = Path(tmp_dir)
-        for factor in args.factors:
-            rates = {}
-            for backend in args.backends:
-                steps = args.steps if backend != "torch" else max(3, args.steps // 10)
-                rates[backend], n = measure(factor, backend, steps, args.warmup, tmp)
-                print(f"cup factor {factor}: {backend:>7} {rates[backend]:7.2f} steps/s  ({n:,} Gaussians)")
-            if "native" in rates and "torch" in rates:
-                print(f"cup factor {factor}: native speed-up {rates['native'] / rates['torch']:.1f}x")
-        if args.profile:
-            profile_step(4, tmp)
+        trees = {"after": ROOT}
+        if args.before:
+            trees = {"before": checkout(args.before, Path(tmp_dir)), **trees}
+        backends = ["native"] + (["torch"] * args.torch)
+        rows = []
+        for case in cases:
+            for backend in backends:
+                for name, tree in trees.items():
+                    steps = args.steps if backend == "native" else max(3, args.steps // 10)
+                    spec = {**case, "backend": backend, "steps": steps, "warmup": args.warmup,
+                            "profiled": args.profiled, "tmp": tmp_dir}
+                    result = run_case(tree, spec)
+                    rows.append({"case": case["label"], "backend": backend, "code": name, **result})
+                    print(f"{case['label']:32} {backend:6} {name:6} {result['step_ms']:8.1f} ms/step "
+                          f"({result['gaussians']:,} Gaussians, {result['size']})", flush=True)
+    (args.out / "table.json").write_text(json.dumps(rows, indent=2))
+    print(f"\nms per step, CPU ({rows[0]['threads']} threads); phases in ms")
+    print(f"{'case':32} {'backend':7} {'code':6} {'#G':>8} {'step':>7} " + " ".join(f"{p:>10}" for p in PHASES)
+          + f" {'speed-up':>8}")
+    for row in rows:
+        before = next((r for r in rows if r["case"] == row["case"] and r["backend"] == row["backend"]
+                       and r["code"] == "before"), None)
+        ratio = f"{before['step_ms'] / row['step_ms']:7.2f}x" if before and row["code"] == "after" else ""
+        print(f"{row['case']:32} {row['backend']:7} {row['code']:6} {row['gaussians']:8,} {row['step_ms']:7.1f} "
+              + " ".join(f"{row['phases'][p]:10.1f}" for p in PHASES) + f" {ratio:>8}")
 
 
 if __name__ == "__main__":
