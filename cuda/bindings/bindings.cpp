@@ -202,6 +202,31 @@ std::vector<Tensor> photometric_loss(Tensor render, Tensor target, c10::optional
     return {values, grad};
 }
 
+// Adam on the rows of `param` where `mask` (uint8/bool, param.size(0)) is set, in place: param, exp_avg, exp_avg_sq.
+void adam_rows(Tensor param, Tensor grad, Tensor exp_avg, Tensor exp_avg_sq, c10::optional<Tensor> mask, double lr,
+               double beta1, double beta2, double eps, int64_t step) {
+    for (auto* t : {&param, &grad, &exp_avg, &exp_avg_sq}) check(*t, "adam tensor");
+    TORCH_CHECK(grad.sizes() == param.sizes() && exp_avg.sizes() == param.sizes() &&
+                    exp_avg_sq.sizes() == param.sizes(), "adam: gradient and moments must be shaped as the parameter");
+    TORCH_CHECK(param.dim() >= 1 && step >= 1, "adam: a parameter with rows, and step >= 1");
+    const long long rows = param.size(0);
+    Tensor mask_bytes;
+    const uint8_t* mask_ptr = nullptr;
+    if (mask.has_value()) {
+        mask_bytes = mask->to(torch::kUInt8).contiguous();
+        TORCH_CHECK(mask_bytes.numel() == rows && mask_bytes.device() == param.device(), "adam: one mask entry per row");
+        mask_ptr = mask_bytes.data_ptr<uint8_t>();
+    }
+    const double bias1 = 1.0 - std::pow(beta1, (double)step), bias2 = 1.0 - std::pow(beta2, (double)step);
+    splatkit::AdamIn in{rows, rows > 0 ? (int)(param.numel() / rows) : 0, param.data_ptr<float>(),
+                        grad.data_ptr<float>(), exp_avg.data_ptr<float>(), exp_avg_sq.data_ptr<float>(), mask_ptr,
+                        {(float)beta1, (float)beta2, (float)eps, (float)(lr / bias1), (float)std::sqrt(bias2)}};
+#ifdef SPLATKIT_WITH_CUDA
+    if (use_cuda(param)) splatkit::cuda::adam_rows(in); else
+#endif
+    { use_cuda(param); splatkit::cpu::adam_rows(in); }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -214,6 +239,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("blend_forward", &blend_forward, release_gil());
     m.def("blend_backward", &blend_backward, release_gil());
     m.def("photometric_loss", &photometric_loss, release_gil());
+    m.def("adam_rows", &adam_rows, release_gil());
     m.def("has_cuda", []() { return kHaveCuda; });
     m.def("constants", []() {
         return std::map<std::string, double>{{"alpha_min", splatkit::kAlphaMin},

@@ -40,8 +40,9 @@ from splatkit._resources import resource_dir, user_cache
 from splatkit.errors import SplatkitError, file_error
 
 CUDA_DIR = resource_dir("cuda")
-CPU_SOURCES = ("bindings/bindings.cpp", "cpu/rasterize_cpu.cpp", "cpu/loss_cpu.cpp")
-CUDA_SOURCES = ("gpu/rasterize_cuda.cu", "gpu/loss_cuda.cu")
+CPU_SOURCES = ("bindings/bindings.cpp", "cpu/rasterize_cpu.cpp", "cpu/loss_cpu.cpp",
+               "cpu/adam_cpu.cpp")
+CUDA_SOURCES = ("gpu/rasterize_cuda.cu", "gpu/loss_cuda.cu", "gpu/adam_cuda.cu")
 CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
 # The CPU the kernels are compiled for, passed as -march: this one unless the variable names another, e.g.
 # x86-64-v2 (no AVX, no FMA) to check that results do not hinge on this CPU's instruction set.

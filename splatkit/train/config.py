@@ -59,6 +59,10 @@ class TrainConfig:
     """Multiplier on the 3-nearest-neighbour initial scale (default: the strategy's: 1 for ADC, 0.1 for MCMC)."""
     ssim_lambda: float = 0.2
     """Loss = (1 - lambda) L1 + lambda (1 - SSIM)."""
+    visible_adam: bool = False
+    """Adam steps only the Gaussians some view of the step rendered; the others keep their values and moments
+    (gsplat's SelectiveAdam, Taming 3DGS's sparse Adam). Cheaper steps where a view sees a small part of the
+    scene; the native extension runs it."""
     fused_loss: bool = True
     """With the native backend, compute the loss and its gradient in one native kernel (the same values to
     float32 rounding); --no-fused-loss runs it as torch ops (the reference path, slower on small images)."""

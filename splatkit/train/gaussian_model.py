@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 import torch
 
 from splatkit.model.gaussians import ActivatedGaussians, Gaussians
+from splatkit.render.native_build import load_extension
 
 if TYPE_CHECKING:
     from splatkit.train.parameterisations.base import Parameterisation
@@ -127,11 +128,34 @@ class GaussianModel:
         for optimizer in self.optimizers.values():
             optimizer.state.clear()
 
-    def step(self) -> None:
-        """One Adam step of every trainable parameter, then clear the gradients."""
-        for optimizer in self.optimizers.values():
-            optimizer.step()
+    def step(self, visible: torch.Tensor | None = None) -> None:
+        """One Adam step of every trainable parameter, then clear the gradients.
+
+        With `visible` ((N,) bool, the Gaussians some view of this step rendered), per-Gaussian parameters step
+        only in those rows; the others keep their values and both moments, as in gsplat's SelectiveAdam and
+        Taming 3DGS's sparse Adam (Mallick et al. 2024), while the bias correction follows the global step. Dense
+        Adam would instead keep moving an unseen Gaussian on its decaying momentum. Runs in the native extension.
+        """
+        for name, optimizer in self.optimizers.items():
+            if visible is None or not self._specs[name].per_gaussian:
+                optimizer.step()
+            else:
+                self._rows_step(self.params[name], optimizer, visible)
             optimizer.zero_grad(set_to_none=True)
+
+    @staticmethod
+    def _rows_step(param: torch.nn.Parameter, optimizer: torch.optim.Optimizer, rows: torch.Tensor) -> None:
+        if param.grad is None:
+            return
+        group, state = optimizer.param_groups[0], optimizer.state[param]
+        if not state:  # as torch's fused Adam starts it, so checkpoints and edits see one layout
+            state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        state["step"] += 1
+        beta1, beta2 = group["betas"]
+        load_extension().adam_rows(param.data, param.grad.contiguous(), state["exp_avg"], state["exp_avg_sq"], rows,
+                                   group["lr"], beta1, beta2, group["eps"], int(state["step"]))
 
     # ------------------------------------------------------------------ edits
 

@@ -202,7 +202,7 @@ class Trainer:
         self.processes.average_gradients(list(self.model.params.values()))
         self._hook("post_backward", info)
         self.model.fold_statistics(self.processes.sum_)
-        self.model.step()
+        self.model.step(self._visible(views) if cfg.visible_adam else None)
         count = len(self.model)
         self._hook("after_step", info)
         self.step += 1
@@ -210,6 +210,12 @@ class Trainer:
             self.processes.check_identical(self.model.params, self.step)
         return {"loss": float(loss), "psnr": sum(p for _, p in losses) / len(losses),
                 **{name: term.item() for name, term in extra.items()}}
+
+    def _visible(self, views: list[View]) -> torch.Tensor:
+        """(N,) bool: the Gaussians some view of this step rendered, in any process."""
+        seen = sum((v.render.radii > 0).all(dim=-1).to(torch.int32) for v in views)
+        self.processes.sum_(seen)
+        return seen > 0
 
     def _photo(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Camera `index`'s photo and mask on the training device (read through the image store's cache)."""

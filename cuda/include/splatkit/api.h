@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "adam.h"
 #include "loss.h"
 #include "projection.h"
 
@@ -109,6 +110,19 @@ struct LossOut {
     double ssim;  // mean SSIM over the windows centred on kept pixels, all channels
 };
 
+// One Adam step of the rows of a parameter (rows x width values, contiguous) whose mask is set; all rows without a
+// mask. Gradient, moments and parameter share the layout; the moments are updated in place with the parameter.
+struct AdamIn {
+    long long rows;
+    int width;
+    float* param;
+    const float* grad;
+    float* exp_avg;
+    float* exp_avg_sq;
+    const uint8_t* mask;  // rows, or nullptr
+    AdamStep step;
+};
+
 SPLATKIT_HD PinholeCamera make_camera(const float* viewmat, const float* K, int width, int height) {
     PinholeCamera cam;
     for (int i = 0; i < 3; ++i)
@@ -132,6 +146,7 @@ void bin_tiles(int n, int width, int height, const float* means2d, const float* 
 void blend_forward(const BlendIn& in, const BlendOut& out);
 void blend_backward(const BlendIn& in, const BlendGradIn& grad_in, const BlendGradOut& out);
 void photometric_loss(const LossIn& in, LossOut& out);
+void adam_rows(const AdamIn& in);
 }  // namespace cpu
 
 // The CUDA build: same entry points on device pointers (camera parameters stay on the host, passed by value).
@@ -148,6 +163,7 @@ void bin_tiles(int n, int width, int height, const float* means2d, const float* 
 void blend_forward(const BlendIn& in, const BlendOut& out);
 void blend_backward(const BlendIn& in, const BlendGradIn& grad_in, const BlendGradOut& out);
 void photometric_loss(const LossIn& in, LossOut& out);  // render, target, keep, grad on the device
+void adam_rows(const AdamIn& in);
 }  // namespace cuda
 
 }  // namespace splatkit
