@@ -61,8 +61,13 @@ def test_loss_compiles(nvcc: str, tmp_path: Path) -> None:
     compile_cu(nvcc, CUDA_DIR / "gpu" / "loss_cuda.cu", tmp_path)
 
 
+def test_adam_compiles(nvcc: str, tmp_path: Path) -> None:
+    compile_cu(nvcc, CUDA_DIR / "gpu" / "adam_cuda.cu", tmp_path)
+
+
 # Calls every SPLATKIT_HD function from a __global__ kernel, so nvcc compiles each one for the device.
 HEADER_CHECK = r"""
+#include "splatkit/adam.h"
 #include "splatkit/api.h"
 #include "splatkit/blend.h"
 #include "splatkit/common.h"
@@ -124,6 +129,10 @@ __global__ void header_check(const float* in, float* out) {
     acc += pair_alpha(power, in[5]);
     Vec2 h = alpha_extent(conic, in[5], 3, 4);
     acc += h.x + h.y + kAlphaMin + kAlphaMax + kTransmittanceMin + kRadiusSigmas + kTileSize + kChannels;
+    // adam.h
+    float value = in[0], m = in[1], v2 = in[2];
+    adam_update(value, in[3], m, v2, AdamStep{0.9f, 0.999f, 1e-15f, in[4], in[5]});
+    acc += value + m + v2;
     // loss.h
     float partials[kSsimPartials];
     acc += ssim_window(in[0], in[1], in[2], in[3], in[4], partials) + partials[0] + partials[2] + l1_grad(in[5], in[6]);
