@@ -425,7 +425,8 @@ def _train(trainer: Trainer, show_progress: bool, watch: Callable[[Trainer], Con
     views_per_step = cfg.batch_size * processes.world_size
     smoothed: dict[str, float] = {}
     started, start_step = time.perf_counter(), trainer.step
-    logged = started
+    # train_s in the log: seconds this process has trained, without the held-out evaluations (evaluating)
+    logged, evaluating = started, 0.0
     with _progress() if show_progress else _NullProgress() as progress, _StopRequests() as stop, \
             (watch(trainer) if watch else contextlib.nullcontext()) as live, \
             (open(log_path, "a") if main else contextlib.nullcontext(_NullLog())) as log:
@@ -456,13 +457,16 @@ def _train(trainer: Trainer, show_progress: bool, watch: Callable[[Trainer], Con
                 wait_share, trainer.image_wait_s, logged = trainer.image_wait_s / (now - logged), 0.0, now
                 log.write(json.dumps({"step": step, **stats, **figures, "num_gaussians": n, "steps_per_s": rate,
                                       "views_per_s": rate * views_per_step, "image_wait_share": wait_share,
-                                      **processes.traffic()}) + "\n")
+                                      "train_s": now - started - evaluating, **processes.traffic()}) + "\n")
                 log.flush()
                 if show_progress and not console.is_terminal:  # logs and CI get a plain line instead
                     console.print(f"step {step}/{cfg.steps}  {line}", highlight=False)
             if main and step in cfg.eval_steps and step != cfg.steps and scene.test_ids:
+                began = time.perf_counter()
                 result = trainer.evaluate()
-                log.write(json.dumps({"step": step, "eval": result["mean"]}) + "\n")
+                log.write(json.dumps({"step": step, "eval": result["mean"], "train_s": began - started - evaluating})
+                          + "\n")
+                evaluating += time.perf_counter() - began
             if main and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
                 trainer.save_checkpoint()
     return _finish(trainer) if main else {}

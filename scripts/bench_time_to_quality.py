@@ -1,0 +1,127 @@
+"""Wall time to a held-out quality on the CPU: the code of git revision REV against this tree, in one run.
+
+For each scene, REV's code trains the default recipe for --steps (7,000) at --data-factor (2); its held-out PSNR
+and SSIM at the end are the target. Then this tree trains each row's settings for the same steps, scored on the
+held-out views every --every steps, and the row's time to quality is its training time (evaluations left out:
+`train_s` in metrics.jsonl) at the first evaluation with PSNR >= target - 0.1 dB and SSIM >= target - 0.002;
+its final PSNR/SSIM and total training time are listed too. Rows: the defaults (the kernels' and the step's
+speed-ups alone), --visible-adam, and, as schedules rather than speed-ups, --coarse-to-fine and MCMC capped at
+REV's final count. Every run is a fresh `splatkit train` process, one after another; finished runs are kept in
+--out and not trained again.
+
+Usage: python scripts/bench_time_to_quality.py --before REV [--scenes cup_colmap beer_can_colmap]
+       [--steps 7000] [--data-factor 2] [--every 500] [--out runs/bench_ttq]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "datasets"
+PSNR_SLACK, SSIM_SLACK = 0.1, 0.002
+
+
+def checkout(rev: str, into: Path) -> Path:
+    """The tree of git revision `rev` of this repository, unpacked into `into` once."""
+    tree = into / f"tree_{rev}"
+    if not tree.is_dir():
+        archive = into / f"{rev}.tar"
+        subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", "-o", str(archive), rev], check=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(tree, filter="data")
+    return tree
+
+
+def train(tree: Path, scene: Path, run: Path, args: argparse.Namespace, flags: list[str],
+          evals: list[int]) -> dict:
+    """`splatkit train` from `tree` into `run` (kept once finished): final metrics and the log's lines."""
+    if not (run / "metrics.json").is_file():
+        command = [sys.executable, "-m", "splatkit", "train", str(scene), "--out", str(run), "--steps",
+                   str(args.steps), "--data-factor", str(args.data_factor), "--eval-steps", *map(str, evals),
+                   "--checkpoint-every", str(args.steps), *flags]
+        shutil.rmtree(run, ignore_errors=True)  # a run cut off before its end trains again from the start
+        print(f"training {run.name}: {' '.join(command[3:])}", flush=True)
+        subprocess.run(command, env={**os.environ, "PYTHONPATH": str(tree)}, cwd=tree, check=True,
+                       stdout=subprocess.DEVNULL)
+    metrics = json.loads((run / "metrics.json").read_text())
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {"metrics": metrics, "log": log}
+
+
+def train_seconds(log: list[dict], steps: int) -> float:
+    """Training seconds at the last step: `train_s` where logged, else steps / the logged mean rate (a run with
+    no evaluation on the way, as REV's reference is)."""
+    last = [line for line in log if "steps_per_s" in line][-1]
+    return last["train_s"] if "train_s" in last else steps / last["steps_per_s"]
+
+
+def time_to(log: list[dict], psnr: float, ssim: float) -> tuple[float, int] | None:
+    """(train_s, step) of the first evaluation at or above the target, or None."""
+    for line in log:
+        if "eval" in line and line["eval"]["psnr"] >= psnr - PSNR_SLACK and line["eval"]["ssim"] >= ssim - SSIM_SLACK:
+            return line["train_s"], line["step"]
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--before", required=True, help="git revision whose default recipe sets the target")
+    parser.add_argument("--scenes", nargs="+", default=["cup_colmap", "beer_can_colmap"])
+    parser.add_argument("--steps", type=int, default=7000)
+    parser.add_argument("--data-factor", type=int, default=2)
+    parser.add_argument("--every", type=int, default=500)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_ttq"))
+    args = parser.parse_args()
+    args.out = args.out.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    before = checkout(args.before, args.out)
+    evals = list(range(args.every, args.steps, args.every))
+    table = []
+    for name in args.scenes:
+        scene = SHARED / name
+        folder = args.out / f"{name}_f{args.data_factor}_s{args.steps}"
+        reference = train(before, scene, folder / f"before_{args.before}", args, [], [])
+        target = reference["metrics"]
+        base = train_seconds(reference["log"], args.steps)
+        rows = [("defaults", []), ("--visible-adam", ["--visible-adam"]),
+                ("--coarse-to-fine (schedule)", ["--coarse-to-fine"]),
+                (f"MCMC, cap {target['num_gaussians']:,} (schedule)",
+                 ["strategy:mcmc", "--strategy.cap-max", str(target["num_gaussians"])])]
+        table.append({"scene": name, "row": f"{args.before} (before)", "psnr": target["psnr"], "ssim": target["ssim"],
+                      "gaussians": target["num_gaussians"], "train_s": base, "to_quality_s": base,
+                      "to_quality_step": args.steps})
+        for label, flags in rows:
+            slug = "_".join(f.strip("-").replace(".", "_").replace(":", "_") for f in flags) or "defaults"
+            result = train(ROOT, scene, folder / slug, args, flags, evals)
+            metrics, log = result["metrics"], result["log"]
+            reached = time_to(log, target["psnr"], target["ssim"])
+            if reached is None and metrics["psnr"] >= target["psnr"] - PSNR_SLACK \
+                    and metrics["ssim"] >= target["ssim"] - SSIM_SLACK:
+                reached = (train_seconds(log, args.steps), args.steps)
+            table.append({"scene": name, "row": label, "psnr": metrics["psnr"], "ssim": metrics["ssim"],
+                          "gaussians": metrics["num_gaussians"], "train_s": train_seconds(log, args.steps),
+                          "to_quality_s": reached[0] if reached else None,
+                          "to_quality_step": reached[1] if reached else None})
+    (args.out / "table.json").write_text(json.dumps(table, indent=2))
+    print(f"\nCPU, data factor {args.data_factor}, {args.steps} steps; target: {args.before}'s held-out PSNR - "
+          f"{PSNR_SLACK} dB and SSIM - {SSIM_SLACK} at its last step")
+    print(f"{'scene':16} {'row':34} {'PSNR':>6} {'SSIM':>6} {'#G':>9} {'train s':>8} {'to target':>10} "
+          f"{'at step':>7} {'share':>6}")
+    for row in table:
+        base = next(r for r in table if r["scene"] == row["scene"])["train_s"]
+        hit = row["to_quality_s"]
+        print(f"{row['scene']:16} {row['row']:34} {row['psnr']:6.2f} {row['ssim']:6.3f} {row['gaussians']:9,} "
+              f"{row['train_s']:8.0f} " + (f"{hit:10.0f} {row['to_quality_step']:7} {hit / base:6.0%}" if hit
+                                           else f"{'not met':>10} {'':7} {'':6}"))
+
+
+if __name__ == "__main__":
+    main()
