@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import tarfile
 import time
+from pathlib import Path
 
 from splatkit.atomic import write_text_atomic
 from splatkit.train.config import TrainConfig
@@ -28,3 +31,17 @@ def trained(cfg: TrainConfig) -> dict:
               "seconds": seconds, "views": {v["name"]: v["psnr"] for v in metrics["views"]}, "log": log}
     write_text_atomic(done, json.dumps(result))
     return result
+
+
+def revision_tree(rev: str, into: Path) -> Path:
+    """The tree of git revision `rev` of this repository, unpacked into `into` once (no work tree is touched), for
+    benchmarks that run an earlier revision's code beside this one's."""
+    tree = into / f"tree_{rev}"
+    if not tree.is_dir():
+        archive = into / f"{rev}.tar"
+        root = Path(__file__).resolve().parents[1]
+        subprocess.run(["git", "-C", str(root), "archive", "--format=tar", "-o", str(archive), rev], check=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(tree, filter="data")
+        archive.unlink()
+    return tree

@@ -21,23 +21,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
+
+from bench_runs import revision_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
 PSNR_SLACK, SSIM_SLACK = 0.1, 0.002
-
-
-def checkout(rev: str, into: Path) -> Path:
-    """The tree of git revision `rev` of this repository, unpacked into `into` once."""
-    tree = into / f"tree_{rev}"
-    if not tree.is_dir():
-        archive = into / f"{rev}.tar"
-        subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", "-o", str(archive), rev], check=True)
-        with tarfile.open(archive) as tar:
-            tar.extractall(tree, filter="data")
-    return tree
 
 
 def train(tree: Path, scene: Path, run: Path, args: argparse.Namespace, flags: list[str],
@@ -82,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
-    before = checkout(args.before, args.out)
+    before = revision_tree(args.before, args.out)
     evals = list(range(args.every, args.steps, args.every))
     table = []
     for name in args.scenes:

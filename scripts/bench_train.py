@@ -22,10 +22,11 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
+
+from bench_runs import revision_tree, trained
 
 ROOT = Path(__file__).resolve().parents[1]
 CUP = ROOT.parent / "shared" / "datasets" / "cup_colmap"
@@ -100,21 +101,8 @@ def run_case(tree: Path, case: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def checkout(rev: str, into: Path) -> Path:
-    """The tree of git revision `rev` of this repository, unpacked into `into` (no work tree is touched)."""
-    archive = into / "before.tar"
-    subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", "-o", str(archive), rev], check=True)
-    tree = into / "before"
-    with tarfile.open(archive) as tar:
-        tar.extractall(tree, filter="data")
-    return tree
-
-
 def trained_model(out: Path) -> Path:
     """cup at factor 4 after 7,000 steps (the default recipe), trained once into `out` and kept."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from bench_runs import trained
-
     from splatkit.train.config import TrainConfig
 
     run = out / "cup_colmap_f4_s7000"
@@ -145,7 +133,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_dir:
         trees = {"after": ROOT}
         if args.before:
-            trees = {"before": checkout(args.before, Path(tmp_dir)), **trees}
+            trees = {"before": revision_tree(args.before, Path(tmp_dir)), **trees}
         backends = ["native"] + (["torch"] * args.torch)
         rows = []
         for case in cases:
