@@ -135,7 +135,8 @@ __global__ void header_check(const float* in, float* out) {
     acc += value + m + v2;
     // loss.h
     float partials[kSsimPartials];
-    acc += ssim_window(in[0], in[1], in[2], in[3], in[4], partials) + partials[0] + partials[2] + l1_grad(in[5], in[6]);
+    acc += ssim_window(in[0], in[1], in[2], in[3], in[4], partials[0], partials[1], partials[2]) + partials[2] +
+           l1_grad(in[5], in[6]);
     out[threadIdx.x] = acc;
 }
 """

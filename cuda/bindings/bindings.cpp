@@ -172,7 +172,7 @@ std::vector<Tensor> blend_backward(Tensor means2d, Tensor conics, Tensor opaciti
     return {v_means2d, v_conics, v_opacities, v_features, absgrad};
 }
 
-// Returns (loss, l1, ssim) as a float64 tensor of 3 on the CPU, and dLoss/drender (H x W x C).
+// Returns (loss, l1, ssim) as a float64 tensor of 3 on the CPU, and dLoss/drender (H x W x C, a view of planes).
 std::vector<Tensor> photometric_loss(Tensor render, Tensor target, c10::optional<Tensor> keep, double ssim_lambda,
                                      int64_t window, double sigma) {
     check(render, "render");
@@ -182,8 +182,10 @@ std::vector<Tensor> photometric_loss(Tensor render, Tensor target, c10::optional
     const int64_t h = render.size(0), w = render.size(1);
     TORCH_CHECK(window >= 1 && window <= splatkit::kSsimMaxWindow && window <= h && window <= w,
                 "the SSIM window must fit the image and be at most ", splatkit::kSsimMaxWindow);
-    splatkit::LossIn in{(int)h, (int)w, (int)render.size(2), render.data_ptr<float>(), target.data_ptr<float>(),
-                        nullptr, (int)window, {}, (float)ssim_lambda};
+    // The kernels read channel planes (C x H x W): each pass then runs along contiguous rows.
+    Tensor x = render.permute({2, 0, 1}).contiguous(), y = target.permute({2, 0, 1}).contiguous();
+    splatkit::LossIn in{(int)h, (int)w, (int)render.size(2), x.data_ptr<float>(), y.data_ptr<float>(), nullptr,
+                        (int)window, {}, (float)ssim_lambda};
     splatkit::ssim_weights((int)window, (float)sigma, in.weights);
     Tensor keep_bytes;
     if (keep.has_value()) {
@@ -191,7 +193,7 @@ std::vector<Tensor> photometric_loss(Tensor render, Tensor target, c10::optional
         TORCH_CHECK(keep_bytes.numel() == h * w && keep_bytes.device() == render.device(), "keep must be H x W");
         in.keep = keep_bytes.data_ptr<uint8_t>();
     }
-    Tensor grad = torch::empty_like(render);
+    Tensor grad = torch::empty_like(x);
     splatkit::LossOut out{grad.data_ptr<float>(), 0.0, 0.0};
 #ifdef SPLATKIT_WITH_CUDA
     if (use_cuda(render)) splatkit::cuda::photometric_loss(in, out); else
@@ -199,7 +201,7 @@ std::vector<Tensor> photometric_loss(Tensor render, Tensor target, c10::optional
     { use_cuda(render); splatkit::cpu::photometric_loss(in, out); }
     Tensor values = torch::tensor({(1.0 - ssim_lambda) * out.l1 + ssim_lambda * (1.0 - out.ssim), out.l1, out.ssim},
                                   torch::kFloat64);
-    return {values, grad};
+    return {values, grad.permute({1, 2, 0})};
 }
 
 // Adam on the rows of `param` where `mask` (uint8/bool, param.size(0)) is set, in place: param, exp_avg, exp_avg_sq.

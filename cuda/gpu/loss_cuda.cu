@@ -68,7 +68,7 @@ __global__ void horizontal_kernel(LossIn in, Weights w, float* rows) {
     int j = (int)(index % wv), r = (int)((index / wv) % H), c = (int)(index / ((long long)wv * H));
     float s[kSsimStats] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
     for (int k = 0; k < in.window; ++k) {
-        long long p = ((long long)r * W + j + k) * C + c;
+        long long p = ((long long)c * H + r) * W + j + k;  // channel planes
         float a = in.render[p], b = in.target[p], gk = w.g[k];
         s[0] += gk * a;
         s[1] += gk * b;
@@ -95,7 +95,7 @@ __global__ void window_kernel(LossIn in, Weights w, const float* rows, const Sum
             s[t] = acc;
         }
         float d[kSsimPartials];
-        float ssim = ssim_window(s[0], s[1], s[2], s[3], s[4], d);
+        float ssim = ssim_window(s[0], s[1], s[2], s[3], s[4], d[0], d[1], d[2]);
         float weight = kept_at(in.keep, (long long)(i + half) * W + j + half) ? 1.0f : 0.0f;
         float scale = -in.ssim_lambda / (float)(sums->centred * C > 0 ? sums->centred * C : 1ull) * weight;
         for (int t = 0; t < kSsimPartials; ++t)
@@ -121,11 +121,11 @@ __global__ void back_vertical_kernel(LossIn in, Weights w, const float* partials
 __global__ void pixel_kernel(LossIn in, Weights w, const float* columns, const Sums* sums, float* grad,
                              double* l1_total) {
     const int H = in.height, W = in.width, C = in.channels, win = in.window, wv = W - win + 1;
-    long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x;  // over H x W x C, the images' layout
+    long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x;  // over C x H x W, the planes' layout
     double value = 0.0;
     if (index < (long long)H * W * C) {
-        int c = (int)(index % C);
-        long long pixel = index / C;
+        int c = (int)(index / ((long long)H * W));
+        long long pixel = index % ((long long)H * W);
         int x = (int)(pixel % W), r = (int)(pixel / W);
         float back[kSsimPartials];
         for (int t = 0; t < kSsimPartials; ++t) {

@@ -96,8 +96,8 @@ struct BlendGradOut {
 // gradient is written in the same call, since training always runs backward through the loss.
 struct LossIn {
     int height, width, channels;
-    const float* render;   // H x W x C, in [0, 1]
-    const float* target;   // H x W x C
+    const float* render;   // C x H x W (channel planes), in [0, 1]
+    const float* target;   // C x H x W
     const uint8_t* keep;   // H x W, 1 where the pixel counts; nullptr: all count
     int window;            // SSIM window side, <= kSsimMaxWindow, <= H and <= W
     float weights[kSsimMaxWindow];  // its 1D weights (ssim_weights)
@@ -105,7 +105,7 @@ struct LossIn {
 };
 
 struct LossOut {
-    float* grad;  // H x W x C, dLoss/drender (zero at pixels not kept)
+    float* grad;  // C x H x W, dLoss/drender (zero at pixels not kept)
     double l1;    // mean |render - target| over the kept values
     double ssim;  // mean SSIM over the windows centred on kept pixels, all channels
 };

@@ -22,15 +22,16 @@ constexpr int kSsimMaxWindow = 11;
 constexpr int kSsimStats = 5;  // mx, my, sxx, syy, sxy
 constexpr int kSsimPartials = 3;  // dS/dmx, dS/dsxx, dS/dsxy
 
-// SSIM of one window and its partials with respect to the render's statistics (mx, sxx, sxy): out[0..2].
-SPLATKIT_HD float ssim_window(float mx, float my, float sxx, float syy, float sxy, float* partials) {
+// SSIM of one window and its partials with respect to the render's statistics: d_mx, d_sxx, d_sxy.
+SPLATKIT_HD float ssim_window(float mx, float my, float sxx, float syy, float sxy, float& d_mx, float& d_sxx,
+                              float& d_sxy) {
     float a1 = 2.0f * mx * my + kSsimC1, a2 = 2.0f * (sxy - mx * my) + kSsimC2;
     float b1 = mx * mx + my * my + kSsimC1, b2 = (sxx - mx * mx) + (syy - my * my) + kSsimC2;
     float d = b1 * b2, s = a1 * a2 / d;
     // S = N / D: dS = (dN - S dD) / D, with dN/dmx = 2 my (a2 - a1) and dD/dmx = 2 mx (b2 - b1).
-    partials[0] = (2.0f * my * (a2 - a1) - s * 2.0f * mx * (b2 - b1)) / d;
-    partials[1] = -s / b2;
-    partials[2] = 2.0f * a1 / d;
+    d_mx = (2.0f * my * (a2 - a1) - s * 2.0f * mx * (b2 - b1)) / d;
+    d_sxx = -s / b2;
+    d_sxy = 2.0f * a1 / d;
     return s;
 }
 
