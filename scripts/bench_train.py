@@ -3,16 +3,16 @@
 Cases on `cup_colmap`: the COLMAP points (9,262 Gaussians) at 200x150, 400x300 and 800x600 (data factors 4, 2,
 1), and a trained model (cup at factor 4 after 7,000 steps, ~150k Gaussians; trained once into --out and kept)
 at 400x300. Each case runs in a fresh process for the code under test ("after": this tree) and, with --before
-REV, for the tree of git revision REV ("before"), one after the other, so both meet the same machine state. A
-process decodes the photos first, warms up, then times --steps real `Trainer.train_step` calls (ms per step),
-and profiles a few more for the breakdown: preprocess (projection + SH, forward and
-backward), blend forward, blend backward, the loss with its gradient (timed alone on the case's image size),
-Adam, and the rest (Python, torch glue, densification bookkeeping, finite checks).
-Phases are shares of the profiled steps' wall time scaled to the unprofiled step time (which takes out the
-profiler's own overhead). With --torch, the torch reference backend is timed too (the native speed-up).
+REV, for the tree of git revision REV ("before"); --repeats such pairs take turns and the median counts, so both
+meet the same machine (this VM's speed drifts by 20% over minutes). A process decodes the photos first, warms
+up, times --steps real `Trainer.train_step` calls (ms per step) and profiles a few more for the breakdown:
+preprocess (projection + SH, forward and backward), blend forward, blend backward, the loss with its gradient
+(timed alone on the case's image size), Adam, and the rest (Python, torch glue, densification bookkeeping,
+finite checks). Phases are shares of the profiled steps' wall time scaled to the unprofiled step time (which
+takes out the profiler's own overhead). With --torch, the torch reference backend is timed too.
 
-Usage: python scripts/bench_train.py [--before REV] [--steps 30] [--factors 4 2 1] [--no-trained] [--torch]
-       [--out runs/bench_train]
+Usage: python scripts/bench_train.py [--before REV] [--steps 30] [--repeats 3] [--factors 4 2 1] [--no-trained]
+       [--torch] [--out runs/bench_train]
 """
 
 from __future__ import annotations
@@ -116,6 +116,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--profiled", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3, help="processes per case and code (the median counts)")
     parser.add_argument("--factors", nargs="+", type=int, default=[4, 2, 1])
     parser.add_argument("--no-trained", action="store_true", help="skip the trained-model case")
     parser.add_argument("--torch", action="store_true", help="time the torch reference backend as well")
@@ -138,14 +139,20 @@ def main() -> None:
         rows = []
         for case in cases:
             for backend in backends:
-                for name, tree in trees.items():
-                    steps = args.steps if backend == "native" else max(3, args.steps // 10)
-                    spec = {**case, "backend": backend, "steps": steps, "warmup": args.warmup,
-                            "profiled": args.profiled, "tmp": tmp_dir}
-                    result = run_case(tree, spec)
-                    rows.append({"case": case["label"], "backend": backend, "code": name, **result})
+                steps = args.steps if backend == "native" else max(3, args.steps // 10)
+                spec = {**case, "backend": backend, "steps": steps, "warmup": args.warmup,
+                        "profiled": args.profiled, "tmp": tmp_dir}
+                runs: dict[str, list[dict]] = {name: [] for name in trees}
+                for _ in range(args.repeats):  # before and after take turns, so drifts of the machine hit both
+                    for name, tree in trees.items():
+                        runs[name].append(run_case(tree, spec))
+                for name, results in runs.items():
+                    result = sorted(results, key=lambda r: r["step_ms"])[len(results) // 2]  # the median
+                    rows.append({"case": case["label"], "backend": backend, "code": name, **result,
+                                 "all_ms": [r["step_ms"] for r in results]})
                     print(f"{case['label']:32} {backend:6} {name:6} {result['step_ms']:8.1f} ms/step "
-                          f"({result['gaussians']:,} Gaussians, {result['size']})", flush=True)
+                          f"({result['gaussians']:,} Gaussians, {result['size']}; runs "
+                          + ", ".join(f"{r['step_ms']:.1f}" for r in results) + ")", flush=True)
     (args.out / "table.json").write_text(json.dumps(rows, indent=2))
     print(f"\nms per step, CPU ({rows[0]['threads']} threads); phases in ms")
     print(f"{'case':32} {'backend':7} {'code':6} {'#G':>8} {'step':>7} " + " ".join(f"{p:>10}" for p in PHASES)
