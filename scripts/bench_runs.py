@@ -36,11 +36,13 @@ def trained(cfg: TrainConfig) -> dict:
 def revision_tree(rev: str, into: Path) -> Path:
     """The tree of git revision `rev` of this repository, unpacked into `into` once (no work tree is touched), for
     benchmarks that run an earlier revision's code beside this one's."""
-    tree = into / f"tree_{rev}"
+    root = Path(__file__).resolve().parents[1]
+    commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--verify", f"{rev}^{{commit}}"], check=True,
+                            capture_output=True, text=True).stdout.strip()  # a branch name may move; a commit not
+    tree = into / f"tree_{commit[:12]}"
     if not tree.is_dir():
-        archive = into / f"{rev}.tar"
-        root = Path(__file__).resolve().parents[1]
-        subprocess.run(["git", "-C", str(root), "archive", "--format=tar", "-o", str(archive), rev], check=True)
+        archive = into / f"{commit[:12]}.tar"
+        subprocess.run(["git", "-C", str(root), "archive", "--format=tar", "-o", str(archive), commit], check=True)
         with tarfile.open(archive) as tar:
             tar.extractall(tree, filter="data")
         archive.unlink()

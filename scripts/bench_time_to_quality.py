@@ -78,7 +78,7 @@ def main() -> None:
     for name in args.scenes:
         scene = SHARED / name
         folder = args.out / f"{name}_f{args.data_factor}_s{args.steps}"
-        reference = train(before, scene, folder / f"before_{args.before}", args, [], [])
+        reference = train(before, scene, folder / f"before_{before.name.removeprefix('tree_')}", args, [], [])
         target = reference["metrics"]
         base = train_seconds(reference["log"], args.steps)
         rows = [("defaults", []), ("--visible-adam", ["--visible-adam"]),
@@ -109,8 +109,8 @@ def main() -> None:
         base = next(r for r in table if r["scene"] == row["scene"])["train_s"]
         hit = row["to_quality_s"]
         print(f"{row['scene']:16} {row['row']:34} {row['psnr']:6.2f} {row['ssim']:6.3f} {row['gaussians']:9,} "
-              f"{row['train_s']:8.0f} " + (f"{hit:10.0f} {row['to_quality_step']:7} {hit / base:6.0%}" if hit
-                                           else f"{'not met':>10} {'':7} {'':6}"))
+              f"{row['train_s']:8.0f} " + (f"{hit:10.0f} {row['to_quality_step']:7} {hit / base:6.0%}"
+                                           if hit is not None else f"{'not met':>10} {'':7} {'':6}"))
 
 
 if __name__ == "__main__":

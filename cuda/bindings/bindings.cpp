@@ -189,7 +189,7 @@ std::vector<Tensor> photometric_loss(Tensor render, Tensor target, c10::optional
     splatkit::ssim_weights((int)window, (float)sigma, in.weights);
     Tensor keep_bytes;
     if (keep.has_value()) {
-        keep_bytes = keep->to(torch::kUInt8).contiguous();
+        keep_bytes = keep->ne(0).to(torch::kUInt8).contiguous();  // 0/1 whatever the mask's dtype
         TORCH_CHECK(keep_bytes.numel() == h * w && keep_bytes.device() == render.device(), "keep must be H x W");
         in.keep = keep_bytes.data_ptr<uint8_t>();
     }

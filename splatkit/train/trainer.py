@@ -27,6 +27,7 @@ from splatkit.errors import SplatkitError, file_error
 from splatkit.io.ply import save_ply
 from splatkit.model.gaussians import Gaussians, init_from_points
 from splatkit.render import rasterize, resolve_backend, resolve_device
+from splatkit.render.native_build import unavailable_reason as native_unavailable
 from splatkit.train import checkpoint
 from splatkit.train.coarse_to_fine import downsampled, resolution_scale
 from splatkit.train.config import RUN_DEFINING, TrainConfig
@@ -318,6 +319,8 @@ def check_settings(cfg: TrainConfig) -> None:
                                 f"(from Python, build the config with splatkit.train.config.{preset})")
     for plugin in (cfg.parameterisation, cfg.strategy):
         plugin.validate()
+    if cfg.visible_adam and (reason := native_unavailable()) is not None:
+        raise SplatkitError(f"--visible-adam steps Adam in the native extension, which is unavailable: {reason}")
     resolve_backend(cfg.backend, resolve_device(cfg.device), render_needs(cfg))
 
 
