@@ -185,7 +185,13 @@ std::vector<Tensor> photometric_loss(Tensor render, Tensor target, c10::optional
     // The kernels read channel planes (C x H x W): each pass then runs along contiguous rows.
     Tensor x = render.permute({2, 0, 1}).contiguous(), y = target.permute({2, 0, 1}).contiguous();
     splatkit::LossIn in{(int)h, (int)w, (int)render.size(2), x.data_ptr<float>(), y.data_ptr<float>(), nullptr,
-                        (int)window, {}, (float)ssim_lambda};
+                        (int)window, {}, (float)ssim_lambda, nullptr};
+    Tensor scratch;
+    if (render.is_cuda()) {
+        scratch = torch::empty({splatkit::loss_scratch_floats((int)h, (int)w, (int)render.size(2), (int)window)},
+                               render.options());
+        in.device_scratch = scratch.data_ptr<float>();
+    }
     splatkit::ssim_weights((int)window, (float)sigma, in.weights);
     Tensor keep_bytes;
     if (keep.has_value()) {

@@ -5,7 +5,8 @@
 //   3. vertical blur, SSIM of each valid window (summed) and dLoss/d(statistics of x) (C x 3 planes of hv x wv);
 //   4. back through the vertical blur (C x 3 planes of H x wv);
 //   5. back through the horizontal blur, the chain rule to the render's pixels, plus the L1 term (summed).
-// Sums are per block in double, then one atomicAdd per block; the two means come back to the host (one copy).
+// Sums (and counts) are per block in double, then one atomicAdd per block; the two means come back to the host
+// (one copy). Scratch memory comes from the caller (torch's caching allocator), so no call allocates.
 #include <cuda_runtime.h>
 
 #include <stdexcept>
@@ -31,10 +32,10 @@ struct Weights {
     float g[kSsimMaxWindow];
 };
 
-struct Sums {  // device-side totals
-    unsigned long long kept, centred;
-    double l1, ssim;
+struct Sums {  // device-side totals (counts in double: exact below 2^53)
+    double kept, centred, l1, ssim;
 };
+static_assert(sizeof(Sums) == kLossSumsFloats * sizeof(float), "the sums head the caller's scratch");
 
 int blocks_for(long long count) { return (int)((count + kThreads - 1) / kThreads); }
 
@@ -43,6 +44,7 @@ __device__ bool kept_at(const uint8_t* keep, long long pixel) { return keep == n
 // Adds this thread's value to *total: a block-wide sum in shared memory, then one atomicAdd.
 __device__ void block_add(double value, double* total) {
     __shared__ double partial[kThreads];
+    __syncthreads();  // a previous call's thread 0 may still be reading partial[0]
     partial[threadIdx.x] = value;
     __syncthreads();
     for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
@@ -54,11 +56,11 @@ __device__ void block_add(double value, double* total) {
 
 __global__ void count_kernel(int H, int W, int win, const uint8_t* keep, Sums* sums) {
     long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (p >= (long long)H * W) return;
     int r = (int)(p / W), c = (int)(p % W), half = win / 2;
-    if (!kept_at(keep, p)) return;
-    atomicAdd(&sums->kept, 1ull);
-    if (r >= half && r < half + H - win + 1 && c >= half && c < half + W - win + 1) atomicAdd(&sums->centred, 1ull);
+    bool kept = p < (long long)H * W && kept_at(keep, p);
+    bool centred = kept && r >= half && r < half + H - win + 1 && c >= half && c < half + W - win + 1;
+    block_add(kept ? 1.0 : 0.0, &sums->kept);
+    block_add(centred ? 1.0 : 0.0, &sums->centred);
 }
 
 __global__ void horizontal_kernel(LossIn in, Weights w, float* rows) {
@@ -97,7 +99,7 @@ __global__ void window_kernel(LossIn in, Weights w, const float* rows, const Sum
         float d[kSsimPartials];
         float ssim = ssim_window(s[0], s[1], s[2], s[3], s[4], d[0], d[1], d[2]);
         float weight = kept_at(in.keep, (long long)(i + half) * W + j + half) ? 1.0f : 0.0f;
-        float scale = -in.ssim_lambda / (float)(sums->centred * C > 0 ? sums->centred * C : 1ull) * weight;
+        float scale = -in.ssim_lambda / (float)fmax(sums->centred * C, 1.0) * weight;
         for (int t = 0; t < kSsimPartials; ++t)
             partials[(((long long)c * kSsimPartials + t) * hv + i) * wv + j] = scale * d[t];
         value = (double)(ssim * weight);
@@ -136,21 +138,12 @@ __global__ void pixel_kernel(LossIn in, Weights w, const float* columns, const S
         }
         float a = in.render[index], b = in.target[index];
         float weight = kept_at(in.keep, pixel) ? 1.0f : 0.0f;
-        float l1_scale = (1.0f - in.ssim_lambda) / (float)(sums->kept * C > 0 ? sums->kept * C : 1ull);
+        float l1_scale = (1.0f - in.ssim_lambda) / (float)fmax(sums->kept * C, 1.0);
         grad[index] = weight * (back[0] + 2.0f * a * back[1] + b * back[2] + l1_scale * l1_grad(a, b));
         value = (double)(weight * fabsf(a - b));
     }
     block_add(value, l1_total);
 }
-
-template <typename T>
-struct DeviceArray {
-    T* ptr = nullptr;
-    explicit DeviceArray(size_t count) { SPLATKIT_LOSS_CHECK(cudaMalloc(&ptr, (count > 0 ? count : 1) * sizeof(T))); }
-    ~DeviceArray() { cudaFree(ptr); }
-    DeviceArray(const DeviceArray&) = delete;
-    DeviceArray& operator=(const DeviceArray&) = delete;
-};
 
 }  // namespace
 
@@ -159,23 +152,22 @@ void photometric_loss(const LossIn& in, LossOut& out) {
     const long long hv = H - win + 1, wv = W - win + 1;
     Weights w;
     for (int k = 0; k < kSsimMaxWindow; ++k) w.g[k] = k < win ? in.weights[k] : 0.0f;
-    DeviceArray<Sums> sums(1);
-    DeviceArray<float> rows((size_t)C * kSsimStats * H * wv), partials((size_t)C * kSsimPartials * hv * wv);
-    DeviceArray<float> columns((size_t)C * kSsimPartials * H * wv);
-    SPLATKIT_LOSS_CHECK(cudaMemset(sums.ptr, 0, sizeof(Sums)));
-    count_kernel<<<blocks_for((long long)H * W), kThreads>>>(H, W, win, in.keep, sums.ptr);
-    horizontal_kernel<<<blocks_for((long long)C * H * wv), kThreads>>>(in, w, rows.ptr);
-    window_kernel<<<blocks_for((long long)C * hv * wv), kThreads>>>(in, w, rows.ptr, sums.ptr, partials.ptr,
-                                                                      &sums.ptr->ssim);
-    back_vertical_kernel<<<blocks_for((long long)C * kSsimPartials * H * wv), kThreads>>>(in, w, partials.ptr,
-                                                                                        columns.ptr);
-    pixel_kernel<<<blocks_for((long long)H * W * C), kThreads>>>(in, w, columns.ptr, sums.ptr, out.grad,
-                                                                 &sums.ptr->l1);
+    // The caller's scratch (torch's caching allocator): the sums, then the three buffers of the passes.
+    Sums* sums = reinterpret_cast<Sums*>(in.device_scratch);
+    float* rows = in.device_scratch + kLossSumsFloats;
+    float* partials = rows + (size_t)C * kSsimStats * H * wv;
+    float* columns = partials + (size_t)C * kSsimPartials * hv * wv;
+    SPLATKIT_LOSS_CHECK(cudaMemset(sums, 0, sizeof(Sums)));
+    count_kernel<<<blocks_for((long long)H * W), kThreads>>>(H, W, win, in.keep, sums);
+    horizontal_kernel<<<blocks_for((long long)C * H * wv), kThreads>>>(in, w, rows);
+    window_kernel<<<blocks_for((long long)C * hv * wv), kThreads>>>(in, w, rows, sums, partials, &sums->ssim);
+    back_vertical_kernel<<<blocks_for((long long)C * kSsimPartials * H * wv), kThreads>>>(in, w, partials, columns);
+    pixel_kernel<<<blocks_for((long long)H * W * C), kThreads>>>(in, w, columns, sums, out.grad, &sums->l1);
     SPLATKIT_LOSS_CHECK(cudaGetLastError());
     Sums host;
-    SPLATKIT_LOSS_CHECK(cudaMemcpy(&host, sums.ptr, sizeof(Sums), cudaMemcpyDeviceToHost));
-    out.l1 = host.l1 / (double)(host.kept * C > 0 ? host.kept * C : 1ull);
-    out.ssim = host.ssim / (double)(host.centred * C > 0 ? host.centred * C : 1ull);
+    SPLATKIT_LOSS_CHECK(cudaMemcpy(&host, sums, sizeof(Sums), cudaMemcpyDeviceToHost));
+    out.l1 = host.l1 / fmax(host.kept * C, 1.0);
+    out.ssim = host.ssim / fmax(host.centred * C, 1.0);
 }
 
 }  // namespace cuda

@@ -102,7 +102,18 @@ struct LossIn {
     int window;            // SSIM window side, <= kSsimMaxWindow, <= H and <= W
     float weights[kSsimMaxWindow];  // its 1D weights (ssim_weights)
     float ssim_lambda;
+    float* device_scratch;  // CUDA build: loss_scratch_floats() floats of device memory (the CPU build keeps its own)
 };
+
+constexpr int kLossSumsFloats = 8;  // the CUDA build's four double totals, at the head of its scratch
+
+// Device memory the CUDA loss needs, in floats: its totals, the row statistics, the window partials and the
+// partials blurred back through the vertical pass.
+inline long long loss_scratch_floats(int height, int width, int channels, int window) {
+    const long long hv = height - window + 1, wv = width - window + 1;
+    return kLossSumsFloats +
+           (long long)channels * wv * (kSsimStats * height + kSsimPartials * hv + kSsimPartials * height);
+}
 
 struct LossOut {
     float* grad;  // C x H x W, dLoss/drender (zero at pixels not kept)
