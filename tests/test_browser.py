@@ -21,12 +21,22 @@ import numpy as np
 import pytest
 
 from splatkit.cli import main
+from splatkit.render import native_build
 
 pytestmark = pytest.mark.xdist_group("browser")
 
 VIEWPORT = (768, 576)  # 16x the tiny scene's 48x36 training images, same 4:3 aspect
 # Everything but the WebGL canvas (GUI panel, notifications) is hidden before a screenshot.
 CANVAS_ONLY_CSS = "* { visibility: hidden !important; } canvas { visibility: visible !important; }"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def native_built() -> None:
+    """The native rasterizer, built before any page opens: these tests judge the viewer, not the first build's
+    minute (tests/test_native_build.py does), which on a loaded fresh CI machine outlasted their waits, as the
+    viewer came up before the training it shows could take a step."""
+    if native_build.compiler_available():
+        native_build.load_extension()
 
 
 @contextlib.contextmanager
