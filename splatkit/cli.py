@@ -79,6 +79,11 @@ class EvalConfig:
     """Score this splat file instead of the run's model (e.g. an export, to see what its quantisation costs);
     it must be in the capture's frame, as exports are by default. Side-by-sides go to <run>/eval/<file name>/."""
     lod: Levels = field(default_factory=LevelFlags)
+    fit_exposure: bool = False
+    """Score each held-out view's right half through an affine colour transform fitted to its left half (INRIA
+    3DGS's --train_test_exp protocol), for captures whose exposure changes from photo to photo. The default,
+    plain protocol compares whole photos as they are, as other tools' numbers do: quote that one unless you say
+    which."""
     device: Device = "auto"
     """auto (CUDA when torch sees a GPU), cpu or cuda."""
     backend: str = "auto"
@@ -216,10 +221,12 @@ def run_eval(cfg: EvalConfig) -> dict:
     source = cfg.model or _model_file(cfg.run)
     levels = cfg.lod.choice()
     # Another file or a chosen level gets its own folder, so the run's own evaluation is never overwritten.
-    out = cfg.run / "eval" / (_model_label(source) if cfg.model else "") / (levels.label if levels.given else "")
+    out = cfg.run / "eval" / (_model_label(source) if cfg.model else "") / (levels.label if levels.given else "") \
+        / ("fit-exposure" if cfg.fit_exposure else "")
     model = _model_in_scene_frame(read_splats(source), scene).to(resolve_device(cfg.device))
     scene, poses = record.camera_poses(scene).for_evaluation(model, images, cfg.backend)
-    result = evaluate(model, scene, images, scene.test_ids, backend=cfg.backend, side_by_side_dir=out, levels=levels)
+    result = evaluate(model, scene, images, scene.test_ids, backend=cfg.backend, side_by_side_dir=out, levels=levels,
+                      fit_exposure=cfg.fit_exposure)
     result["model"], result["levels"] = str(source), levels.label
     if poses is not None:
         result["poses"] = poses
@@ -227,7 +234,8 @@ def run_eval(cfg: EvalConfig) -> dict:
     for view in result["views"]:
         masked = f"  ({view['masked']:.1%} of pixels masked out)" if "masked" in view else ""
         console.print(f"{view['name']:>24}  PSNR {view['psnr']:6.2f}  SSIM {view['ssim']:.4f}{masked}")
-    scored = " on the masks' kept pixels" if result["masked"] else ""
+    scored = (" on the masks' kept pixels" if result["masked"] else "") + \
+        (" (right halves, through exposures fitted on the left halves)" if cfg.fit_exposure else "")
     console.print(f"{'mean':>24}  PSNR {result['mean']['psnr']:6.2f}  SSIM {result['mean']['ssim']:.4f}{scored}")
     write_text_atomic(out / "metrics.json", json.dumps(result, indent=2))
     console.print(f"wrote {out}")

@@ -251,6 +251,38 @@ def test_cameras_are_listed_by_their_image_path_and_jumped_to(tiny_scene):
         session.close()
 
 
+def test_exposure_dropdown_previews_a_training_photos_exposure(tiny_scene):
+    """A run trained with --exposure: the viewer shows the model as it is, and as a chosen training photo's
+    learnt affine transform saw it."""
+    scene = load_scene(tiny_scene)
+    transform = torch.tensor([[0.5, 0.0, 0.0, 0.1], [0.0, 0.8, 0.0, 0.0], [0.0, 0.0, 1.2, -0.05]])
+    name = scene.cameras[2].name
+    source = ModelSource(_model(scene), cameras=scene.cameras, name="tiny", exposures={name: transform})
+    client = _FakeClient()
+    client.set_camera(scene.cameras[0], 36)
+    session = ClientSession(client, source, SessionSettings(backend="torch"), RenderShare(), np.array([0, 0, 1.0]),
+                            frame_points(scene.points, np.array([0, 0, 1.0])))
+
+    def fulls():
+        return [img for img, k in client.images if k.get("jpeg_quality") == 75]
+
+    try:
+        assert session.exposure.options == ("the model (mean)", name)
+        _wait_for(lambda: len(fulls()) == 1)
+        session.exposure.value = name
+        session.exposure.fire()
+        _wait_for(lambda: len(fulls()) == 2)
+    finally:
+        session.close()
+    plain, exposed = (image.astype(np.float64) / 255 for image in fulls())
+    expected = np.clip(plain * np.diagonal(transform[:, :3].numpy()) + transform[:, 3].numpy(), 0, 1)
+    inside = plain < 1.0  # where the plain frame was not clipped, the transform of it is what is shown
+    assert inside.mean() > 0.5
+    # each frame rounds to 8 bits (half a step), the transform scales the plain one's error by its gain (<= 1.2);
+    # 1e-6 covers float32 rounding before the 8-bit step
+    np.testing.assert_array_less(np.abs(exposed - expected)[inside], (0.5 + 0.5 * 1.2) / 255 + 1e-6)
+
+
 def test_first_native_frame_says_the_rasterizer_is_compiling(tiny_scene, monkeypatch):
     """On a fresh machine the first native frame compiles the rasterizer (about a minute): the tab says so
     meanwhile instead of staying blank, and the note goes once the build is done."""

@@ -10,8 +10,10 @@ import tyro
 
 from splatkit.data.pointmap_scene import PointMapInit
 from splatkit.render.api import Device
+from splatkit.train.exposure import ExposureCompensation
 from splatkit.train.learning_rates import LearningRates
 from splatkit.train.parameterisations import PARAMETERISATIONS, EaglesQuantized, FLoD, Plain3DGS
+from splatkit.train.plugin import Plugin
 from splatkit.train.strategies import STRATEGIES, ADCStrategy
 
 # Types of the plug-in fields: one tyro subcommand per registered name (`strategy:mcmc`).
@@ -20,7 +22,7 @@ ParameterisationChoice = PARAMETERISATIONS.choice()
 
 # Settings that make a run what it is, besides its scene: a resume may change anything else, never these.
 RUN_DEFINING = ("data_factor", "test_every", "seed", "strategy.name", "parameterisation.name", "quantize", "lod",
-                "pose_opt")
+                "pose_opt", "exposure")
 
 
 @dataclass
@@ -96,6 +98,16 @@ class TrainConfig:
     """...to this at the last step."""
     pose_eval_steps: int = 200
     """Adam steps fitting each held-out pose before scoring (with --pose-opt)."""
+    exposure: bool = False
+    """Learn an affine colour transform per training photo, applied to the render before the loss (INRIA 3DGS's
+    exposure compensation), for captures whose exposure or white balance changes from photo to photo (phones).
+    The model keeps the photos' mean exposure: exports, the viewer and held-out scoring show it; `splatkit eval
+    --fit-exposure` scores held-out views with a transform fitted to each one's left half."""
+    exposure_lr: float = 0.01
+    """Adam rate of the transforms (3x4 [A | b] on [0, 1] RGB), decaying exponentially... (0 freezes them at the
+    identity)"""
+    exposure_lr_final: float = 0.001
+    """...to this at the last step."""
     lr: LearningRates = field(default_factory=LearningRates)
     parameterisation: ParameterisationChoice = field(default_factory=Plain3DGS)
     """How parameters become Gaussians."""
@@ -120,6 +132,13 @@ class TrainConfig:
 
     def run_dir(self) -> Path:
         return self.out if self.out is not None else Path("runs") / Path(self.scene).name
+
+
+def run_plugins(cfg: TrainConfig) -> dict[str, Plugin]:
+    """The run's plug-ins by role, in the order their hooks run: the parameterisation, the strategy, then the
+    photo models the flags switch on (--exposure). Checkpoints record their names; a resume must match."""
+    photo = {"exposure": ExposureCompensation(cfg.exposure_lr, cfg.exposure_lr_final)} if cfg.exposure else {}
+    return {"parameterisation": cfg.parameterisation, "strategy": cfg.strategy, **photo}
 
 
 def quantize_preset(cfg: TrainConfig) -> TrainConfig:

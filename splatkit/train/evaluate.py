@@ -14,6 +14,7 @@ from splatkit.data.scene import Scene
 from splatkit.model.gaussians import Gaussians
 from splatkit.model.levels import LevelChoice
 from splatkit.render import rasterize
+from splatkit.train.exposure import apply_exposure, fit_exposure
 from splatkit.train.metrics import ignore_masked, psnr, ssim
 
 
@@ -42,12 +43,18 @@ def evaluate(
     backend: str = "auto",
     side_by_side_dir: Path | None = None,
     levels: LevelChoice = LevelChoice(),
+    fit_exposure: bool = False,
 ) -> dict:
     """Per-view and mean PSNR/SSIM over cameras `ids` of `scene` (of a model with levels of detail, what
     `levels` picks for each view: by default its finest level).
 
     Views with a mask are scored on their kept pixels only; their entry then says which share of the pixels
     was ignored (`masked`), and the result's `masked` is true when any view was masked.
+
+    `fit_exposure` scores each view as INRIA 3DGS's `--train_test_exp` does: an affine colour transform is
+    fitted (least squares, `fit_exposure`) on the left half of the photo, columns [0, W // 2), and the right half
+    alone is scored through it, so no scored pixel informs the fit. The view's entry keeps the transform
+    (`exposure`, 3x4), and the result's `protocol` names the protocol: "plain" or "fit-exposure".
     """
     background = scene.background or (0.0, 0.0, 0.0)
     views = []
@@ -57,13 +64,29 @@ def evaluate(
                            backend=backend).rgb.clamp(0, 1)
         target = torch.from_numpy(images[i]).to(render.device)
         keep = keep_mask(images, i, render.device)
+        fitted = None
+        if fit_exposure:
+            render, target, keep, fitted = _right_half_through_left_fit(render, target, keep)
         scored, truth = ignore_masked(render, target, keep)
         view = {"name": camera.name, "psnr": psnr(scored, truth, keep), "ssim": float(ssim(scored, truth, keep))}
         if keep is not None:
             view["masked"] = 1.0 - float(keep.float().mean())
+        if fitted is not None:
+            view["exposure"] = fitted.tolist()
         views.append(view)
         if side_by_side_dir is not None:
             pair = torch.cat([target, render], dim=1)
             save_png(side_by_side_dir / scene.output_names[i], to_uint8(pair))
     mean = {key: float(np.mean([v[key] for v in views])) if views else float("nan") for key in ("psnr", "ssim")}
-    return {"mean": mean, "views": views, "masked": any("masked" in v for v in views)}
+    return {"mean": mean, "views": views, "masked": any("masked" in v for v in views),
+            "protocol": "fit-exposure" if fit_exposure else "plain"}
+
+
+def _right_half_through_left_fit(render: torch.Tensor, target: torch.Tensor, keep: torch.Tensor | None
+                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(render, photo, mask) of the right half, the render through the transform fitted on the left half, and
+    that transform (3, 4)."""
+    half = render.shape[1] // 2
+    fitted = fit_exposure(render[:, :half], target[:, :half], None if keep is None else keep[:, :half])
+    right = apply_exposure(render[:, half:], fitted.to(render.device)).clamp(0, 1)
+    return right, target[:, half:], None if keep is None else keep[:, half:], fitted

@@ -7,6 +7,10 @@ the same hooks on every plug-in, in order, and never asks which one it runs:
 
     validate()                          before anything is loaded: refuse impossible settings
     setup(ctx) -> state                 once per process: declare buffers, read caches (fresh runs and resumes)
+    declare(model, num_cameras)         the parameters setup() adds beside the Gaussians' (e.g. exposure's),
+                                        so a checkpoint loads without the scene (eval, render, export)
+    photographed(model, state, i, rgb)  the render as training camera i's photo saw it (e.g. exposure's
+                                        affine colour), before the loss
     losses(model, state, info)          extra loss terms, added to the photometric loss
     pre_backward(model, state, info)    e.g. retain gradients of intermediate tensors
     post_backward(model, state, info)   gradients are available, parameters not yet stepped; per-view
@@ -111,7 +115,8 @@ class StepInfo:
 
 
 class Plugin:
-    """Hooks shared by parameterisations and strategies; every default does nothing."""
+    """Hooks shared by parameterisations, strategies and the photo models (exposure); every default does
+    nothing."""
 
     name: ClassVar[str]
 
@@ -126,6 +131,17 @@ class Plugin:
     def setup(self, ctx: SetupContext) -> dict[str, Any]:
         """Declare per-Gaussian buffers on `ctx.model` and return the initial state dict (checkpointed)."""
         return {}
+
+    def declare(self, model: "GaussianModel", num_cameras: int) -> None:
+        """Add the parameters `setup` declares that are not the Gaussians' (per camera or shared) to `model`, at
+        their initial values, for `num_cameras` cameras: a checkpoint then loads into it."""
+
+    def photographed(self, model: "GaussianModel", state: dict, camera_index: int, rgb: torch.Tensor
+                     ) -> torch.Tensor:
+        """The render `rgb` ((H, W, 3) float32, linear [0, 1], with autograd graph) as training camera
+        `camera_index`'s photo saw it, e.g. under that photo's exposure; what the loss compares with the photo.
+        The default returns it unchanged."""
+        return rgb
 
     def losses(self, model: "GaussianModel", state: dict, info: StepInfo) -> dict[str, torch.Tensor]:
         """Named scalar loss terms added to the photometric loss (e.g. MCMC's opacity and scale regularisers)."""

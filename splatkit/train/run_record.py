@@ -17,7 +17,7 @@ from splatkit.model.gaussians import Gaussians
 from splatkit.model.quantized import QuantizedGaussians
 from splatkit.model.sh import num_sh_bases
 from splatkit.train import checkpoint
-from splatkit.train.config import TrainConfig
+from splatkit.train.config import TrainConfig, run_plugins
 from splatkit.train.gaussian_model import GaussianModel
 from splatkit.train.poses import CameraPoses
 from splatkit.train.poses import declare as declare_poses
@@ -49,6 +49,8 @@ class RunRecord:
         self.config.parameterisation.create(model, empty, self.config.lr, 1.0)
         if self.config.pose_opt:
             declare_poses(model, 0, self.config.pose_lr, self.config.pose_lr_final)
+        for plugin in run_plugins(self.config).values():
+            plugin.declare(model, 0)
         try:
             model.load_state_dict(state)
         except (KeyError, RuntimeError, ValueError) as exc:

@@ -30,7 +30,7 @@ from splatkit.render import rasterize, resolve_backend, resolve_device
 from splatkit.render.native_build import unavailable_reason as native_unavailable
 from splatkit.train import checkpoint
 from splatkit.train.coarse_to_fine import downsampled, resolution_scale
-from splatkit.train.config import RUN_DEFINING, TrainConfig
+from splatkit.train.config import RUN_DEFINING, TrainConfig, run_plugins
 from splatkit.train.evaluate import evaluate, keep_mask
 from splatkit.train.gaussian_model import GaussianModel
 from splatkit.train.metrics import ignore_masked, photometric_loss, psnr
@@ -78,7 +78,7 @@ class Trainer:
         self.backend = resolve_backend(cfg.backend, self.device, render_needs(cfg))
         self.fused_loss = cfg.fused_loss and self.backend == "native"  # the loss kernel ships with the rasterizer
         self.extent = scene.extent * 1.1
-        self.plugins = {"parameterisation": cfg.parameterisation, "strategy": cfg.strategy}
+        self.plugins = run_plugins(cfg)
         self.model = GaussianModel(cfg.parameterisation, self.device)
         init = init_from_points(
             scene.points, scene.colors, sh_degree=cfg.sh_degree, seed=cfg.seed,
@@ -179,7 +179,8 @@ class Trainer:
             render = rasterize(gaussians, camera, sh_degree=min(step // cfg.sh_degree_interval, cfg.sh_degree),
                                background=tuple(backgrounds[slot]), backend=self.backend,
                                viewmat=self.poses.viewmat(index))
-            rgb, target = ignore_masked(render.rgb, target, keep)  # masked pixels: no error, no gradient
+            rgb = self._photographed(index, render.rgb)  # as the photo saw it (--exposure), else as rendered
+            rgb, target = ignore_masked(rgb, target, keep)  # masked pixels: no error, no gradient
             error = (rgb.detach() - target).abs().sum(dim=-1)
             views.append(View(camera, index, slot, target, render, error))
             losses.append((photometric_loss(rgb, target, keep, cfg.ssim_lambda, self.fused_loss),
@@ -211,6 +212,11 @@ class Trainer:
             self.processes.check_identical(self.model.params, self.step)
         return {"loss": float(loss), "psnr": sum(p for _, p in losses) / len(losses),
                 **{name: term.item() for name, term in extra.items()}}
+
+    def _photographed(self, index: int, rgb: torch.Tensor) -> torch.Tensor:
+        for key, plugin in self.plugins.items():
+            rgb = plugin.photographed(self.model, self.states[key], index, rgb)
+        return rgb
 
     def _visible(self, views: list[View]) -> torch.Tensor:
         """(N,) bool: the Gaussians some view of this step rendered, in any process."""
@@ -317,7 +323,7 @@ def check_settings(cfg: TrainConfig) -> None:
         if getattr(cfg, flag) and cfg.parameterisation.name != name:
             raise SplatkitError(f"--{flag} trains parameterisation:{name}, not {cfg.parameterisation.name} "
                                 f"(from Python, build the config with splatkit.train.config.{preset})")
-    for plugin in (cfg.parameterisation, cfg.strategy):
+    for plugin in run_plugins(cfg).values():
         plugin.validate()
     if cfg.visible_adam and (reason := native_unavailable()) is not None:
         raise SplatkitError(f"--visible-adam steps Adam in the native extension, which is unavailable: {reason}")
@@ -482,7 +488,7 @@ def _finish(trainer: Trainer) -> dict:
     trainer.poses.save(run_dir / "cameras.json")
     result = trainer.evaluate(run_dir / "eval") if scene.test_ids else {"mean": {}, "views": []}
     metrics = {"step": trainer.step, "num_gaussians": len(trainer.model), **result["mean"],
-               "masked": result.get("masked", False), **{k: result[k] for k in ("poses",) if k in result},
+               "masked": result.get("masked", False), **{k: result[k] for k in ("poses", "protocol") if k in result},
                "views": result["views"]}
     write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     summary = f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f} on {len(scene.test_ids)} held-out views" \

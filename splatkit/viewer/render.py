@@ -10,6 +10,7 @@ from splatkit.data.cameras import Camera
 from splatkit.model.gaussians import Gaussians
 from splatkit.model.sh import SH_C0
 from splatkit.render import rasterize
+from splatkit.train.exposure import apply_exposure
 
 OUTPUTS = ("RGB", "Depth", "Alpha")
 
@@ -34,15 +35,18 @@ def colorize_depth(depth: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def render_image(gaussians: Gaussians, camera: Camera, *, output: str = "RGB", sh_degree: int | None = None,
-                 background: tuple[float, float, float] = (0.0, 0.0, 0.0), backend: str = "auto") -> np.ndarray:
-    """(H, W, 3) uint8 of `output` (RGB / Depth / Alpha) seen from `camera`."""
+                 background: tuple[float, float, float] = (0.0, 0.0, 0.0), backend: str = "auto",
+                 exposure: torch.Tensor | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 of `output` (RGB / Depth / Alpha) seen from `camera`; RGB through `exposure` (3, 4), a
+    training photo's affine colour transform (`splatkit.train.exposure`), when given."""
     out = rasterize(gaussians, camera, sh_degree=sh_degree, background=background, backend=backend)
     if output == "Depth":
         image = colorize_depth(out.depth.float().cpu().numpy(), out.alpha.float().cpu().numpy())
     elif output == "Alpha":
         image = np.repeat(out.alpha.float().cpu().numpy()[..., None], 3, axis=-1)
     else:
-        image = out.rgb.float().cpu().numpy()
+        rgb = out.rgb if exposure is None else apply_exposure(out.rgb, exposure.to(out.rgb.device))
+        image = rgb.float().cpu().numpy()
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 

@@ -29,6 +29,7 @@ SETTLE_SECONDS = 0.2
 MOVING_QUALITY, STILL_QUALITY = 40, 75
 SPLAT_REFRESH_SECONDS = 2.0  # live training: resend the browser's splats at most this often
 POLL_SECONDS = 0.25
+MODEL_EXPOSURE = "the model (mean)"  # the exposure dropdown's first entry: no transform
 TRAINING_STATS_SECONDS = 0.5
 
 
@@ -104,6 +105,10 @@ class ClientSession:
                                          hint="streamed: rendered here and sent as images; splats: drawn by "
                                               "the browser (SH degree 0 colours)")
             self.output = gui.add_dropdown("Output", OUTPUTS, initial_value="RGB")
+            exposed = tuple(src.exposures)  # training photos with a learnt exposure (--exposure)
+            self.exposure = gui.add_dropdown("Exposure of", (MODEL_EXPOSURE, *exposed), initial_value=MODEL_EXPOSURE,
+                                             visible=bool(exposed), hint="RGB as a training photo's learnt exposure "
+                                             "saw it; the model itself keeps the photos' mean exposure")
             self.sh_degree = gui.add_slider("SH degree", 0, max(degree, 1), 1, degree, disabled=degree == 0)
             self.background = gui.add_rgb("Background", bg)
             self.max_height = gui.add_slider("Max resolution", 64, 2160, 8,
@@ -132,7 +137,7 @@ class ClientSession:
                 self.error_image = gui.add_image(np.zeros((8, 8, 3), np.uint8), label="Error map", visible=False)
                 self._zone_handles: list = []
                 self._drawn: tuple = (None, None)  # the boxes list and error map shown, by identity
-        for handle in (self.output, self.sh_degree, self.background, self.max_height):
+        for handle in (self.output, self.exposure, self.sh_degree, self.background, self.max_height):
             handle.on_update(lambda _: self.slot.put("refresh"))
         self.mode.on_update(lambda _: self.slot.put("mode"))
         self.show_cameras.on_update(lambda _: self._show_frustums(bool(self.show_cameras.value)))
@@ -343,6 +348,7 @@ class ClientSession:
         camera = camera_from_pose(pose, height)
         background = self._background()
         output, sh_degree = self.output.value, int(self.sh_degree.value)
+        exposure = self.source.exposures.get(self.exposure.value)  # None: the model's own (mean) exposure
 
         drawn = self._drawn_model(snapshot, camera)
         self.drawn_count = len(drawn)
@@ -350,7 +356,7 @@ class ClientSession:
         def timed_render() -> tuple[np.ndarray, float]:
             started = time.perf_counter()
             image = render_image(drawn, camera, output=output, sh_degree=sh_degree,
-                                 background=background, backend=self.settings.backend)
+                                 background=background, backend=self.settings.backend, exposure=exposure)
             return image, time.perf_counter() - started
 
         image, seconds = self.source.compute(timed_render)  # beside training: between its steps

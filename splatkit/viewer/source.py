@@ -19,6 +19,7 @@ from splatkit.errors import SplatkitError, file_error
 from splatkit.io.formats import read_splats
 from splatkit.model.gaussians import Gaussians
 from splatkit.train import checkpoint
+from splatkit.train.exposure import named_exposures
 from splatkit.train.run_record import RunRecord, read_run
 
 T = TypeVar("T")
@@ -50,8 +51,9 @@ class ModelSource:
 
     def __init__(self, gaussians: Gaussians, *, cameras: list[Camera] | None = None, name: str = "model",
                  background: tuple[float, float, float] | None = None,
-                 to_file_frame: Similarity | None = None) -> None:
+                 to_file_frame: Similarity | None = None, exposures: dict[str, torch.Tensor] | None = None) -> None:
         self.to_file_frame = to_file_frame or Similarity()
+        self.exposures = exposures or {}  # training photos' transforms by name (--exposure), for previews
         self._lock = threading.Lock()
         self._snapshot = Snapshot(gaussians, 0)
         self.cameras = cameras or []
@@ -100,6 +102,8 @@ def load_source(path: Path, device: torch.device | str = "cpu") -> ModelSource:
     checkpoints = checkpoint.list_checkpoints(path / "checkpoints")
     scene = _load_run_scene(record, path)
     to_file_frame = None  # the model is shown in its file's frame unless moved into the training frame
+    exposures = named_exposures(record.checkpoint_model(checkpoints[-1]), scene) \
+        if record.config.exposure and checkpoints and scene is not None else {}
     if ply.is_file():
         model = read_splats(ply)
         if scene is not None:
@@ -116,7 +120,8 @@ def load_source(path: Path, device: torch.device | str = "cpu") -> ModelSource:
     if len(model) == 0:
         raise file_error(path, "the model has no Gaussians")
     return ModelSource(model.to(device), cameras=scene.cameras if scene else None, name=path.name,
-                       background=scene.background if scene else None, to_file_frame=to_file_frame)
+                       background=scene.background if scene else None, to_file_frame=to_file_frame,
+                       exposures=exposures)
 
 
 class LiveSource(ModelSource):
@@ -131,7 +136,8 @@ class LiveSource(ModelSource):
 
     def __init__(self, trainer, interval: float = 0.5) -> None:
         super().__init__(self._copy(trainer), cameras=trainer.scene.cameras, name=trainer.run_dir.name,
-                         background=trainer.scene.background, to_file_frame=trainer.scene.to_normalized.inverse())
+                         background=trainer.scene.background, to_file_frame=trainer.scene.to_normalized.inverse(),
+                         exposures=named_exposures(trainer.model, trainer.scene))
         self.interval = interval
         self.watching = 0  # number of clients connected; nothing is copied without one
         self._last_copy = time.perf_counter()
@@ -158,6 +164,7 @@ class LiveSource(ModelSource):
         now = time.perf_counter()
         if self.watching and (now - self._last_copy >= self.interval or self.paused.is_set()):
             self.publish(self._copy(trainer))
+            self.exposures = named_exposures(trainer.model, trainer.scene)
             self._last_copy = now
             self.boxes = [box for key, plugin in trainer.plugins.items() for box in plugin.boxes(trainer.states[key])]
             self.error_map = trainer.last_error

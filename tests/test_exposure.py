@@ -1,0 +1,127 @@
+"""Exposure compensation (`--exposure`) and the left/right held-out protocol (`eval --fit-exposure`): the affine
+transform's algebra, the least-squares fit against known transforms, that frozen identity transforms change no
+bit of training, bitwise resume, that the transforms average to the identity, and that the fit never reads a scored pixel."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from splatkit.cli import main
+from splatkit.errors import SplatkitError
+from splatkit.io.formats import read_splats
+from splatkit.train import checkpoint
+from splatkit.train.config import TrainConfig
+from splatkit.train.evaluate import evaluate
+from splatkit.train.exposure import PARAM, apply_exposure, exposure_transforms, fit_exposure
+from splatkit.train.run_record import read_run
+from splatkit.train.strategies import ADCStrategy
+from splatkit.train.trainer import train
+
+
+def _random_transform(generator: torch.Generator) -> torch.Tensor:
+    return torch.eye(3, 4) + 0.2 * (torch.rand(3, 4, generator=generator) - 0.5)
+
+
+def test_transform_is_exact_at_the_identity_and_affine_elsewhere():
+    generator = torch.Generator().manual_seed(0)
+    rgb = torch.rand(5, 7, 3, generator=generator)
+    assert torch.equal(apply_exposure(rgb, torch.eye(3, 4)), rgb)
+    transform = _random_transform(generator)
+    expected = torch.einsum("ij,hwj->hwi", transform[:, :3].double(), rgb.double()) + transform[:, 3].double()
+    torch.testing.assert_close(apply_exposure(rgb, transform).double(), expected, rtol=0, atol=1e-6)
+
+
+def test_fit_recovers_a_known_transform_and_ignores_masked_pixels():
+    generator = torch.Generator().manual_seed(1)
+    render = torch.rand(24, 32, 3, generator=generator)
+    transform = _random_transform(generator)
+    target = apply_exposure(render, transform)
+    # float32 inputs: the residual of an exact affine map is rounding, far below 1e-5 on 12 unknowns
+    torch.testing.assert_close(fit_exposure(render, target), transform, rtol=0, atol=1e-5)
+    keep = torch.rand(24, 32, 1, generator=generator) > 0.3
+    spoiled = torch.where(keep, target, torch.full_like(target, float("nan")))  # what a mask hides is never read
+    torch.testing.assert_close(fit_exposure(render, spoiled, keep), transform, rtol=0, atol=1e-5)
+    with pytest.raises(SplatkitError, match="at least 4 kept pixels"):
+        fit_exposure(render, target, torch.zeros(24, 32, 1, dtype=torch.bool))
+
+
+def _config(scene: Path, out: Path, **kw) -> TrainConfig:
+    return TrainConfig(scene=str(scene), out=out, steps=40, checkpoint_every=20, eval_steps=(), backend="native",
+                       strategy=ADCStrategy(refine_start=5, refine_every=10, reset_every=25), log_every=10,
+                       test_every=5, **kw)
+
+
+def test_frozen_identity_transforms_leave_training_bitwise_unchanged(tiny_scene, tmp_path):
+    train(_config(tiny_scene, tmp_path / "plain"), show_progress=False)
+    train(_config(tiny_scene, tmp_path / "frozen", exposure=True, exposure_lr=0.0), show_progress=False)
+    plain = checkpoint.load_checkpoint(tmp_path / "plain" / "checkpoints" / "step_0000040.pt")["params"]
+    frozen = checkpoint.load_checkpoint(tmp_path / "frozen" / "checkpoints" / "step_0000040.pt")["params"]
+    assert not frozen.pop(PARAM).any()
+    assert plain.keys() == frozen.keys()
+    for name in plain:
+        assert torch.equal(plain[name], frozen[name]), name
+
+
+def test_transforms_train_average_to_the_identity_and_resume_bitwise(tiny_scene, tmp_path, capsys):
+    train(_config(tiny_scene, tmp_path / "full", exposure=True), show_progress=False)
+    shutil.copytree(tmp_path / "full", tmp_path / "killed")
+    (tmp_path / "killed" / "checkpoints" / "step_0000040.pt").unlink()
+    train(_config(tiny_scene, tmp_path / "killed", exposure=True, resume=True), show_progress=False)
+    full = checkpoint.load_checkpoint(tmp_path / "full" / "checkpoints" / "step_0000040.pt")
+    resumed = checkpoint.load_checkpoint(tmp_path / "killed" / "checkpoints" / "step_0000040.pt")
+    for name in full["params"]:
+        assert torch.equal(full["params"][name], resumed["params"][name]), name
+    record = read_run(tmp_path / "full")
+    scene = record.load_scene()
+    model = record.checkpoint_model(tmp_path / "full" / "checkpoints" / "step_0000040.pt")
+    train_ids = torch.tensor(scene.train_ids)
+    transforms = exposure_transforms(model, train_ids)
+    assert not torch.equal(transforms[train_ids], torch.eye(3, 4).expand(len(train_ids), 3, 4))  # they moved
+    torch.testing.assert_close(transforms[train_ids].mean(0), torch.eye(3, 4), rtol=0, atol=1e-6)  # the gauge
+    assert torch.equal(transforms[scene.test_ids], torch.eye(3, 4).expand(len(scene.test_ids), 3, 4))
+    # --resume cannot switch it off: the checkpoints hold the transforms
+    assert main(["train", str(tiny_scene), "--out", str(tmp_path / "full"), "--steps", "60", "--no-exposure",
+                 "--resume"]) == 2
+    assert "--resume cannot change exposure (True -> False)" in capsys.readouterr().err
+
+
+class _Photos:
+    """An image store's two calls that `evaluate` makes, over given photos."""
+
+    def __init__(self, photos: dict[int, np.ndarray]) -> None:
+        self.photos = photos
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.photos[index]
+
+    def mask(self, index: int) -> None:
+        return None
+
+
+def test_left_half_fit_never_reads_the_scored_half(tiny_run):
+    record = read_run(tiny_run)
+    scene = record.load_scene()
+    ids = scene.train_ids[:3]
+    model = read_splats(tiny_run / "point_cloud.ply").transformed(scene.to_normalized)
+    generator = np.random.default_rng(2)
+    photos = {i: generator.random((scene.cameras[i].height, scene.cameras[i].width, 3), dtype=np.float32)
+              for i in ids}
+    half = scene.cameras[ids[0]].width // 2
+    other_right = {i: p.copy() for i, p in photos.items()}
+    other_left = {i: p.copy() for i, p in photos.items()}
+    for i in ids:
+        other_right[i][:, half:] = 1 - other_right[i][:, half:]
+        other_left[i][:, :half] = 1 - other_left[i][:, :half]
+    results = [evaluate(model, scene, _Photos(p), ids, backend="native", fit_exposure=True)
+               for p in (photos, other_right, other_left)]
+    assert all(r["protocol"] == "fit-exposure" for r in results)
+    for a, b, c in zip(*(r["views"] for r in results)):
+        assert a["exposure"] == b["exposure"]  # the right half changed: the fit did not
+        assert a["psnr"] != b["psnr"]  # ...and it is what is scored
+        assert a["exposure"] != c["exposure"]  # the left half is what is fitted
+    assert evaluate(model, scene, _Photos(photos), ids, backend="native")["protocol"] == "plain"
