@@ -80,7 +80,7 @@ class EvalConfig:
     it must be in the capture's frame, as exports are by default. Side-by-sides go to <run>/eval/<file name>/."""
     lod: Levels = field(default_factory=LevelFlags)
     fit_exposure: bool = False
-    """Score each held-out view's right half through an affine colour transform fitted to its left half (INRIA
+    """Score each held-out view's right half through a gain and offset per channel fitted to its left half (INRIA
     3DGS's --train_test_exp protocol), for captures whose exposure changes from photo to photo. The default,
     plain protocol compares whole photos as they are, as other tools' numbers do: quote that one unless you say
     which."""

@@ -1,6 +1,7 @@
 """Exposure compensation (`--exposure`) and the left/right held-out protocol (`eval --fit-exposure`): the affine
-transform's algebra, the least-squares fit against known transforms, that frozen identity transforms change no
-bit of training, bitwise resume, that the transforms average to the identity, and that the fit never reads a scored pixel."""
+transform's algebra, the held-out fit against known transforms and numpy's least-squares lines, that frozen
+identity transforms change no bit of training, bitwise resume, that the transforms average to the identity, and
+that the fit never reads a scored pixel."""
 
 from __future__ import annotations
 
@@ -36,18 +37,25 @@ def test_transform_is_exact_at_the_identity_and_affine_elsewhere():
     torch.testing.assert_close(apply_exposure(rgb, transform).double(), expected, rtol=0, atol=1e-6)
 
 
-def test_fit_recovers_a_known_transform_and_ignores_masked_pixels():
+def test_fit_is_each_channels_least_squares_line_and_ignores_masked_pixels():
     generator = torch.Generator().manual_seed(1)
     render = torch.rand(24, 32, 3, generator=generator)
-    transform = _random_transform(generator)
-    target = apply_exposure(render, transform)
-    # float32 inputs: the residual of an exact affine map is rounding, far below 1e-5 on 12 unknowns
-    torch.testing.assert_close(fit_exposure(render, target), transform, rtol=0, atol=1e-5)
+    gains, offsets = torch.tensor([0.7, 1.1, 0.9]), torch.tensor([0.05, -0.02, 0.0])
+    known = torch.cat([torch.diag(gains), offsets[:, None]], dim=1)
+    # float32 inputs: the residual of an exact per-channel map is rounding, far below 1e-5 on 2 unknowns each
+    torch.testing.assert_close(fit_exposure(render, apply_exposure(render, known)), known, rtol=0, atol=1e-5)
+    mixed = apply_exposure(render, _random_transform(generator))  # channels mixed: the fit stays per channel
+    fitted = fit_exposure(render, mixed).double().numpy()
+    for c in range(3):  # each channel's least-squares line, as numpy fits it
+        x, y = render[..., c].double().numpy().ravel(), mixed[..., c].double().numpy().ravel()
+        slope, intercept = np.polyfit(x, y, 1)
+        np.testing.assert_allclose(fitted[c, [c, 3]], [slope, intercept], rtol=0, atol=1e-6)
+    assert not fitted[:, :3][~np.eye(3, dtype=bool)].any()
     keep = torch.rand(24, 32, 1, generator=generator) > 0.3
-    spoiled = torch.where(keep, target, torch.full_like(target, float("nan")))  # what a mask hides is never read
-    torch.testing.assert_close(fit_exposure(render, spoiled, keep), transform, rtol=0, atol=1e-5)
-    with pytest.raises(SplatkitError, match="at least 4 kept pixels"):
-        fit_exposure(render, target, torch.zeros(24, 32, 1, dtype=torch.bool))
+    spoiled = torch.where(keep, apply_exposure(render, known), torch.full_like(render, float("nan")))
+    torch.testing.assert_close(fit_exposure(render, spoiled, keep), known, rtol=0, atol=1e-5)  # never reads NaN
+    with pytest.raises(SplatkitError, match="at least 2 kept pixels"):
+        fit_exposure(render, mixed, torch.zeros(24, 32, 1, dtype=torch.bool))
 
 
 def _config(scene: Path, out: Path, **kw) -> TrainConfig:

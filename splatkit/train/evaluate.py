@@ -51,8 +51,8 @@ def evaluate(
     Views with a mask are scored on their kept pixels only; their entry then says which share of the pixels
     was ignored (`masked`), and the result's `masked` is true when any view was masked.
 
-    `fit_exposure` scores each view as INRIA 3DGS's `--train_test_exp` does: an affine colour transform is
-    fitted (least squares, `fit_exposure`) on the left half of the photo, columns [0, W // 2), and the right half
+    `fit_exposure` scores each view as INRIA 3DGS's `--train_test_exp` does: a gain and an offset per channel
+    are fitted (least squares, `fit_exposure`) on the left half of the photo, columns [0, W // 2), and the right half
     alone is scored through it, so no scored pixel informs the fit. The view's entry keeps the transform
     (`exposure`, 3x4), and the result's `protocol` names the protocol: "plain" or "fit-exposure".
     """
