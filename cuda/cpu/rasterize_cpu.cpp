@@ -364,8 +364,8 @@ void blend_backward(const BlendIn& in, const BlendGradIn& gi, const BlendGradOut
 #pragma omp simd
                 for (int p = p0; p < p1; ++p) {
                     const float power = gaussian_power(conic, px[p] - mx, py[p] - my);
-                    gauss[p] = exp_nonpositive(min_f(power, 0.0f));
-                    alpha[p] = pair_alpha(power, o);
+                    gauss[p] = pair_gauss(power);
+                    alpha[p] = pair_alpha(power, gauss[p], o);
                 }
                 float s_mx = 0, s_my = 0, s_a = 0, s_b = 0, s_c = 0, s_o = 0, s_f0 = 0, s_f1 = 0, s_f2 = 0, s_f3 = 0;
                 float s_ax = 0, s_ay = 0;

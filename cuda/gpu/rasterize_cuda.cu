@@ -286,8 +286,8 @@ __global__ void __launch_bounds__(kTilePixels)
                 const float o = staged.opacity[j];
                 const float dx = px - staged.mean[j].x, dy = py - staged.mean[j].y;
                 const float power = gaussian_power(conic, dx, dy);
-                const float gauss = exp_nonpositive(fminf(power, 0.0f));
-                const float alpha = power > 0.0f ? 0.0f : fminf(kAlphaMax, o * gauss);
+                const float gauss = pair_gauss(power);
+                const float alpha = pair_alpha(power, gauss, o);
                 if (alpha >= kAlphaMin) {
                     use = true;
                     const float one_minus = 1.0f - alpha;

@@ -11,9 +11,15 @@ SPLATKIT_HD float gaussian_power(Sym2 conic, float dx, float dy) {
     return -0.5f * (conic.a * dx * dx + conic.c * dy * dy) - conic.b * dx * dy;
 }
 
-SPLATKIT_HD float pair_alpha(float power, float opacity) {
-    return power > 0.0f ? 0.0f : min_f(kAlphaMax, opacity * exp_nonpositive(power));
+// exp(power) for a pixel inside the Gaussian's support (power <= 0); the backward pass needs it beside alpha, so
+// alpha is also given from it rather than from a second exp.
+SPLATKIT_HD float pair_gauss(float power) { return exp_nonpositive(min_f(power, 0.0f)); }
+
+SPLATKIT_HD float pair_alpha(float power, float gauss, float opacity) {
+    return power > 0.0f ? 0.0f : min_f(kAlphaMax, opacity * gauss);
 }
+
+SPLATKIT_HD float pair_alpha(float power, float opacity) { return pair_alpha(power, pair_gauss(power), opacity); }
 
 // Box around a Gaussian's mean beyond which alpha < 1/255 for its opacity: the Mahalanobis distance d must satisfy
 // d^2 <= 2 ln(255 opacity), and |dx| <= d sigma_x with sigma_x^2 = c / det of the conic (a, b, c).
