@@ -66,16 +66,14 @@ class GaussianModel:
         self.buffers[name] = value.to(self.device)
         self._new_rows[name] = new_rows
 
-    def accumulate(self, name: str, values: torch.Tensor | float, rows: torch.Tensor | None = None) -> None:
-        """Add a step's per-view statistic to buffer `name` (rows `rows`, a mask or indices; default all): it is
-        held apart until `fold_statistics`, which sums it over the processes of a distributed run first, so
-        every process reads the same totals (ADC's screen gradients, EAGLES' influence)."""
-        if name not in self._pending:
-            self._pending[name] = torch.zeros_like(self.buffers[name])
-        if rows is None:
+    def accumulate(self, name: str, values: torch.Tensor) -> None:
+        """Add a step's per-view statistic (shaped like buffer `name`) to that buffer: it is held apart until
+        `fold_statistics`, which sums it over the processes of a distributed run first, so every process reads
+        the same totals (ADC's screen gradients, EAGLES' influence)."""
+        if name in self._pending:
             self._pending[name] += values
         else:
-            self._pending[name][rows] += values
+            self._pending[name] = values.to(self.buffers[name].dtype, copy=True)
 
     def fold_statistics(self, sum_over_processes: Callable[[torch.Tensor], None]) -> None:
         """Add the step's accumulated statistics into their buffers, each summed in place over the processes
