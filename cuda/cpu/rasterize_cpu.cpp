@@ -329,7 +329,8 @@ void blend_backward(const BlendIn& in, const BlendGradIn& gi, const BlendGradOut
         FlushDenormals flush;
         float* grads = sums.for_thread();
         TilePixels tp;
-        alignas(64) float T[kTilePixels], T_final[kTilePixels], behind[kTilePixels], v_alpha_out[kTilePixels];
+        // behind: sum of w f . dL/dimage over the Gaussians behind, minus dL/dalpha T_final (alpha = 1 - T_final).
+        alignas(64) float T[kTilePixels], behind[kTilePixels];
         alignas(64) float v_img[kChannels][kTilePixels];
         alignas(64) int32_t last[kTilePixels];
 #pragma omp for schedule(static, 1)
@@ -340,10 +341,9 @@ void blend_backward(const BlendIn& in, const BlendGradIn& gi, const BlendGradOut
             for (int p = 0; p < kTilePixels; ++p) {
                 const bool inside = tp.inside[p];
                 const size_t pix = inside ? tp.pixel(p, in.width) : 0;
-                behind[p] = 0.0f;
                 last[p] = inside ? gi.last[pix] : 0;
-                T[p] = T_final[p] = inside ? gi.final_T[pix] : 1.0f;
-                v_alpha_out[p] = inside ? gi.v_alpha[pix] : 0.0f;
+                T[p] = inside ? gi.final_T[pix] : 1.0f;
+                behind[p] = inside ? -gi.v_alpha[pix] * T[p] : 0.0f;
                 for (int c = 0; c < kChannels; ++c) v_img[c][p] = inside ? gi.v_image[kChannels * pix + c] : 0.0f;
                 max_last = std::max(max_last, last[p]);
             }
@@ -361,13 +361,9 @@ void blend_backward(const BlendIn& in, const BlendGradIn& gi, const BlendGradOut
                 const int32_t position = k - begin;
                 const RowRange rows = rows_in_reach(gs, tp.y0);
                 const int p0 = rows.first * kTileSize, p1 = rows.end * kTileSize;
-                alignas(64) float gauss[kTilePixels], alpha[kTilePixels];
+                alignas(64) float alpha[kTilePixels];
 #pragma omp simd
-                for (int p = p0; p < p1; ++p) {
-                    const float power = gaussian_power(conic, px[p] - mx, py[p] - my);
-                    gauss[p] = pair_gauss(power);
-                    alpha[p] = pair_alpha(power, gauss[p], o);
-                }
+                for (int p = p0; p < p1; ++p) alpha[p] = pair_alpha(gaussian_power(conic, px[p] - mx, py[p] - my), o);
                 float s_mx = 0, s_my = 0, s_a = 0, s_b = 0, s_c = 0, s_o = 0, s_f0 = 0, s_f1 = 0, s_f2 = 0, s_f3 = 0;
                 float s_ax = 0, s_ay = 0;
 #pragma omp simd reduction(+ : s_mx, s_my, s_a, s_b, s_c, s_o, s_f0, s_f1, s_f2, s_f3, s_ax, s_ay)
@@ -379,14 +375,13 @@ void blend_backward(const BlendIn& in, const BlendGradIn& gi, const BlendGradOut
                     const float T_before = use ? T[p] / one_minus : T[p];
                     const float w = use ? a * T_before : 0.0f;
                     const float fdot = f0 * v_img[0][p] + f1 * v_img[1][p] + f2 * v_img[2][p] + f3 * v_img[3][p];
-                    const float v_alpha = use ? T_before * fdot - (behind[p] - v_alpha_out[p] * T_final[p]) / one_minus
-                                              : 0.0f;
+                    const float v_alpha = use ? T_before * fdot - behind[p] / one_minus : 0.0f;
                     behind[p] += w * fdot;
                     T[p] = T_before;
-                    // Where alpha was clamped at 0.99 it does not depend on opacity or position.
-                    const bool clamped = o * gauss[p] > kAlphaMax;
-                    const float v_power = clamped ? 0.0f : a * v_alpha;
-                    s_o += clamped ? 0.0f : gauss[p] * v_alpha;
+                    // Where alpha was clamped at 0.99 it does not depend on opacity or position. Elsewhere
+                    // alpha = o exp(power), so dalpha/dpower = alpha and dalpha/do = alpha / o (divided once below).
+                    const float v_power = a >= kAlphaMax ? 0.0f : a * v_alpha;
+                    s_o += v_power;
                     s_f0 += w * v_img[0][p];
                     s_f1 += w * v_img[1][p];
                     s_f2 += w * v_img[2][p];
@@ -407,7 +402,7 @@ void blend_backward(const BlendIn& in, const BlendGradIn& gi, const BlendGradOut
                 out_g[2] += s_a;
                 out_g[3] += s_b;
                 out_g[4] += s_c;
-                out_g[5] += s_o;
+                out_g[5] += o > 0.0f ? s_o / o : 0.0f;  // no pixel counts a Gaussian of opacity 0
                 out_g[6] += s_f0;
                 out_g[7] += s_f1;
                 out_g[8] += s_f2;
