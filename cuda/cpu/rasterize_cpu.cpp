@@ -251,7 +251,8 @@ void blend_forward(const BlendIn& in, const BlendOut& out) {
         FlushDenormals flush;
         float* wsum = weight_sums.for_thread();
         TilePixels tp;
-        alignas(64) float T[kTilePixels], alive[kTilePixels], acc[kChannels][kTilePixels];
+        // T: each pixel's transmittance, negated once the pixel is done (outside the image, or blending stopped).
+        alignas(64) float T[kTilePixels], acc[kChannels][kTilePixels];
         alignas(64) int32_t last[kTilePixels];
 #pragma omp for schedule(static, 1)
         for (int tile = 0; tile < tiles_x * tiles_y; ++tile) {
@@ -259,9 +260,8 @@ void blend_forward(const BlendIn& in, const BlendOut& out) {
             const float *px = tp.px, *py = tp.py;
             int n_alive = 0;
             for (int p = 0; p < kTilePixels; ++p) {
-                alive[p] = tp.inside[p] ? 1.0f : 0.0f;
                 n_alive += tp.inside[p];
-                T[p] = 1.0f;
+                T[p] = tp.inside[p] ? 1.0f : -1.0f;
                 last[p] = 0;
                 for (int c = 0; c < kChannels; ++c) acc[c][p] = 0.0f;
             }
@@ -287,30 +287,30 @@ void blend_forward(const BlendIn& in, const BlendOut& out) {
                 for (int p = p0; p < p1; ++p) {
                     const float a = alpha[p], t = T[p];
                     const float test = t * (1.0f - a);
-                    const bool use = (a >= kAlphaMin) & (alive[p] > 0.0f);
+                    const bool use = (a >= kAlphaMin) & (t > 0.0f);
                     const bool stop = use & (test < kTransmittanceMin);
-                    const float w = (use & !stop) ? a * t : 0.0f;
+                    const bool blend = use & !stop;
+                    const float w = blend ? a * t : 0.0f;
                     acc[0][p] += w * f0;
                     acc[1][p] += w * f1;
                     acc[2][p] += w * f2;
                     acc[3][p] += w * f3;
-                    T[p] = (use & !stop) ? test : t;
-                    alive[p] = stop ? 0.0f : alive[p];
-                    last[p] = (use & !stop) ? position : last[p];
+                    T[p] = blend ? test : (stop ? -t : t);
+                    last[p] = blend ? position : last[p];
                     ws += w;
                 }
                 wsum[g] += ws;
                 if (((k - begin) & 15) == 15) {
                     n_alive = 0;
-                    for (int p = 0; p < kTilePixels; ++p) n_alive += alive[p] > 0.0f;
+                    for (int p = 0; p < kTilePixels; ++p) n_alive += T[p] > 0.0f;
                 }
             }
             for (int p = 0; p < kTilePixels; ++p) {
                 if (!tp.inside[p]) continue;
                 size_t pix = tp.pixel(p, in.width);
                 for (int c = 0; c < kChannels; ++c) out.image[kChannels * pix + c] = acc[c][p];
-                out.alpha[pix] = 1.0f - T[p];
-                out.final_T[pix] = T[p];
+                out.alpha[pix] = 1.0f - fabsf(T[p]);
+                out.final_T[pix] = fabsf(T[p]);
                 out.last[pix] = last[p];
             }
         }
