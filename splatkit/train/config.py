@@ -10,6 +10,7 @@ import tyro
 
 from splatkit.data.pointmap_scene import PointMapInit
 from splatkit.render.api import Device
+from splatkit.train.appearance import AppearanceEmbeddings
 from splatkit.train.exposure import ExposureCompensation
 from splatkit.train.learning_rates import LearningRates
 from splatkit.train.parameterisations import PARAMETERISATIONS, EaglesQuantized, FLoD, Plain3DGS
@@ -22,7 +23,7 @@ ParameterisationChoice = PARAMETERISATIONS.choice()
 
 # Settings that make a run what it is, besides its scene: a resume may change anything else, never these.
 RUN_DEFINING = ("data_factor", "test_every", "seed", "strategy.name", "parameterisation.name", "quantize", "lod",
-                "pose_opt", "exposure")
+                "pose_opt", "exposure", "appearance")
 
 
 @dataclass
@@ -108,6 +109,15 @@ class TrainConfig:
     identity)"""
     exposure_lr_final: float = 0.001
     """...to this at the last step."""
+    appearance: bool = False
+    """Learn an embedding per training photo that a small decoder turns into a colour offset of each Gaussian
+    (gsplat's app_opt), for captures whose light or tone changes between photos in ways one colour transform per
+    photo cannot follow; combines with --exposure. The model keeps the photos' mean appearance (offsets are zero
+    at the mean embedding): exports, the viewer and held-out scoring show it."""
+    appearance_lr: float = 1e-3
+    """Adam rate of the embeddings and the decoder (0 freezes them: every offset stays zero)."""
+    appearance_feature_lr: float = 2.5e-3
+    """Adam rate of the Gaussians' appearance features."""
     lr: LearningRates = field(default_factory=LearningRates)
     parameterisation: ParameterisationChoice = field(default_factory=Plain3DGS)
     """How parameters become Gaussians."""
@@ -136,8 +146,13 @@ class TrainConfig:
 
 def run_plugins(cfg: TrainConfig) -> dict[str, Plugin]:
     """The run's plug-ins by role, in the order their hooks run: the parameterisation, the strategy, then the
-    photo models the flags switch on (--exposure). Checkpoints record their names; a resume must match."""
-    photo = {"exposure": ExposureCompensation(cfg.exposure_lr, cfg.exposure_lr_final)} if cfg.exposure else {}
+    photo models the flags switch on (--appearance, --exposure). Checkpoints record their names; a resume must
+    match."""
+    photo: dict[str, Plugin] = {}
+    if cfg.appearance:
+        photo["appearance"] = AppearanceEmbeddings(cfg.appearance_lr, cfg.appearance_feature_lr)
+    if cfg.exposure:
+        photo["exposure"] = ExposureCompensation(cfg.exposure_lr, cfg.exposure_lr_final)
     return {"parameterisation": cfg.parameterisation, "strategy": cfg.strategy, **photo}
 
 

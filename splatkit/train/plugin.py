@@ -9,6 +9,8 @@ the same hooks on every plug-in, in order, and never asks which one it runs:
     setup(ctx) -> state                 once per process: declare buffers, read caches (fresh runs and resumes)
     declare(model, num_cameras)         the parameters setup() adds beside the Gaussians' (e.g. exposure's),
                                         so a checkpoint loads without the scene (eval, render, export)
+    seen(model, state, i, gaussians)    the Gaussians as training camera i saw them (e.g. appearance's
+                                        colour offsets), before rendering
     photographed(model, state, i, rgb)  the render as training camera i's photo saw it (e.g. exposure's
                                         affine colour), before the loss
     losses(model, state, info)          extra loss terms, added to the photometric loss
@@ -115,8 +117,8 @@ class StepInfo:
 
 
 class Plugin:
-    """Hooks shared by parameterisations, strategies and the photo models (exposure); every default does
-    nothing."""
+    """Hooks shared by parameterisations, strategies and the photo models (exposure, appearance); every default
+    does nothing."""
 
     name: ClassVar[str]
 
@@ -135,6 +137,12 @@ class Plugin:
     def declare(self, model: "GaussianModel", num_cameras: int) -> None:
         """Add the parameters `setup` declares that are not the Gaussians' (per camera or shared) to `model`, at
         their initial values, for `num_cameras` cameras: a checkpoint then loads into it."""
+
+    def seen(self, model: "GaussianModel", state: dict, camera_index: int, gaussians: ActivatedGaussians
+             ) -> ActivatedGaussians:
+        """The Gaussians (with autograd graph) as training camera `camera_index` saw them, e.g. with that
+        photo's appearance; what is rendered for it. The default returns them unchanged."""
+        return gaussians
 
     def photographed(self, model: "GaussianModel", state: dict, camera_index: int, rgb: torch.Tensor
                      ) -> torch.Tensor:

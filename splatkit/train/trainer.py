@@ -174,12 +174,13 @@ class Trainer:
             target, keep = self._photo(index)
             self.image_wait_s += time.perf_counter() - waited
             camera, target, keep = downsampled(camera, target, keep, self.resolution_scale(step))
-            gaussians = self.model.activated()  # each view its own graph: see the backward below
+            # Each view its own graph (see the backward below), of the Gaussians as its photo saw them (--appearance)
+            gaussians = self._through("seen", index, self.model.activated())
             first = gaussians if first is None else first
             render = rasterize(gaussians, camera, sh_degree=min(step // cfg.sh_degree_interval, cfg.sh_degree),
                                background=tuple(backgrounds[slot]), backend=self.backend,
                                viewmat=self.poses.viewmat(index))
-            rgb = self._photographed(index, render.rgb)  # as the photo saw it (--exposure), else as rendered
+            rgb = self._through("photographed", index, render.rgb)  # as the photo saw it (--exposure)
             rgb, target = ignore_masked(rgb, target, keep)  # masked pixels: no error, no gradient
             error = (rgb.detach() - target).abs().sum(dim=-1)
             views.append(View(camera, index, slot, target, render, error))
@@ -213,10 +214,11 @@ class Trainer:
         return {"loss": float(loss), "psnr": sum(p for _, p in losses) / len(losses),
                 **{name: term.item() for name, term in extra.items()}}
 
-    def _photographed(self, index: int, rgb: torch.Tensor) -> torch.Tensor:
+    def _through(self, hook: str, index: int, value: Any) -> Any:
+        """`value` through every plug-in's `hook` for training camera `index` (seen, photographed), in order."""
         for key, plugin in self.plugins.items():
-            rgb = plugin.photographed(self.model, self.states[key], index, rgb)
-        return rgb
+            value = getattr(plugin, hook)(self.model, self.states[key], index, value)
+        return value
 
     def _visible(self, views: list[View]) -> torch.Tensor:
         """(N,) bool: the Gaussians some view of this step rendered, in any process."""
