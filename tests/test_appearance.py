@@ -5,9 +5,6 @@ constant in the gradient), that frozen zero embeddings change no bit of training
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -15,13 +12,12 @@ from splatkit.cli import main
 from splatkit.model.gaussians import Gaussians
 from splatkit.train import checkpoint
 from splatkit.train.appearance import DECODER, EMBEDDINGS, FEATURES, AppearanceEmbeddings, appearance_offsets
-from splatkit.train.config import TrainConfig
 from splatkit.train.gaussian_model import GaussianModel
 from splatkit.train.learning_rates import LearningRates
 from splatkit.train.parameterisations import Plain3DGS
 from splatkit.train.run_record import read_run
-from splatkit.train.strategies import ADCStrategy
-from splatkit.train.trainer import train
+
+from photo_models import LAST, assert_resumes_bitwise, frozen_params_beside_plain
 
 pytestmark = pytest.mark.xdist_group("tiny_scene")
 
@@ -62,44 +58,22 @@ def test_offsets_follow_the_closed_form_and_vanish_at_the_mean_embedding():
     assert moved.tolist() == [False, False, False, True, False, False]  # the mean is held constant
 
 
-def _config(scene: Path, out: Path, **kw) -> TrainConfig:
-    return TrainConfig(scene=str(scene), out=out, steps=40, checkpoint_every=20, eval_steps=(), backend="native",
-                       strategy=ADCStrategy(refine_start=5, refine_every=10, reset_every=25), log_every=10,
-                       test_every=5, **kw)
-
-
 def test_frozen_zero_embeddings_leave_training_bitwise_unchanged(tiny_scene, tmp_path):
-    train(_config(tiny_scene, tmp_path / "plain"), show_progress=False)
-    train(_config(tiny_scene, tmp_path / "frozen", appearance=True, appearance_lr=0.0), show_progress=False)
-    plain = checkpoint.load_checkpoint(tmp_path / "plain" / "checkpoints" / "step_0000040.pt")["params"]
-    frozen = checkpoint.load_checkpoint(tmp_path / "frozen" / "checkpoints" / "step_0000040.pt")["params"]
-    assert not frozen.pop(EMBEDDINGS).any()
-    assert len(frozen.pop(FEATURES)) == len(frozen["means"])  # one feature per Gaussian through every edit
-    for name in DECODER:
-        frozen.pop(name)
-    assert plain.keys() == frozen.keys()
-    for name in plain:
-        assert torch.equal(plain[name], frozen[name]), name
+    own = frozen_params_beside_plain(tiny_scene, tmp_path, appearance=True, appearance_lr=0.0)
+    assert set(own) == {EMBEDDINGS, FEATURES, *DECODER}
+    assert not own[EMBEDDINGS].any()
+    assert len(own[FEATURES]) == len(checkpoint.load_checkpoint(tmp_path / "frozen" / LAST)["params"]["means"])
 
 
 def test_embeddings_train_resume_bitwise_and_cannot_be_switched_off(tiny_scene, tmp_path, capsys):
-    train(_config(tiny_scene, tmp_path / "full", appearance=True, appearance_lr=0.05), show_progress=False)
-    shutil.copytree(tmp_path / "full", tmp_path / "killed")
-    (tmp_path / "killed" / "checkpoints" / "step_0000040.pt").unlink()
-    train(_config(tiny_scene, tmp_path / "killed", appearance=True, appearance_lr=0.05, resume=True),
-          show_progress=False)
-    full = checkpoint.load_checkpoint(tmp_path / "full" / "checkpoints" / "step_0000040.pt")
-    resumed = checkpoint.load_checkpoint(tmp_path / "killed" / "checkpoints" / "step_0000040.pt")
-    for name in full["params"]:
-        assert torch.equal(full["params"][name], resumed["params"][name]), name
-    record = read_run(tmp_path / "full")
+    run = assert_resumes_bitwise(tiny_scene, tmp_path, appearance=True, appearance_lr=0.05)
+    record = read_run(run)
     scene = record.load_scene()
-    model = record.checkpoint_model(tmp_path / "full" / "checkpoints" / "step_0000040.pt")
+    model = record.checkpoint_model(run / LAST)
     embeddings = model.params[EMBEDDINGS]
     assert embeddings[scene.train_ids].abs().sum(dim=1).gt(0).all()  # every training photo's moved
     assert not embeddings[scene.test_ids].any()  # held-out photos never trained: the mean appearance
     offsets = appearance_offsets(model, scene.train_ids[0], torch.tensor(scene.train_ids))
     assert offsets.abs().max() > 0 and len(offsets) == len(model)
-    assert main(["train", str(tiny_scene), "--out", str(tmp_path / "full"), "--steps", "60", "--no-appearance",
-                 "--resume"]) == 2
+    assert main(["train", str(tiny_scene), "--out", str(run), "--steps", "60", "--no-appearance", "--resume"]) == 2
     assert "--resume cannot change appearance (True -> False)" in capsys.readouterr().err

@@ -5,9 +5,6 @@ that the fit never reads a scored pixel."""
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -15,13 +12,11 @@ import torch
 from splatkit.cli import main
 from splatkit.errors import SplatkitError
 from splatkit.io.formats import read_splats
-from splatkit.train import checkpoint
-from splatkit.train.config import TrainConfig
 from splatkit.train.evaluate import evaluate
 from splatkit.train.exposure import PARAM, apply_exposure, exposure_transforms, fit_exposure
 from splatkit.train.run_record import read_run
-from splatkit.train.strategies import ADCStrategy
-from splatkit.train.trainer import train
+
+from photo_models import LAST, assert_resumes_bitwise, frozen_params_beside_plain
 
 
 def _random_transform(generator: torch.Generator) -> torch.Tensor:
@@ -58,43 +53,23 @@ def test_fit_is_each_channels_least_squares_line_and_ignores_masked_pixels():
         fit_exposure(render, mixed, torch.zeros(24, 32, 1, dtype=torch.bool))
 
 
-def _config(scene: Path, out: Path, **kw) -> TrainConfig:
-    return TrainConfig(scene=str(scene), out=out, steps=40, checkpoint_every=20, eval_steps=(), backend="native",
-                       strategy=ADCStrategy(refine_start=5, refine_every=10, reset_every=25), log_every=10,
-                       test_every=5, **kw)
-
-
 def test_frozen_identity_transforms_leave_training_bitwise_unchanged(tiny_scene, tmp_path):
-    train(_config(tiny_scene, tmp_path / "plain"), show_progress=False)
-    train(_config(tiny_scene, tmp_path / "frozen", exposure=True, exposure_lr=0.0), show_progress=False)
-    plain = checkpoint.load_checkpoint(tmp_path / "plain" / "checkpoints" / "step_0000040.pt")["params"]
-    frozen = checkpoint.load_checkpoint(tmp_path / "frozen" / "checkpoints" / "step_0000040.pt")["params"]
-    assert not frozen.pop(PARAM).any()
-    assert plain.keys() == frozen.keys()
-    for name in plain:
-        assert torch.equal(plain[name], frozen[name]), name
+    own = frozen_params_beside_plain(tiny_scene, tmp_path, exposure=True, exposure_lr=0.0)
+    assert list(own) == [PARAM] and not own[PARAM].any()
 
 
 def test_transforms_train_average_to_the_identity_and_resume_bitwise(tiny_scene, tmp_path, capsys):
-    train(_config(tiny_scene, tmp_path / "full", exposure=True), show_progress=False)
-    shutil.copytree(tmp_path / "full", tmp_path / "killed")
-    (tmp_path / "killed" / "checkpoints" / "step_0000040.pt").unlink()
-    train(_config(tiny_scene, tmp_path / "killed", exposure=True, resume=True), show_progress=False)
-    full = checkpoint.load_checkpoint(tmp_path / "full" / "checkpoints" / "step_0000040.pt")
-    resumed = checkpoint.load_checkpoint(tmp_path / "killed" / "checkpoints" / "step_0000040.pt")
-    for name in full["params"]:
-        assert torch.equal(full["params"][name], resumed["params"][name]), name
-    record = read_run(tmp_path / "full")
+    run = assert_resumes_bitwise(tiny_scene, tmp_path, exposure=True)
+    record = read_run(run)
     scene = record.load_scene()
-    model = record.checkpoint_model(tmp_path / "full" / "checkpoints" / "step_0000040.pt")
+    model = record.checkpoint_model(run / LAST)
     train_ids = torch.tensor(scene.train_ids)
     transforms = exposure_transforms(model, train_ids)
     assert not torch.equal(transforms[train_ids], torch.eye(3, 4).expand(len(train_ids), 3, 4))  # they moved
     torch.testing.assert_close(transforms[train_ids].mean(0), torch.eye(3, 4), rtol=0, atol=1e-6)  # the gauge
     assert torch.equal(transforms[scene.test_ids], torch.eye(3, 4).expand(len(scene.test_ids), 3, 4))
     # --resume cannot switch it off: the checkpoints hold the transforms
-    assert main(["train", str(tiny_scene), "--out", str(tmp_path / "full"), "--steps", "60", "--no-exposure",
-                 "--resume"]) == 2
+    assert main(["train", str(tiny_scene), "--out", str(run), "--steps", "60", "--no-exposure", "--resume"]) == 2
     assert "--resume cannot change exposure (True -> False)" in capsys.readouterr().err
 
 
