@@ -45,7 +45,7 @@ CPU_SOURCES = ("bindings/bindings.cpp", "cpu/rasterize_cpu.cpp", "cpu/loss_cpu.c
 CUDA_SOURCES = ("gpu/rasterize_cuda.cu", "gpu/loss_cuda.cu", "gpu/adam_cuda.cu")
 CFLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
 # GCC fills only 256 bits of an AVX-512 register unless told otherwise; the blend loops run a 16-pixel tile row per
-# 512-bit vector, 15-25% faster on an AVX-512 Xeon (scripts/bench_train.py). x86 only, and a no-op without AVX-512.
+# 512-bit vector: blend forward 25%, backward 13% faster on an AVX-512 Xeon. x86 only; a no-op without AVX-512.
 X86_CFLAGS = ["-mprefer-vector-width=512"]
 # The CPU the kernels are compiled for, passed as -march: this one unless the variable names another, e.g.
 # x86-64-v2 (no AVX, no FMA) to check that results do not hinge on this CPU's instruction set.
