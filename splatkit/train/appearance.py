@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -60,17 +60,15 @@ class AppearanceEmbeddings(Plugin):
 
     lr: float = 1e-3
     feature_lr: float = 2.5e-3
-    embedding_dim: int = 16
-    feature_dim: int = 16
-    width: int = 64
     name = "appearance"
+    embedding_dim: ClassVar[int] = 16  # gsplat's app_embed_dim; sizes are fixed, so checkpoints always fit
+    feature_dim: ClassVar[int] = 16
+    width: ClassVar[int] = 64  # the decoder's hidden units
 
     def validate(self) -> None:
         if self.lr < 0 or self.feature_lr < 0:
             raise SplatkitError(f"--appearance-lr {self.lr} / --appearance-feature-lr {self.feature_lr}: must be "
                                 ">= 0")
-        if min(self.embedding_dim, self.feature_dim, self.width) < 1:
-            raise SplatkitError("appearance: embedding, feature and decoder sizes must be at least 1")
 
     def declare(self, model: "GaussianModel", num_cameras: int) -> None:
         """Give `model` zero embeddings for `num_cameras` cameras, a feature per Gaussian and the decoder, drawn
