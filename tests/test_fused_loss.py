@@ -7,9 +7,13 @@ contraction or vector order on other CPUs only lowers it). First order, a window
 kappa DELTA, where kappa (computed here from the float64 statistics of the very images tested) is the sum of
 |dSSIM/d statistic| over the five statistics. The loss's error is bounded by lambda kappa DELTA, and every
 gradient entry's by 4 kappa DELTA max|gradient| (the factor covers the blur's transpose and second-order terms).
+The PSNR it reports comes from squared errors rounded to float32 (a difference and a product, each within U
+relative) and summed in float64, so the mean errs by at most 3U relative and the PSNR by 10 log10(e) 3U dB.
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -43,15 +47,19 @@ def _kappa(render: torch.Tensor, target: torch.Tensor) -> float:
     return float(sum(g.abs() for g in grads).max())
 
 
+PSNR_BOUND = 10 * math.log10(math.e) * 3 * U
+
+
 def _both(render: torch.Tensor, target: torch.Tensor, keep: torch.Tensor | None):
-    """(fused loss, its gradient), (float64 torch loss, its gradient), through `ignore_masked` as training does."""
+    """(fused loss, its gradient, PSNR), (float64 torch loss, its gradient, PSNR), through `ignore_masked` as
+    training does."""
     out = []
     for fused, dtype in ((True, torch.float32), (False, torch.float64)):
         leaf = render.detach().to(dtype).requires_grad_()
         scored, truth = ignore_masked(leaf, target.to(dtype), keep)
-        loss = photometric_loss(scored, truth, keep, LAMBDA, fused=fused)
+        loss, psnr = photometric_loss(scored, truth, keep, LAMBDA, fused=fused)
         (grad,) = torch.autograd.grad(loss, leaf)
-        out.append((float(loss.detach()), grad.double()))
+        out.append((float(loss.detach()), grad.double(), psnr))
     return out
 
 
@@ -59,6 +67,7 @@ def _images(h: int, w: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     target = torch.rand(h, w, 3, generator=generator)
     render = (target + 0.2 * torch.randn(h, w, 3, generator=generator)).clamp(0, 1)  # a render near its photo
+    render[0, : w // 2] += 0.5  # and values above 1 (PSNR clamps them; the loss does not)
     return render, target
 
 
@@ -70,7 +79,8 @@ def test_fused_loss_and_gradient_match_the_float64_reference(h: int, w: int, mas
     if masked:
         keep = torch.rand(h, w, 1, generator=torch.Generator().manual_seed(1)) > 0.3
         keep[: h // 3, : w // 2] = False  # a large masked block as well as scattered pixels
-    (loss, grad), (loss_ref, grad_ref) = _both(render, target, keep)
+    (loss, grad, psnr), (loss_ref, grad_ref, psnr_ref) = _both(render, target, keep)
+    assert abs(psnr - psnr_ref) <= PSNR_BOUND, (psnr, psnr_ref)
     delta = 2 * (min(SSIM_WINDOW, h, w) + 1) * U
     kappa = _kappa(render, target)
     assert abs(loss - loss_ref) <= LAMBDA * kappa * delta + 4 * U, (loss, loss_ref, kappa)
@@ -84,8 +94,9 @@ def test_identical_images_give_zero_loss_and_zero_gradient() -> None:
     """SSIM = 1 is its maximum and |x - y| = 0 has a zero (sub)gradient, as torch's abs takes it."""
     image = torch.rand(40, 50, 3, generator=torch.Generator().manual_seed(3))
     leaf = image.clone().requires_grad_()
-    loss = photometric_loss(leaf, image, None, LAMBDA, fused=True)
+    loss, psnr = photometric_loss(leaf, image, None, LAMBDA, fused=True)
     loss.backward()
+    assert psnr == math.inf
     assert abs(float(loss.detach())) <= 4 * U
     assert float(leaf.grad.abs().max()) <= 2 * (SSIM_WINDOW + 1) * U * 100  # the SSIM partials cancel to rounding
 
@@ -95,6 +106,6 @@ def test_all_masked_view_scores_as_the_torch_loss_does() -> None:
     lambda and nothing gets a gradient."""
     render, target = _images(30, 40, seed=4)
     keep = torch.zeros(30, 40, 1, dtype=torch.bool)
-    (loss, grad), (loss_ref, _) = _both(render, target, keep)
+    (loss, grad, _), (loss_ref, _, _) = _both(render, target, keep)
     assert loss == pytest.approx(loss_ref, abs=4 * U) and loss == pytest.approx(LAMBDA, abs=4 * U)
     assert float(grad.abs().max()) == 0.0

@@ -82,7 +82,7 @@ def test_masked_loss_ignores_the_masked_photo_and_sends_no_gradient_there():
 
     def loss(photo):
         scored, truth = ignore_masked(render, photo, keep)
-        return photometric_loss(scored, truth, keep, 0.2)
+        return photometric_loss(scored, truth, keep, 0.2)[0]
 
     value = loss(target)
     assert loss(noisy).item() == value.item()  # the masked region's content does not matter at all
@@ -92,4 +92,5 @@ def test_masked_loss_ignores_the_masked_photo_and_sends_no_gradient_there():
     # L1 is a mean over kept pixels: a uniform error e there gives exactly e (ssim_lambda 0).
     flat = torch.zeros(30, 40, 3)
     scored, truth = ignore_masked(flat + 0.25 * keep, flat, keep)
-    assert float(photometric_loss(scored, truth, keep, 0.0)) == pytest.approx(0.25)
+    loss, psnr = photometric_loss(scored, truth, keep, 0.0)
+    assert float(loss) == pytest.approx(0.25) and psnr == pytest.approx(-10 * math.log10(0.25**2))

@@ -172,7 +172,7 @@ std::vector<Tensor> blend_backward(Tensor means2d, Tensor conics, Tensor opaciti
     return {v_means2d, v_conics, v_opacities, v_features, absgrad};
 }
 
-// Returns (loss, l1, ssim) as a float64 tensor of 3 on the CPU, and dLoss/drender (H x W x C, a view of planes).
+// Returns (loss, l1, ssim, mse) as a float64 tensor of 4 on the CPU, and dLoss/drender (H x W x C, a view of planes).
 std::vector<Tensor> photometric_loss(Tensor render, Tensor target, c10::optional<Tensor> keep, double ssim_lambda,
                                      int64_t window, double sigma) {
     check(render, "render");
@@ -200,39 +200,62 @@ std::vector<Tensor> photometric_loss(Tensor render, Tensor target, c10::optional
         in.keep = keep_bytes.data_ptr<uint8_t>();
     }
     Tensor grad = torch::empty_like(x);
-    splatkit::LossOut out{grad.data_ptr<float>(), 0.0, 0.0};
+    splatkit::LossOut out{grad.data_ptr<float>(), 0.0, 0.0, 0.0};
 #ifdef SPLATKIT_WITH_CUDA
     if (use_cuda(render)) splatkit::cuda::photometric_loss(in, out); else
 #endif
     { use_cuda(render); splatkit::cpu::photometric_loss(in, out); }
-    Tensor values = torch::tensor({(1.0 - ssim_lambda) * out.l1 + ssim_lambda * (1.0 - out.ssim), out.l1, out.ssim},
-                                  torch::kFloat64);
+    Tensor values = torch::tensor(
+        {(1.0 - ssim_lambda) * out.l1 + ssim_lambda * (1.0 - out.ssim), out.l1, out.ssim, out.mse}, torch::kFloat64);
     return {values, grad.permute({1, 2, 0})};
 }
 
-// Adam on the rows of `param` where `mask` (uint8/bool, param.size(0)) is set, in place: param, exp_avg, exp_avg_sq.
-void adam_rows(Tensor param, Tensor grad, Tensor exp_avg, Tensor exp_avg_sq, c10::optional<Tensor> mask, double lr,
-               double beta1, double beta2, double eps, int64_t step) {
-    for (auto* t : {&param, &grad, &exp_avg, &exp_avg_sq}) check(*t, "adam tensor");
-    TORCH_CHECK(grad.sizes() == param.sizes() && exp_avg.sizes() == param.sizes() &&
-                    exp_avg_sq.sizes() == param.sizes(), "adam: gradient and moments must be shaped as the parameter");
-    TORCH_CHECK(param.dim() >= 1 && step >= 1, "adam: a parameter with rows, and step >= 1");
-    const long long rows = param.size(0);
+// One Adam step of each parameter in `params`, in place (parameter, moments, and its step count: a float32 scalar,
+// as torch's fused Adam keeps it). Parameters whose `masked` entry is set step only the rows where `mask` (uint8 or
+// bool, one entry per row) is; the others step every value.
+void adam_step(std::vector<Tensor> params, std::vector<Tensor> grads, std::vector<Tensor> exp_avgs,
+               std::vector<Tensor> exp_avg_sqs, std::vector<Tensor> steps, std::vector<double> lrs,
+               c10::optional<Tensor> mask, std::vector<bool> masked, double beta1, double beta2, double eps) {
+    const size_t count = params.size();
+    TORCH_CHECK(grads.size() == count && exp_avgs.size() == count && exp_avg_sqs.size() == count &&
+                    steps.size() == count && lrs.size() == count && masked.size() == count,
+                "adam: one gradient, two moments, a step count, a rate and a mask flag per parameter");
     Tensor mask_bytes;
-    const uint8_t* mask_ptr = nullptr;
-    if (mask.has_value()) {
-        mask_bytes = mask->to(torch::kUInt8).contiguous();
-        TORCH_CHECK(mask_bytes.numel() == rows && mask_bytes.device() == param.device(), "adam: one mask entry per row");
-        mask_ptr = mask_bytes.data_ptr<uint8_t>();
+    if (mask.has_value()) mask_bytes = mask->to(torch::kUInt8).contiguous();
+    std::vector<splatkit::AdamIn> ins;
+    for (size_t i = 0; i < count; ++i) {
+        const Tensor& param = params[i];
+        for (const Tensor* t : {&params[i], &grads[i], &exp_avgs[i], &exp_avg_sqs[i]}) check(*t, "adam tensor");
+        TORCH_CHECK(grads[i].sizes() == param.sizes() && exp_avgs[i].sizes() == param.sizes() &&
+                        exp_avg_sqs[i].sizes() == param.sizes(),
+                    "adam: gradient and moments must be shaped as the parameter");
+        TORCH_CHECK(param.dim() >= 1 && steps[i].numel() == 1 && steps[i].scalar_type() == torch::kFloat32,
+                    "adam: a parameter with rows, and a float32 step count");
+        const long long rows = param.size(0);
+        const uint8_t* mask_ptr = nullptr;
+        if (masked[i]) {
+            TORCH_CHECK(mask_bytes.defined() && mask_bytes.numel() == rows && mask_bytes.device() == param.device(),
+                        "adam: one mask entry per row");
+            mask_ptr = mask_bytes.data_ptr<uint8_t>();
+        }
+        double step;
+        if (steps[i].is_cuda()) {
+            steps[i].add_(1);
+            step = steps[i].item<double>();
+        } else {
+            float* count_ptr = steps[i].data_ptr<float>();
+            step = *count_ptr += 1.0f;
+        }
+        const double bias1 = 1.0 - std::pow(beta1, step), bias2 = 1.0 - std::pow(beta2, step);
+        ins.push_back({rows, rows > 0 ? (int)(param.numel() / rows) : 0, param.data_ptr<float>(),
+                       grads[i].data_ptr<float>(), exp_avgs[i].data_ptr<float>(), exp_avg_sqs[i].data_ptr<float>(),
+                       mask_ptr, {(float)beta1, (float)beta2, (float)eps, (float)(lrs[i] / bias1), (float)std::sqrt(bias2)}});
     }
-    const double bias1 = 1.0 - std::pow(beta1, (double)step), bias2 = 1.0 - std::pow(beta2, (double)step);
-    splatkit::AdamIn in{rows, rows > 0 ? (int)(param.numel() / rows) : 0, param.data_ptr<float>(),
-                        grad.data_ptr<float>(), exp_avg.data_ptr<float>(), exp_avg_sq.data_ptr<float>(), mask_ptr,
-                        {(float)beta1, (float)beta2, (float)eps, (float)(lr / bias1), (float)std::sqrt(bias2)}};
+    if (count == 0) return;
 #ifdef SPLATKIT_WITH_CUDA
-    if (use_cuda(param)) splatkit::cuda::adam_rows(in); else
+    if (use_cuda(params[0])) splatkit::cuda::adam(ins.data(), (int)count); else
 #endif
-    { use_cuda(param); splatkit::cpu::adam_rows(in); }
+    { use_cuda(params[0]); splatkit::cpu::adam(ins.data(), (int)count); }
 }
 
 }  // namespace
@@ -247,7 +270,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("blend_forward", &blend_forward, release_gil());
     m.def("blend_backward", &blend_backward, release_gil());
     m.def("photometric_loss", &photometric_loss, release_gil());
-    m.def("adam_rows", &adam_rows, release_gil());
+    m.def("adam_step", &adam_step, release_gil());
     m.def("has_cuda", []() { return kHaveCuda; });
     m.def("constants", []() {
         return std::map<std::string, double>{{"alpha_min", splatkit::kAlphaMin},

@@ -148,10 +148,10 @@ void loss_with_window(const LossIn& in, LossOut& out) {
 
     // Back through the blur (its transpose: the same symmetric weights, scattered), then the chain rule to the
     // render's pixels, plus the L1 term.
-    std::vector<double> l1_rows((size_t)C * H, 0.0);
+    std::vector<double> l1_rows((size_t)C * H, 0.0), squared_rows((size_t)C * H, 0.0);
 #pragma omp parallel
     {
-        std::vector<float> column((size_t)kSsimPartials * prow, 0.0f), values(W);
+        std::vector<float> column((size_t)kSsimPartials * prow, 0.0f), values(W), squares(W);
 #pragma omp for collapse(2) schedule(static)
         for (int c = 0; c < C; ++c)
             for (int r = 0; r < H; ++r) {
@@ -170,6 +170,7 @@ void loss_with_window(const LossIn& in, LossOut& out) {
                 const float* __restrict yr = y + c * plane + (size_t)r * W;
                 const uint8_t* keep_row = in.keep ? in.keep + (size_t)r * W : nullptr;
                 float* __restrict v = values.data();
+                float* __restrict sq = squares.data();
                 float* __restrict grad = out.grad + c * plane + (size_t)r * W;
 #pragma omp simd
                 for (int j = 0; j < W; ++j) {  // column index j - k of the valid windows, zero outside them
@@ -182,18 +183,25 @@ void loss_with_window(const LossIn& in, LossOut& out) {
                     const float weight = keep_row == nullptr ? 1.0f : (float)keep_row[j];
                     const float a = xr[j], b = yr[j];
                     v[j] = weight * fabsf(a - b);
+                    sq[j] = weight * clamped_squared_error(a, b);
                     grad[j] = weight * (b0 + 2.0f * a * b1 + b * b2 + l1_scale * l1_grad(a, b));
                 }
-                double sum = 0.0;
-                for (int j = 0; j < W; ++j) sum += (double)v[j];
+                double sum = 0.0, squared = 0.0;
+                for (int j = 0; j < W; ++j) {
+                    sum += (double)v[j];
+                    squared += (double)sq[j];
+                }
                 l1_rows[(size_t)c * H + r] = sum;
+                squared_rows[(size_t)c * H + r] = squared;
             }
     }
-    double l1 = 0.0, ssim = 0.0;
+    double l1 = 0.0, ssim = 0.0, squared = 0.0;
     for (double value : l1_rows) l1 += value;
+    for (double value : squared_rows) squared += value;
     for (double value : ssim_rows) ssim += value;
     out.l1 = l1 / (double)std::max(kept * C, 1LL);
     out.ssim = ssim / (double)std::max(centred * C, 1LL);
+    out.mse = squared / (double)std::max(kept * C, 1LL);
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-// CUDA build of the row-masked Adam step (include/splatkit/adam.h): one thread per value.
+// CUDA build of the Adam step (include/splatkit/adam.h): one launch per parameter, one thread per value.
 #include <cuda_runtime.h>
 
 #include <stdexcept>
@@ -19,12 +19,14 @@ __global__ void adam_kernel(AdamIn in) {
 
 }  // namespace
 
-void adam_rows(const AdamIn& in) {
-    const long long count = in.rows * in.width;
-    if (count == 0) return;
-    adam_kernel<<<(int)((count + 255) / 256), 256>>>(in);
+void adam(const AdamIn* params, int count) {
+    for (int t = 0; t < count; ++t) {
+        const long long values = params[t].rows * params[t].width;
+        if (values == 0) continue;
+        adam_kernel<<<(int)((values + 255) / 256), 256>>>(params[t]);
+    }
     cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) throw std::runtime_error(std::string("splatkit CUDA error in adam_rows: ") +
+    if (err != cudaSuccess) throw std::runtime_error(std::string("splatkit CUDA error in adam: ") +
                                                      cudaGetErrorString(err));
 }
 

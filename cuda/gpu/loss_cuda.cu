@@ -33,7 +33,7 @@ struct Weights {
 };
 
 struct Sums {  // device-side totals (counts in double: exact below 2^53)
-    double kept, centred, l1, ssim;
+    double kept, centred, l1, ssim, squared;
 };
 static_assert(sizeof(Sums) == kLossSumsFloats * sizeof(float), "the sums head the caller's scratch");
 
@@ -120,11 +120,10 @@ __global__ void back_vertical_kernel(LossIn in, Weights w, const float* partials
     columns[index] = acc;
 }
 
-__global__ void pixel_kernel(LossIn in, Weights w, const float* columns, const Sums* sums, float* grad,
-                             double* l1_total) {
+__global__ void pixel_kernel(LossIn in, Weights w, const float* columns, Sums* sums, float* grad) {
     const int H = in.height, W = in.width, C = in.channels, win = in.window, wv = W - win + 1;
     long long index = (long long)blockIdx.x * blockDim.x + threadIdx.x;  // over C x H x W, the planes' layout
-    double value = 0.0;
+    double value = 0.0, squared = 0.0;
     if (index < (long long)H * W * C) {
         int c = (int)(index / ((long long)H * W));
         long long pixel = index % ((long long)H * W);
@@ -141,8 +140,10 @@ __global__ void pixel_kernel(LossIn in, Weights w, const float* columns, const S
         float l1_scale = (1.0f - in.ssim_lambda) / (float)fmax(sums->kept * C, 1.0);
         grad[index] = weight * (back[0] + 2.0f * a * back[1] + b * back[2] + l1_scale * l1_grad(a, b));
         value = (double)(weight * fabsf(a - b));
+        squared = (double)(weight * clamped_squared_error(a, b));
     }
-    block_add(value, l1_total);
+    block_add(value, &sums->l1);
+    block_add(squared, &sums->squared);
 }
 
 }  // namespace
@@ -162,12 +163,13 @@ void photometric_loss(const LossIn& in, LossOut& out) {
     horizontal_kernel<<<blocks_for((long long)C * H * wv), kThreads>>>(in, w, rows);
     window_kernel<<<blocks_for((long long)C * hv * wv), kThreads>>>(in, w, rows, sums, partials, &sums->ssim);
     back_vertical_kernel<<<blocks_for((long long)C * kSsimPartials * H * wv), kThreads>>>(in, w, partials, columns);
-    pixel_kernel<<<blocks_for((long long)H * W * C), kThreads>>>(in, w, columns, sums, out.grad, &sums->l1);
+    pixel_kernel<<<blocks_for((long long)H * W * C), kThreads>>>(in, w, columns, sums, out.grad);
     SPLATKIT_LOSS_CHECK(cudaGetLastError());
     Sums host;
     SPLATKIT_LOSS_CHECK(cudaMemcpy(&host, sums, sizeof(Sums), cudaMemcpyDeviceToHost));
     out.l1 = host.l1 / fmax(host.kept * C, 1.0);
     out.ssim = host.ssim / fmax(host.centred * C, 1.0);
+    out.mse = host.squared / fmax(host.kept * C, 1.0);
 }
 
 }  // namespace cuda

@@ -49,7 +49,9 @@ class _PerGaussian:
 class ActivatedGaussians(_PerGaussian):
     """What a rasterizer consumes (the inputs of gsplat's `rasterization()`): N Gaussians in world units.
 
-    means (N, 3) float32 world positions; quats (N, 4) unit wxyz rotations (local-to-world); scales (N, 3)
+    means (N, 3) float32 world positions; quats (N, 4) wxyz rotations (local-to-world) of any non-zero length,
+    which every consumer normalises (as gsplat's `rasterization()` does: training then spares a normalisation
+    and its backward per step, ~0.25 ms of a 9 ms step at 200x150); scales (N, 3)
     standard deviations along the rotated axes, in world units; opacities (N,) in [0, 1]; sh0 (N, 1, 3) and
     shN (N, K-1, 3) real SH coefficients (INRIA's basis and order) of RGB - 0.5, K = (degree + 1)^2.
     Tensors may carry autograd graphs back to whatever parameters produced them.
@@ -106,8 +108,9 @@ class Gaussians(_PerGaussian):
         return cls(**{name: d[name] for name in PARAM_NAMES}, level=d.get("level"))
 
     def activated(self) -> ActivatedGaussians:
-        """The values a rasterizer consumes; differentiable with respect to these raw tensors."""
-        return ActivatedGaussians(self.means, self.activated_quats, self.activated_scales, self.activated_opacities,
+        """The values a rasterizer consumes (quaternions as they are); differentiable with respect to these raw
+        tensors."""
+        return ActivatedGaussians(self.means, self.quats, self.activated_scales, self.activated_opacities,
                                   self.sh0, self.shN)
 
     @classmethod

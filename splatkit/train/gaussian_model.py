@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from splatkit.train.parameterisations.base import Parameterisation
 
 NewRows = Literal["zero", "copy"]
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-15
 
 
 @dataclass
@@ -38,9 +39,14 @@ class _ParamSpec:
 class GaussianModel:
     """Parameters, optimisers and buffers of N Gaussians, turned into Gaussians by `parameterisation`."""
 
-    def __init__(self, parameterisation: "Parameterisation", device: torch.device | str = "cpu") -> None:
+    def __init__(self, parameterisation: "Parameterisation", device: torch.device | str = "cpu", *,
+                 native_adam: bool = False) -> None:
+        """`native_adam`: every step runs in the native extension, all parameters in one call (the native backend
+        trains so; torch's fused Adam, called once per parameter, cost more in Python than in arithmetic at small
+        images). Row-masked steps (`step(visible)`) always run there."""
         self.parameterisation = parameterisation
         self.device = torch.device(device)
+        self.native_adam = native_adam
         self.params: dict[str, torch.nn.Parameter] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.buffers: dict[str, torch.Tensor] = {}
@@ -58,8 +64,9 @@ class GaussianModel:
         self.params[name] = param
         self._specs[name] = _ParamSpec(per_gaussian, lr, lr_final)
         if lr is not None:
-            # fused: one kernel per step instead of a dozen element-wise passes (~7x faster on the CPU).
-            self.optimizers[name] = torch.optim.Adam([param], lr=lr, eps=1e-15, fused=True)
+            # fused: one kernel per step instead of a dozen element-wise passes (~7x faster on the CPU). The
+            # optimiser also holds the state the native step updates, in the same layout.
+            self.optimizers[name] = torch.optim.Adam([param], lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS, fused=True)
 
     def add_buffer(self, name: str, value: torch.Tensor, *, new_rows: NewRows) -> None:
         """Declare a per-Gaussian buffer (first dimension N) and how the rows of new Gaussians start."""
@@ -134,26 +141,31 @@ class GaussianModel:
         Taming 3DGS's sparse Adam (Mallick et al. 2024), while the bias correction follows the global step. Dense
         Adam would instead keep moving an unseen Gaussian on its decaying momentum. Runs in the native extension.
         """
-        for name, optimizer in self.optimizers.items():
-            if visible is None or not self._specs[name].per_gaussian:
+        if visible is None and not self.native_adam:
+            for optimizer in self.optimizers.values():
                 optimizer.step()
-            else:
-                self._rows_step(self.params[name], optimizer, visible)
-            optimizer.zero_grad(set_to_none=True)
-
-    @staticmethod
-    def _rows_step(param: torch.nn.Parameter, optimizer: torch.optim.Optimizer, rows: torch.Tensor) -> None:
-        if param.grad is None:
+                optimizer.zero_grad(set_to_none=True)
             return
-        group, state = optimizer.param_groups[0], optimizer.state[param]
-        if not state:  # as torch's fused Adam starts it, so checkpoints and edits see one layout
+        names = [name for name in self.optimizers if self.params[name].grad is not None]
+        params = [self.params[name] for name in names]
+        states = [self._adam_state(name) for name in names]
+        load_extension().adam_step(
+            [p.data for p in params], [p.grad.contiguous() for p in params], [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states], [s["step"] for s in states], [self.learning_rate(n) for n in names],
+            visible, [visible is not None and self._specs[n].per_gaussian for n in names], *ADAM_BETAS, ADAM_EPS)
+        for param in params:
+            param.grad = None
+
+    def _adam_state(self, name: str) -> dict[str, torch.Tensor]:
+        """The optimiser state of parameter `name`, started as torch's fused Adam starts it, so checkpoints and
+        edits see one layout whichever code stepped it."""
+        param = self.params[name]
+        state = self.optimizers[name].state[param]
+        if not state:
             state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
             state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        state["step"] += 1
-        beta1, beta2 = group["betas"]
-        load_extension().adam_rows(param.data, param.grad.contiguous(), state["exp_avg"], state["exp_avg_sq"], rows,
-                                   group["lr"], beta1, beta2, group["eps"], int(state["step"]))
+        return state
 
     # ------------------------------------------------------------------ edits
 

@@ -65,40 +65,49 @@ def ignore_masked(render: torch.Tensor, target: torch.Tensor, keep: torch.Tensor
 
 
 def photometric_loss(render: torch.Tensor, target: torch.Tensor, keep: torch.Tensor | None,
-                     ssim_lambda: float, fused: bool = False) -> torch.Tensor:
+                     ssim_lambda: float, fused: bool = False) -> tuple[torch.Tensor, float]:
     """(1 - lambda) L1 + lambda (1 - SSIM), the 3DGS training loss (Kerbl et al. 2023, eq. 7), averaged over the
     kept pixels (per image, so a mostly masked photo weighs as much as a whole one): a scalar, differentiable
     with respect to `render` ((H, W, C) float32 in [0, 1]; `target` alike, `keep` (H, W, 1) bool or None). Pass
-    (render, target) through `ignore_masked` first.
+    (render, target) through `ignore_masked` first. Returned with the render's PSNR in dB (`psnr`), which
+    training reports every step.
 
-    `fused` computes it, and its gradient, in one call of the native extension (`cuda/cpu/loss_cpu.cpp`, and
-    the CUDA build on a GPU) instead of a dozen torch ops and their backward; the two agree to float32
-    rounding (tests/test_fused_loss.py). The fused loss passes no gradient to `target`."""
+    `fused` computes it, its gradient and the PSNR's squared error in one call of the native extension
+    (`cuda/cpu/loss_cpu.cpp`, and the CUDA build on a GPU) instead of a dozen torch ops and their backward; the
+    two agree to float32 rounding (tests/test_fused_loss.py). The fused loss passes no gradient to `target`."""
     if fused:
-        return _FusedLoss.apply(render, target, keep, ssim_lambda)
+        mse = torch.empty(1, dtype=torch.float64)
+        return _FusedLoss.apply(render, target, keep, ssim_lambda, mse), psnr_from_mse(float(mse))
     l1 = masked_mean(torch.abs(render - target), keep)
-    return (1 - ssim_lambda) * l1 + ssim_lambda * (1 - ssim(render, target, keep))
+    loss = (1 - ssim_lambda) * l1 + ssim_lambda * (1 - ssim(render, target, keep))
+    return loss, psnr(render.detach(), target, keep)
 
 
 class _FusedLoss(torch.autograd.Function):
-    """The native loss kernel: its forward call writes the gradient too, which backward scales."""
+    """The native loss kernel: its forward call writes the gradient too, which backward scales. The mean squared
+    error it also reports is written into `mse` (a float64 tensor of one value)."""
 
     @staticmethod
     def forward(ctx, render: torch.Tensor, target: torch.Tensor, keep: torch.Tensor | None,  # type: ignore[override]
-                ssim_lambda: float) -> torch.Tensor:
+                ssim_lambda: float, mse: torch.Tensor) -> torch.Tensor:
         size = min(SSIM_WINDOW, render.shape[0], render.shape[1])
         values, grad = load_extension().photometric_loss(render.contiguous(), target.detach().contiguous(), keep,
                                                          ssim_lambda, size, SSIM_SIGMA)
         ctx.save_for_backward(grad)
+        mse[0] = values[3]
         return values[0].to(render)
 
     @staticmethod
     def backward(ctx, v_loss: torch.Tensor):  # type: ignore[override]
         (grad,) = ctx.saved_tensors
-        return grad * v_loss, None, None, None
+        return grad * v_loss, None, None, None, None
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, keep: torch.Tensor | None = None) -> float:
     """Peak signal-to-noise ratio in dB for (H, W, C) images in [0, 1], over the kept pixels if masked."""
-    mse = masked_mean((a.clamp(0, 1) - b.clamp(0, 1)) ** 2, keep).item()
+    return psnr_from_mse(masked_mean((a.clamp(0, 1) - b.clamp(0, 1)) ** 2, keep).item())
+
+
+def psnr_from_mse(mse: float) -> float:
+    """PSNR in dB of a mean squared error of values in [0, 1]; inf for identical images."""
     return float("inf") if mse == 0 else -10.0 * math.log10(mse)

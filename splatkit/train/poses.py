@@ -132,7 +132,7 @@ def refine_poses(gaussians: Gaussians, scene: Scene, images: ImageStore, ids: li
             render = rasterize(activated, camera, background=background, backend=backend,
                                viewmat=twist_matrix(xi) @ base)
             rgb, truth = ignore_masked(render.rgb, target, keep)
-            photometric_loss(rgb, truth, keep, ssim_lambda).backward()
+            photometric_loss(rgb, truth, keep, ssim_lambda)[0].backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():

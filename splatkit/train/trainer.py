@@ -33,7 +33,7 @@ from splatkit.train.coarse_to_fine import downsampled, resolution_scale
 from splatkit.train.config import RUN_DEFINING, TrainConfig, run_plugins
 from splatkit.train.evaluate import evaluate, keep_mask
 from splatkit.train.gaussian_model import GaussianModel
-from splatkit.train.metrics import ignore_masked, photometric_loss, psnr
+from splatkit.train.metrics import ignore_masked, photometric_loss
 from splatkit.train.distributed import OneProcess, join
 from splatkit.train.plugin import SetupContext, StepInfo, View
 from splatkit.train.poses import CameraPoses
@@ -79,7 +79,7 @@ class Trainer:
         self.fused_loss = cfg.fused_loss and self.backend == "native"  # the loss kernel ships with the rasterizer
         self.extent = scene.extent * 1.1
         self.plugins = run_plugins(cfg)
-        self.model = GaussianModel(cfg.parameterisation, self.device)
+        self.model = GaussianModel(cfg.parameterisation, self.device, native_adam=self.backend == "native")
         init = init_from_points(
             scene.points, scene.colors, sh_degree=cfg.sh_degree, seed=cfg.seed,
             init_opacity=cfg.strategy.init_opacity if cfg.init_opacity is None else cfg.init_opacity,
@@ -184,8 +184,7 @@ class Trainer:
             rgb, target = ignore_masked(rgb, target, keep)  # masked pixels: no error, no gradient
             error = (rgb.detach() - target).abs().sum(dim=-1)
             views.append(View(camera, index, slot, target, render, error))
-            losses.append((photometric_loss(rgb, target, keep, cfg.ssim_lambda, self.fused_loss),
-                           psnr(rgb.detach(), target, keep)))
+            losses.append(photometric_loss(rgb, target, keep, cfg.ssim_lambda, self.fused_loss))
         self.last_error = views[0].error  # (H, W) of this step's first view, for the live viewer
         info = StepInfo(step, cfg.steps, views, batch, first, self.extent, phase=phase, phase_start=start,
                         phase_steps=length, gather=self.processes.gather)

@@ -105,7 +105,7 @@ struct LossIn {
     float* device_scratch;  // CUDA build: loss_scratch_floats() floats of device memory (the CPU build keeps its own)
 };
 
-constexpr int kLossSumsFloats = 8;  // the CUDA build's four double totals, at the head of its scratch
+constexpr int kLossSumsFloats = 10;  // the CUDA build's five double totals, at the head of its scratch
 
 // Device memory the CUDA loss needs, in floats: its totals, the row statistics, the window partials and the
 // partials blurred back through the vertical pass.
@@ -119,10 +119,13 @@ struct LossOut {
     float* grad;  // C x H x W, dLoss/drender (zero at pixels not kept)
     double l1;    // mean |render - target| over the kept values
     double ssim;  // mean SSIM over the windows centred on kept pixels, all channels
+    double mse;   // mean clamped_squared_error over the kept values (for PSNR)
 };
 
 // One Adam step of the rows of a parameter (rows x width values, contiguous) whose mask is set; all rows without a
 // mask. Gradient, moments and parameter share the layout; the moments are updated in place with the parameter.
+// `adam` steps `count` parameters in one call (one parallel region on the CPU): a training step's Python overhead
+// for six optimisers was larger than their arithmetic.
 struct AdamIn {
     long long rows;
     int width;
@@ -157,7 +160,7 @@ void bin_tiles(int n, int width, int height, const float* means2d, const float* 
 void blend_forward(const BlendIn& in, const BlendOut& out);
 void blend_backward(const BlendIn& in, const BlendGradIn& grad_in, const BlendGradOut& out);
 void photometric_loss(const LossIn& in, LossOut& out);
-void adam_rows(const AdamIn& in);
+void adam(const AdamIn* params, int count);
 }  // namespace cpu
 
 // The CUDA build: same entry points on device pointers (camera parameters stay on the host, passed by value).
@@ -174,7 +177,7 @@ void bin_tiles(int n, int width, int height, const float* means2d, const float* 
 void blend_forward(const BlendIn& in, const BlendOut& out);
 void blend_backward(const BlendIn& in, const BlendGradIn& grad_in, const BlendGradOut& out);
 void photometric_loss(const LossIn& in, LossOut& out);  // render, target, keep, grad on the device
-void adam_rows(const AdamIn& in);
+void adam(const AdamIn* params, int count);
 }  // namespace cuda
 
 }  // namespace splatkit

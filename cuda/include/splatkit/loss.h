@@ -38,6 +38,13 @@ SPLATKIT_HD float ssim_window(float mx, float my, float sxx, float syy, float sx
 // The L1 term's gradient at one value: d|x - y|/dx (0 where they agree, as torch's abs).
 SPLATKIT_HD float l1_grad(float x, float y) { return x > y ? 1.0f : (x < y ? -1.0f : 0.0f); }
 
+// One value's squared error with both sides clamped to [0, 1], as PSNR scores a render (so training reports the
+// PSNR of its step at no extra pass).
+SPLATKIT_HD float clamped_squared_error(float x, float y) {
+    const float d = min_f(max_f(x, 0.0f), 1.0f) - min_f(max_f(y, 0.0f), 1.0f);
+    return d * d;
+}
+
 // The window's weights: a normalised 1D Gaussian (the 2D window is its outer product), `size` <= kSsimMaxWindow.
 inline void ssim_weights(int size, float sigma, float* weights) {
     float sum = 0.0f;

@@ -66,12 +66,13 @@ class ADCStrategy(Strategy):
             return
         for view in info.views:
             render = view.render
-            visible = (render.radii > 0).all(dim=-1).to(render.means2d.dtype)
+            visible = (render.radii.amin(dim=-1) > 0).to(render.means2d.dtype)
             # Gradients in NDC units (x W/2, x H/2) so the threshold does not depend on the image size; the loss
             # averages this process's views, so x their count gives each view's own gradient (as gsplat does).
             # Masks multiply rather than select rows: the same sums without a gather and a scatter per step.
-            scale = render.means2d.new_tensor([view.width / 2, view.height / 2]) * len(info.views)
-            model.accumulate("grad2d", (render.means2d_grad * scale).norm(dim=-1) * visible)
+            grad, views = render.means2d_grad, len(info.views)
+            norm = torch.hypot(grad[:, 0] * (view.width / 2 * views), grad[:, 1] * (view.height / 2 * views))
+            model.accumulate("grad2d", norm.mul_(visible))
             model.accumulate("grad2d_count", visible)
 
     @torch.no_grad()
