@@ -155,7 +155,7 @@ def test_influence_pruning_removes_the_least_influential_fraction_on_its_schedul
 
     def step(i: int) -> None:
         render = RenderOutput(None, None, None, None, None, weight_sums=influence[:len(model)])
-        info = StepInfo(i, 1000, [View(None, 0, 0, None, render, None)], [0], None, 1.0)
+        info = StepInfo(i, 1000, [View(None, 0, 0, None, render)], [0], None, 1.0)
         parameterisation.post_backward(model, state, info)
         model.fold_statistics(lambda pending: None)
         parameterisation.after_step(model, state, info)

@@ -62,7 +62,7 @@ def test_zones_find_the_recoloured_object_on_the_demo_scene(size):
         for j in neighbours[i]:
             state = {"_neighbours": {i: [j]}, "_matches": matches, "_cameras": scene.cameras,
                      "generator": torch.Generator().manual_seed(0)}
-            view = View(camera, i, 0, photo, SimpleNamespace(rgb=render), None)
+            view = View(camera, i, 0, photo, SimpleNamespace(rgb=render))
             info = SimpleNamespace(views=[view], batch=[i], gather=lambda mine: [mine])
             found += [zone for center, zones in lpm.find_zones(state, info) for zone in zones]
         assert len(found) >= 2, (k, i)

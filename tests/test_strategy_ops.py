@@ -149,7 +149,7 @@ def test_adc_clones_small_splits_large_and_prunes_transparent():
     empty = torch.zeros(2, 2)
     render = RenderOutput(empty, empty, empty, means2d, torch.ones(4, 2, dtype=torch.int32), None)
     camera = type("Cam", (), {"width": 2, "height": 2})()
-    info = StepInfo(1, 10, [View(camera, 0, 0, empty, render, empty)], [0], model.activated(), scene_extent=1.0)
+    info = StepInfo(1, 10, [View(camera, 0, 0, empty, render)], [0], model.activated(), scene_extent=1.0)
     # Gaussians 0 and 1 get a large screen-space gradient, 2 and 3 none.
     (means2d * torch.tensor([[1.0, 0], [1.0, 0], [0, 0], [0, 0]])).sum().backward()
     strategy.post_backward(model, state, info)

@@ -45,11 +45,17 @@ class Rasterized:
 class RenderOutput:
     rgb: torch.Tensor  # (H, W, 3) float32, composited over the background, linear in [0, 1] (may overshoot)
     alpha: torch.Tensor  # (H, W) accumulated opacity
-    depth: torch.Tensor  # (H, W) expected camera-space z, sum(w z) / alpha; 0 where nothing was hit
+    depth_sum: torch.Tensor  # (H, W) sum over Gaussians of w z (camera-space z weighted as the colours)
     means2d: torch.Tensor  # projected centres in pixels, (N, 2) ((1, N, 2) from gsplat); .retain_grad() first
     radii: torch.Tensor  # (N, 2) int per-axis screen radius; 0 = not visible
     weight_sums: torch.Tensor | None  # (N,) sum over pixels of alpha * T, detached (None: backend lacks it)
     absgrad: torch.Tensor | None = None  # (N, 2) sum of per-pixel |dL/dmeans2d|, filled by backward (native only)
+
+    @property
+    def depth(self) -> torch.Tensor:
+        """(H, W) expected camera-space z, sum(w z) / alpha; 0 where nothing was hit (computed when asked: training
+        never does)."""
+        return self.depth_sum / self.alpha.clamp(min=1e-10)
 
     @property
     def means2d_grad(self) -> torch.Tensor:
@@ -163,5 +169,4 @@ def rasterize(
     out = _BACKENDS[name].render(activated, camera, RenderSettings(degree, antialiased, viewmat))
     bg = torch.as_tensor(background, dtype=out.color.dtype).to(device)
     rgb = out.color + (1.0 - out.alpha[..., None]) * bg
-    depth = out.depth_sum / out.alpha.clamp(min=1e-10)
-    return RenderOutput(rgb, out.alpha, depth, out.means2d, out.radii, out.weight_sums, out.absgrad)
+    return RenderOutput(rgb, out.alpha, out.depth_sum, out.means2d, out.radii, out.weight_sums, out.absgrad)

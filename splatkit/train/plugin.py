@@ -72,7 +72,6 @@ class View:
     slot: int  # position in the step's batch of views over all processes (`StepInfo.batch`)
     target: torch.Tensor  # the photo
     render: RenderOutput  # with autograd graph back to the parameters
-    error: torch.Tensor  # (H, W) per-pixel L1 error summed over RGB, detached
 
     @property
     def width(self) -> int:

@@ -101,7 +101,7 @@ class Trainer:
         self.phases = cfg.parameterisation.phases(cfg.steps)  # step counts; one phase unless e.g. FLoD levels
         self.phase_starts = [sum(self.phases[:i]) for i in range(len(self.phases))]
         self.step = 0
-        self.last_error: torch.Tensor | None = None
+        self._last_scored: tuple[torch.Tensor, torch.Tensor] | None = None  # the step's first (render, photo)
         if latest:
             self._restore(latest[0])
 
@@ -166,7 +166,7 @@ class Trainer:
             self._reader.submit(self.images.__getitem__, upcoming[slot])  # decoded into the store's cache
         backgrounds = torch.rand(len(batch), 3, generator=self.generator).tolist() if cfg.random_background \
             else [self.scene.background or (0.0, 0.0, 0.0)] * len(batch)
-        views, losses, first = [], [], None
+        views, losses, first, first_scored = [], [], None, None
         for slot in mine:
             index = batch[slot]
             camera = self.scene.cameras[index]
@@ -182,10 +182,11 @@ class Trainer:
                                viewmat=self.poses.viewmat(index))
             rgb = self._through("photographed", index, render.rgb)  # as the photo saw it (--exposure)
             rgb, target = ignore_masked(rgb, target, keep)  # masked pixels: no error, no gradient
-            error = (rgb.detach() - target).abs().sum(dim=-1)
-            views.append(View(camera, index, slot, target, render, error))
+            views.append(View(camera, index, slot, target, render))
+            if first_scored is None:
+                first_scored = (rgb.detach(), target)
             losses.append(photometric_loss(rgb, target, keep, cfg.ssim_lambda, self.fused_loss))
-        self.last_error = views[0].error  # (H, W) of this step's first view, for the live viewer
+        self._last_scored = first_scored
         info = StepInfo(step, cfg.steps, views, batch, first, self.extent, phase=phase, phase_start=start,
                         phase_steps=length, gather=self.processes.gather)
         self._hook("pre_backward", info)
@@ -212,6 +213,15 @@ class Trainer:
             self.processes.check_identical(self.model.params, self.step)
         return {"loss": float(loss), "psnr": sum(p for _, p in losses) / len(losses),
                 **{name: term.item() for name, term in extra.items()}}
+
+    @property
+    def last_error(self) -> torch.Tensor | None:
+        """(H, W) per-pixel L1 error summed over RGB of the last step's first view (0 where masked), detached, for
+        the live viewer; computed when asked, not every step."""
+        if self._last_scored is None:
+            return None
+        rgb, target = self._last_scored
+        return (rgb - target).abs().sum(dim=-1)
 
     def _through(self, hook: str, index: int, value: Any) -> Any:
         """`value` through every plug-in's `hook` for training camera `index` (seen, photographed), in order."""
