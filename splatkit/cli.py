@@ -36,6 +36,7 @@ from splatkit.model.quantized import QuantizedGaussians
 from splatkit.render import rasterize, resolve_device
 from splatkit.render.api import Device
 from splatkit.render.camera_path import CameraPath, render_video
+from splatkit.train.appearance import AppearanceDecoder
 from splatkit.train.config import TrainConfig, lod_preset, quantize_preset
 from splatkit.train.run_record import RunRecord, read_run
 from splatkit.train.evaluate import evaluate, save_png, to_uint8
@@ -81,9 +82,10 @@ class EvalConfig:
     lod: Levels = field(default_factory=LevelFlags)
     fit_exposure: bool = False
     """Score each held-out view's right half through a gain and offset per channel fitted to its left half (INRIA
-    3DGS's --train_test_exp protocol), for captures whose exposure changes from photo to photo. The default,
-    plain protocol compares whole photos as they are, as other tools' numbers do: quote that one unless you say
-    which."""
+    3DGS's --train_test_exp protocol), for captures whose exposure changes from photo to photo; on an
+    --appearance run the view's appearance embedding is fitted on the left half first (the run's own model at
+    full detail only). The default, plain protocol compares whole photos as they are, as other tools' numbers do:
+    quote that one unless you say which."""
     device: Device = "auto"
     """auto (CUDA when torch sees a GPU), cpu or cuda."""
     backend: str = "auto"
@@ -225,8 +227,9 @@ def run_eval(cfg: EvalConfig) -> dict:
         / ("fit-exposure" if cfg.fit_exposure else "")
     model = _model_in_scene_frame(read_splats(source), scene).to(resolve_device(cfg.device))
     scene, poses = record.camera_poses(scene).for_evaluation(model, images, cfg.backend)
+    appearance = _held_out_appearance(cfg, record, scene, len(model), levels) if cfg.fit_exposure else None
     result = evaluate(model, scene, images, scene.test_ids, backend=cfg.backend, side_by_side_dir=out, levels=levels,
-                      fit_exposure=cfg.fit_exposure)
+                      fit_exposure=cfg.fit_exposure, appearance=appearance)
     result["model"], result["levels"] = str(source), levels.label
     if poses is not None:
         result["poses"] = poses
@@ -240,6 +243,23 @@ def run_eval(cfg: EvalConfig) -> dict:
     write_text_atomic(out / "metrics.json", json.dumps(result, indent=2))
     console.print(f"wrote {out}")
     return result
+
+
+def _held_out_appearance(cfg: EvalConfig, record: RunRecord, scene: Scene, count: int,
+                         levels: LevelChoice) -> AppearanceDecoder | None:
+    """The decoder whose embedding --fit-exposure fits per held-out view: an --appearance run's, for its own model
+    at full detail (another file or a level has other Gaussians than its features describe)."""
+    if not record.config.appearance:
+        return None
+    if cfg.model is not None or levels.given:
+        console.print("splatkit: --model/--lod: no appearance embedding is fitted (the run's features describe its "
+                      "own model's Gaussians); the exposure transform alone is", highlight=False)
+        return None
+    appearance = record.appearance(scene)
+    if len(appearance.features) != count:
+        raise file_error(cfg.run, f"the last checkpoint has {len(appearance.features):,} Gaussians but the model "
+                                  f"file {count:,}; export the run again (`splatkit export`) or score it plainly")
+    return appearance.to(resolve_device(cfg.device))
 
 
 def _model_file(model: Path) -> Path:

@@ -1,11 +1,13 @@
 """Shared by the photo-model tests (exposure, appearance): a short densifying run of the tiny scene, that a frozen
-photo model changes no bit of the Gaussians, and that a killed run resumes bitwise."""
+photo model changes no bit of the Gaussians, that a killed run resumes bitwise, and given photos in place of an
+image store for `evaluate`."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from splatkit.train import checkpoint
@@ -47,3 +49,16 @@ def assert_resumes_bitwise(scene: Path, tmp_path: Path, **flags) -> Path:
     for name in full:
         assert torch.equal(full[name], resumed[name]), name
     return tmp_path / "full"
+
+
+class Photos:
+    """An image store's two calls that `evaluate` makes, over given photos (H, W, 3) float32 by camera index."""
+
+    def __init__(self, photos: dict[int, np.ndarray]) -> None:
+        self.photos = photos
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self.photos[index]
+
+    def mask(self, index: int) -> None:
+        return None

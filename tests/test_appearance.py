@@ -1,23 +1,30 @@
 """Appearance embeddings (`--appearance`): the decoded offsets against the closed form of the module's note (an
 independent concatenate-then-multiply evaluation), the gauge (zero offsets at the mean embedding, the mean held
-constant in the gradient), that frozen zero embeddings change no bit of training, bitwise resume, and that
---resume cannot switch the option off."""
+constant in the gradient), that frozen zero embeddings change no bit of training, bitwise resume, that
+--resume cannot switch the option off, and the held-out protocol's embedding fit (left half only, and what it
+recovers)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 
 from splatkit.cli import main
+from splatkit.io.formats import read_splats
 from splatkit.model.gaussians import Gaussians
 from splatkit.train import checkpoint
 from splatkit.train.appearance import DECODER, EMBEDDINGS, FEATURES, AppearanceEmbeddings, appearance_offsets
 from splatkit.train.gaussian_model import GaussianModel
 from splatkit.train.learning_rates import LearningRates
+from splatkit.render import rasterize
+from splatkit.train.evaluate import evaluate
 from splatkit.train.parameterisations import Plain3DGS
 from splatkit.train.run_record import read_run
+from splatkit.train.trainer import train
 
-from photo_models import LAST, assert_resumes_bitwise, frozen_params_beside_plain
+from photo_models import LAST, Photos, assert_resumes_bitwise, frozen_params_beside_plain, short_run
 
 pytestmark = pytest.mark.xdist_group("tiny_scene")
 
@@ -77,3 +84,39 @@ def test_embeddings_train_resume_bitwise_and_cannot_be_switched_off(tiny_scene, 
     assert offsets.abs().max() > 0 and len(offsets) == len(model)
     assert main(["train", str(tiny_scene), "--out", str(run), "--steps", "60", "--no-appearance", "--resume"]) == 2
     assert "--resume cannot change appearance (True -> False)" in capsys.readouterr().err
+
+
+def test_held_out_embedding_is_fitted_on_the_left_half_alone_and_recovers_a_known_one(tiny_scene, tmp_path):
+    run = tmp_path / "run"
+    train(short_run(tiny_scene, run, appearance=True, appearance_lr=0.05), show_progress=False)
+    record = read_run(run)
+    scene = record.load_scene()
+    decoder = record.appearance(scene)
+    model = read_splats(run / "point_cloud.ply").transformed(scene.to_normalized)
+    ids, background = scene.test_ids, scene.background or (0.0, 0.0, 0.0)
+    # Each held-out photo as the model renders it under a known embedding near the training ones.
+    generator = torch.Generator().manual_seed(5)
+    known = {i: decoder.mean + 0.3 * torch.randn(len(decoder.mean), generator=generator) for i in ids}
+    photos = {i: rasterize(decoder.through(model.activated(), known[i]), scene.cameras[i], background=background,
+                           backend="native").rgb.clamp(0, 1).numpy() for i in ids}
+    transform_only = evaluate(model, scene, Photos(photos), ids, backend="native", fit_exposure=True)
+    fitted = evaluate(model, scene, Photos(photos), ids, backend="native", fit_exposure=True, appearance=decoder)
+    for alone, both in zip(transform_only["views"], fitted["views"]):
+        assert "embedding" not in alone and len(both["embedding"]) == len(decoder.mean)
+        # An affine transform cannot follow each Gaussian's own colour change; the fitted embedding does.
+        assert both["psnr"] > max(alone["psnr"] + 6.0, 35.0), (alone["psnr"], both["psnr"])
+    half = scene.cameras[ids[0]].width // 2
+    other_right = {i: p.copy() for i, p in photos.items()}
+    other_left = {i: p.copy() for i, p in photos.items()}
+    for i in ids:
+        other_right[i][:, half:] = 1 - other_right[i][:, half:]
+        other_left[i][:, :half] = 1 - other_left[i][:, :half]
+    for changed, same in ((other_right, True), (other_left, False)):
+        result = evaluate(model, scene, Photos(changed), ids, backend="native", fit_exposure=True, appearance=decoder)
+        for a, b in zip(fitted["views"], result["views"]):
+            assert (a["embedding"] == b["embedding"]) is same  # the left half alone is fitted...
+            assert a["psnr"] != b["psnr"]  # ...and the right half scored
+    # The command: an --appearance run's held-out views get an embedding each, and the protocol is named.
+    assert main(["eval", str(run), "--fit-exposure", "--backend", "native"]) == 0
+    written = json.loads((run / "eval" / "fit-exposure" / "metrics.json").read_text())
+    assert written["protocol"] == "fit-exposure" and all("embedding" in v for v in written["views"])

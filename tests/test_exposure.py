@@ -16,7 +16,7 @@ from splatkit.train.evaluate import evaluate
 from splatkit.train.exposure import PARAM, apply_exposure, exposure_transforms, fit_exposure
 from splatkit.train.run_record import read_run
 
-from photo_models import LAST, assert_resumes_bitwise, frozen_params_beside_plain
+from photo_models import LAST, Photos, assert_resumes_bitwise, frozen_params_beside_plain
 
 
 def _random_transform(generator: torch.Generator) -> torch.Tensor:
@@ -73,19 +73,6 @@ def test_transforms_train_average_to_the_identity_and_resume_bitwise(tiny_scene,
     assert "--resume cannot change exposure (True -> False)" in capsys.readouterr().err
 
 
-class _Photos:
-    """An image store's two calls that `evaluate` makes, over given photos."""
-
-    def __init__(self, photos: dict[int, np.ndarray]) -> None:
-        self.photos = photos
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        return self.photos[index]
-
-    def mask(self, index: int) -> None:
-        return None
-
-
 def test_left_half_fit_never_reads_the_scored_half(tiny_run):
     record = read_run(tiny_run)
     scene = record.load_scene()
@@ -100,11 +87,11 @@ def test_left_half_fit_never_reads_the_scored_half(tiny_run):
     for i in ids:
         other_right[i][:, half:] = 1 - other_right[i][:, half:]
         other_left[i][:, :half] = 1 - other_left[i][:, :half]
-    results = [evaluate(model, scene, _Photos(p), ids, backend="native", fit_exposure=True)
+    results = [evaluate(model, scene, Photos(p), ids, backend="native", fit_exposure=True)
                for p in (photos, other_right, other_left)]
     assert all(r["protocol"] == "fit-exposure" for r in results)
     for a, b, c in zip(*(r["views"] for r in results)):
         assert a["exposure"] == b["exposure"]  # the right half changed: the fit did not
         assert a["psnr"] != b["psnr"]  # ...and it is what is scored
         assert a["exposure"] != c["exposure"]  # the left half is what is fitted
-    assert evaluate(model, scene, _Photos(photos), ids, backend="native")["protocol"] == "plain"
+    assert evaluate(model, scene, Photos(photos), ids, backend="native")["protocol"] == "plain"

@@ -23,14 +23,15 @@ the decoder and features start at torch's layer initialisation and gsplat's unif
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import torch
 
 from splatkit.errors import SplatkitError
 from splatkit.model.gaussians import ActivatedGaussians
 from splatkit.model.sh import SH_C0
+from splatkit.train.metrics import ignore_masked, masked_mean
 from splatkit.train.plugin import Plugin, SetupContext
 
 if TYPE_CHECKING:
@@ -40,18 +41,72 @@ EMBEDDINGS, FEATURES = "appearance_embeddings", "appearance_features"
 DECODER = ("appearance_w1", "appearance_b1", "appearance_w2")
 
 
+FIT_STEPS, FIT_LR = 100, 0.01  # a held-out view's embedding fit: Adam steps and rate (training spreads ~0.3)
+
+
+def decoded_offsets(features: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+                    embedding: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """(N, 3) colour offsets (linear [0, 1] RGB units) of Gaussians with `features` (N, F) under `embedding`
+    (D,): the module's formula, zero at `mean` (D,). float32, differentiable in every input."""
+    dim = embedding.shape[-1]
+    shared = features @ w1[:, dim:].T + b1  # (N, H): the features' share, common to both terms
+    seen = torch.relu(shared + w1[:, :dim] @ embedding)
+    average = torch.relu(shared + w1[:, :dim] @ mean)
+    return (seen - average) @ w2.T
+
+
 def appearance_offsets(model: "GaussianModel", camera_index: int, train_ids: torch.Tensor) -> torch.Tensor:
     """(N, 3) float32 colour offsets (linear [0, 1] RGB units) of the model's Gaussians as training camera
     `camera_index` sees them: zero at the mean of the embeddings of `train_ids` ((T,) long), differentiable in
     the camera's embedding, the features and the decoder (the mean held constant)."""
     p = model.params
-    embeddings, w1, b1, w2 = p[EMBEDDINGS], p[DECODER[0]], p[DECODER[1]], p[DECODER[2]]
-    dim = embeddings.shape[1]
-    shared = p[FEATURES] @ w1[:, dim:].T + b1  # (N, H): the features' share, common to both terms
-    mean = embeddings[train_ids].mean(dim=0).detach()
-    seen = torch.relu(shared + w1[:, :dim] @ embeddings[camera_index])
-    average = torch.relu(shared + w1[:, :dim] @ mean)
-    return (seen - average) @ w2.T
+    embeddings = p[EMBEDDINGS]
+    return decoded_offsets(p[FEATURES], *(p[name] for name in DECODER), embeddings[camera_index],
+                           embeddings[train_ids].mean(dim=0).detach())
+
+
+@dataclass(frozen=True)
+class AppearanceDecoder:
+    """A trained run's appearance model, detached, for views it never trained: a held-out photo is rendered
+    under an embedding fitted to it (`eval --fit-exposure` on an `--appearance` run), as NeRF-W fits a held-out
+    image's embedding on its left half."""
+
+    features: torch.Tensor  # (N, F), row g for Gaussian g of the run's model (its final export's order)
+    w1: torch.Tensor
+    b1: torch.Tensor
+    w2: torch.Tensor
+    mean: torch.Tensor  # (D,) the training photos' mean embedding: the model's own colours
+
+    @classmethod
+    def of(cls, model: "GaussianModel", train_ids: list[int]) -> "AppearanceDecoder":
+        p = model.params
+        ids = torch.as_tensor(train_ids, dtype=torch.long)
+        return cls(p[FEATURES].detach(), *(p[name].detach() for name in DECODER),
+                   mean=p[EMBEDDINGS].detach()[ids].mean(dim=0))
+
+    def to(self, device: torch.device | str) -> "AppearanceDecoder":
+        return AppearanceDecoder(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+    def through(self, gaussians: ActivatedGaussians, embedding: torch.Tensor) -> ActivatedGaussians:
+        """`gaussians` (the run's N, in order) with their DC colours as a photo of `embedding` (D,) sees them."""
+        offsets = decoded_offsets(self.features, self.w1, self.b1, self.w2, embedding, self.mean)
+        return replace(gaussians, sh0=gaussians.sh0 + offsets[:, None, :] / SH_C0)
+
+    def fit(self, gaussians: ActivatedGaussians, render: Callable[[ActivatedGaussians], torch.Tensor],
+            target: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """The embedding (D,) float32 under which `render` (Gaussians -> (H', W', 3) image, e.g. a view's left
+        half) comes closest to `target` (H', W', 3) in mean squared error over the kept pixels (`keep`
+        (H', W', 1) bool or None): FIT_STEPS Adam steps from the mean embedding, the Gaussians and decoder frozen.
+        Deterministic for the same inputs; reads nothing but `render`'s pixels and `target`."""
+        embedding = self.mean.clone().requires_grad_()
+        optimizer = torch.optim.Adam([embedding], lr=FIT_LR)
+        with torch.enable_grad():
+            for _ in range(FIT_STEPS):
+                rgb, truth = ignore_masked(render(self.through(gaussians, embedding)), target, keep)
+                masked_mean((rgb - truth).square(), keep).backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        return embedding.detach()
 
 
 @dataclass

@@ -14,6 +14,7 @@ from splatkit.data.scene import Scene
 from splatkit.model.gaussians import Gaussians
 from splatkit.model.levels import LevelChoice
 from splatkit.render import rasterize
+from splatkit.train.appearance import AppearanceDecoder
 from splatkit.train.exposure import apply_exposure, fit_exposure
 from splatkit.train.metrics import ignore_masked, psnr, ssim
 
@@ -44,6 +45,7 @@ def evaluate(
     side_by_side_dir: Path | None = None,
     levels: LevelChoice = LevelChoice(),
     fit_exposure: bool = False,
+    appearance: AppearanceDecoder | None = None,
 ) -> dict:
     """Per-view and mean PSNR/SSIM over cameras `ids` of `scene` (of a model with levels of detail, what
     `levels` picks for each view: by default its finest level).
@@ -54,16 +56,28 @@ def evaluate(
     `fit_exposure` scores each view as INRIA 3DGS's `--train_test_exp` does: a gain and an offset per channel
     are fitted (least squares, `fit_exposure`) on the left half of the photo, columns [0, W // 2), and the right half
     alone is scored through it, so no scored pixel informs the fit. The view's entry keeps the transform
-    (`exposure`, 3x4), and the result's `protocol` names the protocol: "plain" or "fit-exposure".
+    (`exposure`, 3x4), and the result's `protocol` names the protocol: "plain" or "fit-exposure". With
+    `appearance` (the decoder of an `--appearance` run whose model `gaussians` is, without levels), the view's
+    embedding is fitted on the left half first (`AppearanceDecoder.fit`; the entry keeps it as `embedding`),
+    then the transform on the left half as rendered under it; the plain protocol renders the mean embedding, the
+    model's own colours.
     """
     background = scene.background or (0.0, 0.0, 0.0)
     views = []
     for i in ids:
         camera = scene.cameras[i]
-        render = rasterize(levels.for_view(gaussians, camera), camera, background=background,
-                           backend=backend).rgb.clamp(0, 1)
-        target = torch.from_numpy(images[i]).to(render.device)
-        keep = keep_mask(images, i, render.device)
+        chosen = levels.for_view(gaussians, camera)
+        target = torch.from_numpy(images[i]).to(chosen.means.device)
+        keep = keep_mask(images, i, chosen.means.device)
+        embedding = None
+        if fit_exposure and appearance is not None:
+            half = camera.width // 2
+            activated = chosen.activated()
+            embedding = appearance.fit(
+                activated, lambda g: rasterize(g, camera, background=background, backend=backend).rgb[:, :half],
+                target[:, :half], None if keep is None else keep[:, :half])
+            chosen = appearance.through(activated, embedding)
+        render = rasterize(chosen, camera, background=background, backend=backend).rgb.clamp(0, 1)
         fitted = None
         if fit_exposure:
             render, target, keep, fitted = _right_half_through_left_fit(render, target, keep)
@@ -73,6 +87,8 @@ def evaluate(
             view["masked"] = 1.0 - float(keep.float().mean())
         if fitted is not None:
             view["exposure"] = fitted.tolist()
+        if embedding is not None:
+            view["embedding"] = embedding.tolist()
         views.append(view)
         if side_by_side_dir is not None:
             pair = torch.cat([target, render], dim=1)

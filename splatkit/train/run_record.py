@@ -17,6 +17,7 @@ from splatkit.model.gaussians import Gaussians
 from splatkit.model.quantized import QuantizedGaussians
 from splatkit.model.sh import num_sh_bases
 from splatkit.train import checkpoint
+from splatkit.train.appearance import AppearanceDecoder
 from splatkit.train.config import TrainConfig, run_plugins
 from splatkit.train.gaussian_model import GaussianModel
 from splatkit.train.poses import CameraPoses
@@ -63,6 +64,16 @@ class RunRecord:
         kept = checkpoint.list_checkpoints(self.run_dir / "checkpoints") if self.config.pose_opt else []
         model = self.checkpoint_model(kept[-1]) if kept else None
         return CameraPoses(scene, model, eval_steps=self.config.pose_eval_steps)
+
+    def appearance(self, scene: Scene) -> AppearanceDecoder | None:
+        """The appearance decoder of the run's last checkpoint (features in its Gaussians' order, the mean of
+        `scene`'s training embeddings), for held-out views; None for a run trained without --appearance."""
+        if not self.config.appearance:
+            return None
+        kept = checkpoint.list_checkpoints(self.run_dir / "checkpoints")
+        if not kept:
+            raise file_error(self.run_dir, "the run has no checkpoint yet")
+        return AppearanceDecoder.of(self.checkpoint_model(kept[-1]), scene.train_ids)
 
     def checkpoint_gaussians(self, path: Path) -> Gaussians:
         """The model saved in checkpoint `path`, decoded to raw INRIA form (training frame, CPU)."""
