@@ -107,10 +107,8 @@ class TrainConfig:
     exposure_lr: float = 0.01
     """Adam rate of the transforms (3x4 [A | b] on [0, 1] RGB), decaying exponentially... (0 freezes them at the
     identity)"""
-    exposure_lr_final: float = 1e-4
-    """...to this at the last step. Lower than INRIA's 0.001 (over 30k steps): a photo is seen once per epoch, and
-    Adam's steps at 0.001 left each transform ~1.5% from its best fit at the end (scripts/bench_exposure_recovery.py:
-    photos recovered within 2% in every channel, 42% -> 81%)."""
+    exposure_lr_final: float = 0.001
+    """...to this at the last step."""
     appearance: bool = False
     """Learn an embedding per training photo that a small decoder turns into a colour offset of each Gaussian
     (gsplat's app_opt), for captures whose light or tone changes between photos in ways one colour transform per

@@ -91,7 +91,7 @@ class ExposureCompensation(Plugin):
     """A learnable affine colour transform per training photo (`--exposure`)."""
 
     lr: float = 0.01
-    lr_final: float = 1e-4
+    lr_final: float = 0.001
     name = "exposure"
 
     def validate(self) -> None:
