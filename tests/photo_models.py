@@ -62,3 +62,15 @@ class Photos:
 
     def mask(self, index: int) -> None:
         return None
+
+
+def with_a_half_inverted(photos: dict[int, np.ndarray]) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """The photos with their right half inverted (1 - value), and with their left half inverted: what the
+    left/right protocol must and must not be blind to. The halves split at column W // 2, as `evaluate` does."""
+    right, left = {}, {}
+    for i, photo in photos.items():
+        half = photo.shape[1] // 2
+        right[i], left[i] = photo.copy(), photo.copy()
+        right[i][:, half:] = 1 - right[i][:, half:]
+        left[i][:, :half] = 1 - left[i][:, :half]
+    return right, left

@@ -24,7 +24,8 @@ from splatkit.train.parameterisations import Plain3DGS
 from splatkit.train.run_record import read_run
 from splatkit.train.trainer import train
 
-from photo_models import LAST, Photos, assert_resumes_bitwise, frozen_params_beside_plain, short_run
+from photo_models import (LAST, Photos, assert_resumes_bitwise, frozen_params_beside_plain, short_run,
+                          with_a_half_inverted)
 
 pytestmark = pytest.mark.xdist_group("tiny_scene")
 
@@ -105,12 +106,7 @@ def test_held_out_embedding_is_fitted_on_the_left_half_alone_and_recovers_a_know
         assert "embedding" not in alone and len(both["embedding"]) == len(decoder.mean)
         # An affine transform cannot follow each Gaussian's own colour change; the fitted embedding does.
         assert both["psnr"] > max(alone["psnr"] + 6.0, 35.0), (alone["psnr"], both["psnr"])
-    half = scene.cameras[ids[0]].width // 2
-    other_right = {i: p.copy() for i, p in photos.items()}
-    other_left = {i: p.copy() for i, p in photos.items()}
-    for i in ids:
-        other_right[i][:, half:] = 1 - other_right[i][:, half:]
-        other_left[i][:, :half] = 1 - other_left[i][:, :half]
+    other_right, other_left = with_a_half_inverted(photos)
     for changed, same in ((other_right, True), (other_left, False)):
         result = evaluate(model, scene, Photos(changed), ids, backend="native", fit_exposure=True, appearance=decoder)
         for a, b in zip(fitted["views"], result["views"]):

@@ -16,7 +16,7 @@ from splatkit.train.evaluate import evaluate
 from splatkit.train.exposure import PARAM, apply_exposure, exposure_transforms, fit_exposure
 from splatkit.train.run_record import read_run
 
-from photo_models import LAST, Photos, assert_resumes_bitwise, frozen_params_beside_plain
+from photo_models import LAST, Photos, assert_resumes_bitwise, frozen_params_beside_plain, with_a_half_inverted
 
 
 def _random_transform(generator: torch.Generator) -> torch.Tensor:
@@ -81,12 +81,7 @@ def test_left_half_fit_never_reads_the_scored_half(tiny_run):
     generator = np.random.default_rng(2)
     photos = {i: generator.random((scene.cameras[i].height, scene.cameras[i].width, 3), dtype=np.float32)
               for i in ids}
-    half = scene.cameras[ids[0]].width // 2
-    other_right = {i: p.copy() for i, p in photos.items()}
-    other_left = {i: p.copy() for i, p in photos.items()}
-    for i in ids:
-        other_right[i][:, half:] = 1 - other_right[i][:, half:]
-        other_left[i][:, :half] = 1 - other_left[i][:, :half]
+    other_right, other_left = with_a_half_inverted(photos)
     results = [evaluate(model, scene, Photos(p), ids, backend="native", fit_exposure=True)
                for p in (photos, other_right, other_left)]
     assert all(r["protocol"] == "fit-exposure" for r in results)
