@@ -55,6 +55,11 @@ def decoded_offsets(features: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, 
     return (seen - average) @ w2.T
 
 
+def with_offsets(gaussians: ActivatedGaussians, offsets: torch.Tensor) -> ActivatedGaussians:
+    """`gaussians` with `offsets` ((N, 3), linear RGB) added to their rendered colours, through the DC term."""
+    return replace(gaussians, sh0=gaussians.sh0 + offsets[:, None, :] / SH_C0)
+
+
 def appearance_offsets(model: "GaussianModel", camera_index: int, train_ids: torch.Tensor) -> torch.Tensor:
     """(N, 3) float32 colour offsets (linear [0, 1] RGB units) of the model's Gaussians as training camera
     `camera_index` sees them: zero at the mean of the embeddings of `train_ids` ((T,) long), differentiable in
@@ -89,8 +94,7 @@ class AppearanceDecoder:
 
     def through(self, gaussians: ActivatedGaussians, embedding: torch.Tensor) -> ActivatedGaussians:
         """`gaussians` (the run's N, in order) with their DC colours as a photo of `embedding` (D,) sees them."""
-        offsets = decoded_offsets(self.features, self.w1, self.b1, self.w2, embedding, self.mean)
-        return replace(gaussians, sh0=gaussians.sh0 + offsets[:, None, :] / SH_C0)
+        return with_offsets(gaussians, decoded_offsets(self.features, self.w1, self.b1, self.w2, embedding, self.mean))
 
     def fit(self, gaussians: ActivatedGaussians, render: Callable[[ActivatedGaussians], torch.Tensor],
             target: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
@@ -150,8 +154,7 @@ class AppearanceEmbeddings(Plugin):
 
     def seen(self, model: "GaussianModel", state: dict, camera_index: int, gaussians: ActivatedGaussians
              ) -> ActivatedGaussians:
-        offsets = appearance_offsets(model, camera_index, state["_train_ids"])
-        return replace(gaussians, sh0=gaussians.sh0 + offsets[:, None, :] / SH_C0)
+        return with_offsets(gaussians, appearance_offsets(model, camera_index, state["_train_ids"]))
 
     def log(self, model: "GaussianModel", state: dict) -> dict[str, float]:
         """How far the training photos' embeddings spread (RMS distance from their mean)."""

@@ -70,10 +70,7 @@ class RunRecord:
         `scene`'s training embeddings), for held-out views; None for a run trained without --appearance."""
         if not self.config.appearance:
             return None
-        kept = checkpoint.list_checkpoints(self.run_dir / "checkpoints")
-        if not kept:
-            raise file_error(self.run_dir, "the run has no checkpoint yet")
-        return AppearanceDecoder.of(self.checkpoint_model(kept[-1]), scene.train_ids)
+        return AppearanceDecoder.of(self.last_checkpoint_model(), scene.train_ids)
 
     def checkpoint_gaussians(self, path: Path) -> Gaussians:
         """The model saved in checkpoint `path`, decoded to raw INRIA form (training frame, CPU)."""
@@ -81,12 +78,16 @@ class RunRecord:
 
     def final_quantized(self) -> QuantizedGaussians:
         """The run's last checkpoint as a compact file stores it (quantized latents kept, training frame)."""
+        model = self.last_checkpoint_model()
+        with torch.no_grad():
+            return self.config.parameterisation.quantized(model)
+
+    def last_checkpoint_model(self) -> GaussianModel:
+        """`checkpoint_model` of the run's last checkpoint; a one-line error naming the run when it has none."""
         kept = checkpoint.list_checkpoints(self.run_dir / "checkpoints")
         if not kept:
             raise file_error(self.run_dir, "the run has no checkpoint yet")
-        model = self.checkpoint_model(kept[-1])
-        with torch.no_grad():
-            return self.config.parameterisation.quantized(model)
+        return self.checkpoint_model(kept[-1])
 
 
 def read_run(run_dir: Path) -> RunRecord:

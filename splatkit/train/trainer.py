@@ -166,7 +166,7 @@ class Trainer:
             self._reader.submit(self.images.__getitem__, upcoming[slot])  # decoded into the store's cache
         backgrounds = torch.rand(len(batch), 3, generator=self.generator).tolist() if cfg.random_background \
             else [self.scene.background or (0.0, 0.0, 0.0)] * len(batch)
-        views, losses, first, first_scored = [], [], None, None
+        views, losses, first = [], [], None
         for slot in mine:
             index = batch[slot]
             camera = self.scene.cameras[index]
@@ -182,11 +182,10 @@ class Trainer:
                                viewmat=self.poses.viewmat(index))
             rgb = self._through("photographed", index, render.rgb)  # as the photo saw it (--exposure)
             rgb, target = ignore_masked(rgb, target, keep)  # masked pixels: no error, no gradient
+            if not views:
+                self._last_scored = (rgb.detach(), target)
             views.append(View(camera, index, slot, target, render))
-            if first_scored is None:
-                first_scored = (rgb.detach(), target)
             losses.append(photometric_loss(rgb, target, keep, cfg.ssim_lambda, self.fused_loss))
-        self._last_scored = first_scored
         info = StepInfo(step, cfg.steps, views, batch, first, self.extent, phase=phase, phase_start=start,
                         phase_steps=length, gather=self.processes.gather)
         self._hook("pre_backward", info)
