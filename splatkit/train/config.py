@@ -23,7 +23,7 @@ ParameterisationChoice = PARAMETERISATIONS.choice()
 
 # Settings that make a run what it is, besides its scene: a resume may change anything else, never these.
 RUN_DEFINING = ("data_factor", "test_every", "seed", "strategy.name", "parameterisation.name", "quantize", "lod",
-                "pose_opt", "exposure", "appearance")
+                "pose_opt", "exposure", "exposure_full_matrix", "appearance")
 
 
 @dataclass
@@ -100,7 +100,7 @@ class TrainConfig:
     pose_eval_steps: int = 200
     """Adam steps fitting each held-out pose before scoring (with --pose-opt)."""
     exposure: bool = False
-    """Learn an affine colour transform per training photo, applied to the render before the loss (INRIA 3DGS's
+    """Learn a colour transform per training photo (a gain and an offset per channel), applied to the render before the loss (INRIA 3DGS's
     exposure compensation), for captures whose exposure or white balance changes from photo to photo (phones).
     The model keeps the photos' mean exposure: exports, the viewer and held-out scoring show it; `splatkit eval
     --fit-exposure` scores held-out views with a transform fitted to each one's left half."""
@@ -109,6 +109,9 @@ class TrainConfig:
     identity)"""
     exposure_lr_final: float = 0.001
     """...to this at the last step."""
+    exposure_full_matrix: bool = False
+    """Learn INRIA's full 3x4 affine transform (channels mixed) instead of a gain and an offset per channel. One
+    photo's colours barely constrain the mixing terms: they trade against the gains (splatkit.train.exposure)."""
     appearance: bool = False
     """Learn an embedding per training photo that a small decoder turns into a colour offset of each Gaussian
     (gsplat's app_opt), for captures whose light or tone changes between photos in ways one colour transform per
@@ -152,7 +155,7 @@ def run_plugins(cfg: TrainConfig) -> dict[str, Plugin]:
     if cfg.appearance:
         photo["appearance"] = AppearanceEmbeddings(cfg.appearance_lr, cfg.appearance_feature_lr)
     if cfg.exposure:
-        photo["exposure"] = ExposureCompensation(cfg.exposure_lr, cfg.exposure_lr_final)
+        photo["exposure"] = ExposureCompensation(cfg.exposure_lr, cfg.exposure_lr_final, cfg.exposure_full_matrix)
     return {"parameterisation": cfg.parameterisation, "strategy": cfg.strategy, **photo}
 
 
