@@ -105,8 +105,8 @@ class TrainConfig:
     The model keeps the photos' mean exposure: exports, the viewer and held-out scoring show it; `splatkit eval
     --fit-exposure` scores held-out views with a transform fitted to each one's left half."""
     exposure_lr: float = 0.01
-    """Adam rate of the transforms (3x4 [A | b] on [0, 1] RGB), decaying exponentially... (0 freezes them at the
-    identity)"""
+    """Adam rate of the transforms' entries (gains and offsets on [0, 1] RGB), decaying exponentially... (0
+    freezes them at the identity)"""
     exposure_lr_final: float = 0.001
     """...to this at the last step."""
     exposure_full_matrix: bool = False
