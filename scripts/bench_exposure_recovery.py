@@ -25,7 +25,6 @@ from PIL import Image
 
 from bench_runs import trained
 
-from splatkit.train import checkpoint
 from splatkit.train.config import TrainConfig
 from splatkit.train.exposure import exposure_transforms
 from splatkit.train.run_record import read_run
@@ -60,7 +59,7 @@ def scene_copy(out: Path, changes: dict[str, tuple[np.ndarray, np.ndarray]] | No
 def learnt_transforms(run: Path) -> tuple[list[int], list[str], torch.Tensor]:
     record = read_run(run)
     scene = record.load_scene()
-    model = record.checkpoint_model(checkpoint.list_checkpoints(run / "checkpoints")[-1])
+    model = record.last_checkpoint_model()
     with torch.no_grad():
         transforms = exposure_transforms(model, torch.tensor(scene.train_ids)).double()
     return scene.train_ids, [camera.name for camera in scene.cameras], transforms

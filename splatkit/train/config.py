@@ -100,10 +100,11 @@ class TrainConfig:
     pose_eval_steps: int = 200
     """Adam steps fitting each held-out pose before scoring (with --pose-opt)."""
     exposure: bool = False
-    """Learn a colour transform per training photo (a gain and an offset per channel), applied to the render before the loss (INRIA 3DGS's
-    exposure compensation), for captures whose exposure or white balance changes from photo to photo (phones).
-    The model keeps the photos' mean exposure: exports, the viewer and held-out scoring show it; `splatkit eval
-    --fit-exposure` scores held-out views with a transform fitted to each one's left half."""
+    """Learn a colour transform per training photo (a gain and an offset per channel), applied to the render
+    before the loss (INRIA 3DGS's exposure compensation), for captures whose exposure or white balance changes
+    from photo to photo (phones). The model keeps the photos' mean exposure: exports, the viewer and held-out
+    scoring show it; `splatkit eval --fit-exposure` scores held-out views with a transform fitted to each one's
+    left half."""
     exposure_lr: float = 0.01
     """Adam rate of the transforms' entries (gains and offsets on [0, 1] RGB), decaying exponentially... (0
     freezes them at the identity)"""
